@@ -1,0 +1,552 @@
+//! A leaky axum service, driven by its own HTTP client, and the leaks leakwatch finds in it.
+//!
+//! ```text
+//! cargo run --example demo                  # drive it, print the report table, exit
+//! cargo run --example demo -- --requests 50 --clean-requests 500 --concurrency 32
+//! cargo run --example demo -- --serve       # keep serving on 127.0.0.1:3000; leaks are logged
+//! ```
+//!
+//! Each leaky route reproduces one pattern of `shared/scenarios.md` (L1, L2, L4, L5, L7, L10);
+//! the clean routes (C1, C2, C4, C6) must never be reported.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use leakwatch::sink::{CollectingSink, TracingSink};
+use leakwatch::{LeakDetector, LeakKind, LeakReport, LeakState};
+use tokio::sync::{mpsc, Semaphore};
+
+/// What the leaky handlers keep past their requests.
+#[derive(Clone, Default)]
+struct Globals {
+    senders: Arc<Mutex<Vec<mpsc::Sender<u64>>>>,
+    bodies: Arc<Mutex<Vec<Body>>>,
+    sessions: Arc<Mutex<Vec<Arc<Session>>>>,
+}
+
+/// Per-request state that a handler wrongly stores globally (L7).
+#[allow(dead_code)]
+struct Session {
+    user: u64,
+    token: [u8; 32],
+}
+
+/// One route of the demo: how to call it and whether it leaks.
+struct Target {
+    method: &'static str,
+    path: &'static str,
+    template: &'static str,
+    body_len: usize,
+    leaky: bool,
+    scenario: &'static str,
+}
+
+const TARGETS: &[Target] = &[
+    Target {
+        method: "GET",
+        path: "/leak/task/{n}",
+        template: "/leak/task/{id}",
+        body_len: 0,
+        leaky: true,
+        scenario: "L1 task sleeping an hour",
+    },
+    Target {
+        method: "GET",
+        path: "/leak/channel/{n}",
+        template: "/leak/channel/{id}",
+        body_len: 0,
+        leaky: true,
+        scenario: "L2 task blocked on a channel",
+    },
+    Target {
+        method: "POST",
+        path: "/leak/upload",
+        template: "/leak/upload",
+        body_len: 64 * 1024,
+        leaky: true,
+        scenario: "L4 body never read",
+    },
+    Target {
+        method: "POST",
+        path: "/leak/body",
+        template: "/leak/body",
+        body_len: 1024,
+        leaky: true,
+        scenario: "L5 body kept after response",
+    },
+    Target {
+        method: "GET",
+        path: "/leak/session/{n}",
+        template: "/leak/session/{id}",
+        body_len: 0,
+        leaky: true,
+        scenario: "L7 watched object stored globally",
+    },
+    Target {
+        method: "GET",
+        path: "/leak/ticker",
+        template: "/leak/ticker",
+        body_len: 0,
+        leaky: true,
+        scenario: "L10 ticker never stopped",
+    },
+    Target {
+        method: "GET",
+        path: "/ok/json",
+        template: "/ok/json",
+        body_len: 0,
+        leaky: false,
+        scenario: "C1 plain JSON",
+    },
+    Target {
+        method: "GET",
+        path: "/ok/task",
+        template: "/ok/task",
+        body_len: 0,
+        leaky: false,
+        scenario: "C2 task done inside grace",
+    },
+    Target {
+        method: "GET",
+        path: "/ok/stream",
+        template: "/ok/stream",
+        body_len: 0,
+        leaky: false,
+        scenario: "C4 streamed to the end",
+    },
+    Target {
+        method: "POST",
+        path: "/ok/upload",
+        template: "/ok/upload",
+        body_len: 16 * 1024,
+        leaky: false,
+        scenario: "C6 body read",
+    },
+];
+
+fn app(detector: &LeakDetector, globals: Globals) -> Router {
+    Router::new()
+        .route("/leak/task/{id}", get(leak_task))
+        .route("/leak/channel/{id}", get(leak_channel))
+        .route("/leak/upload", post(leak_upload))
+        .route("/leak/body", post(leak_body))
+        .route("/leak/session/{id}", get(leak_session))
+        .route("/leak/ticker", get(leak_ticker))
+        .route("/ok/json", get(ok_json))
+        .route("/ok/task", get(ok_task))
+        .route("/ok/stream", get(ok_stream))
+        .route("/ok/upload", post(ok_upload))
+        .with_state(globals)
+        .layer(detector.layer())
+}
+
+async fn leak_task() -> &'static str {
+    leakwatch::spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
+    "spawned a task that sleeps for an hour\n"
+}
+
+async fn leak_channel(State(globals): State<Globals>) -> &'static str {
+    let (tx, mut rx) = mpsc::channel::<u64>(1);
+    globals.senders.lock().unwrap().push(tx);
+    leakwatch::spawn(async move { while rx.recv().await.is_some() {} });
+    "spawned a task waiting on a channel nobody closes\n"
+}
+
+async fn leak_upload() -> &'static str {
+    "ignored your upload\n"
+}
+
+async fn leak_body(State(globals): State<Globals>, body: Body) -> &'static str {
+    globals.bodies.lock().unwrap().push(body);
+    "kept your body\n"
+}
+
+async fn leak_session(State(globals): State<Globals>, Path(user): Path<u64>) -> &'static str {
+    let session = Arc::new(Session {
+        user,
+        token: [7; 32],
+    });
+    leakwatch::watch(&session);
+    globals.sessions.lock().unwrap().push(session);
+    "stored your session globally\n"
+}
+
+async fn leak_ticker() -> &'static str {
+    leakwatch::spawn(async {
+        let mut ticker = tokio::time::interval(Duration::from_millis(250));
+        loop {
+            ticker.tick().await;
+        }
+    });
+    "started a ticker nobody stops\n"
+}
+
+async fn ok_json() -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn ok_task() -> &'static str {
+    leakwatch::spawn(async { tokio::time::sleep(Duration::from_millis(50)).await });
+    "spawned a task that ends in 50 ms\n"
+}
+
+async fn ok_stream() -> Body {
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    leakwatch::spawn(async move {
+        for i in 0..5 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if tx
+                .send(Bytes::from(format!("data: {i}\n\n")))
+                .await
+                .is_err()
+            {
+                return; // the client went away
+            }
+        }
+    });
+    Body::new(ChannelBody(rx))
+}
+
+/// A streamed response body fed by a channel: one frame per message, unbuffered.
+struct ChannelBody(mpsc::Receiver<Bytes>);
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|c| c.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+async fn ok_upload(body: Bytes) -> String {
+    format!("read {} bytes\n", body.len())
+}
+
+struct Options {
+    requests: usize,
+    clean_requests: usize,
+    concurrency: usize,
+    grace: Duration,
+    serve: bool,
+    addr: SocketAddr,
+}
+
+fn parse_args() -> Result<Options, String> {
+    let mut options = Options {
+        requests: 20,
+        clean_requests: 200,
+        concurrency: 16,
+        grace: Duration::from_millis(300),
+        serve: false,
+        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| args.next().ok_or(format!("{name} needs a value"));
+        match arg.as_str() {
+            "--requests" => options.requests = parse(&value("--requests")?)?,
+            "--clean-requests" => options.clean_requests = parse(&value("--clean-requests")?)?,
+            "--concurrency" => {
+                options.concurrency = parse::<usize>(&value("--concurrency")?)?.max(1)
+            }
+            "--grace-ms" => options.grace = Duration::from_millis(parse(&value("--grace-ms")?)?),
+            "--addr" => options.addr = parse(&value("--addr")?)?,
+            "--serve" => options.serve = true,
+            "-h" | "--help" => {
+                println!(
+                    "usage: demo [--requests N] [--clean-requests N] [--concurrency N] \
+                     [--grace-ms MS] [--serve] [--addr 127.0.0.1:3000]"
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other:?} (try --help)")),
+        }
+    }
+    if options.serve && options.addr.port() == 0 {
+        options.addr.set_port(3000);
+    }
+    Ok(options)
+}
+
+fn parse<T: std::str::FromStr>(s: &str) -> Result<T, String> {
+    s.parse().map_err(|_| format!("invalid value {s:?}"))
+}
+
+#[tokio::main]
+async fn main() {
+    let options = match parse_args() {
+        Ok(options) => options,
+        Err(message) => {
+            eprintln!("demo: {message}");
+            std::process::exit(2);
+        }
+    };
+    if options.serve {
+        serve(options).await;
+    } else {
+        drive(options).await;
+    }
+}
+
+/// `--serve`: keep the service up for manual use; leaks are logged as they are confirmed.
+async fn serve(options: Options) {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("leakwatch=info"))
+        .init();
+    let detector = LeakDetector::builder()
+        .grace(options.grace)
+        .sweep_interval(Duration::from_millis(500))
+        .confirm_sweeps(1)
+        .sink(TracingSink::new())
+        .build()
+        .expect("valid configuration");
+    let listener = tokio::net::TcpListener::bind(options.addr)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    println!("leakwatch demo serving on http://{addr} (Ctrl-C to stop)");
+    for t in TARGETS {
+        let path = t.path.replace("{n}", "1");
+        let data = if t.body_len > 0 {
+            " --data-binary @/etc/hostname"
+        } else {
+            ""
+        };
+        println!(
+            "  curl -X {} http://{addr}{path}{data}    # {}",
+            t.method, t.scenario
+        );
+    }
+    axum::serve(listener, app(&detector, Globals::default()))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await
+        .expect("serve");
+}
+
+/// The default: serve on an ephemeral loopback port, drive every route, print what leaked.
+async fn drive(options: Options) {
+    let collected = CollectingSink::new();
+    let detector = LeakDetector::builder()
+        .grace(options.grace)
+        .sweep_interval(Duration::from_millis(100))
+        .confirm_sweeps(1)
+        .sink(collected.clone())
+        .build()
+        .expect("valid configuration");
+    let listener = tokio::net::TcpListener::bind(options.addr)
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().unwrap();
+    let server =
+        tokio::spawn(axum::serve(listener, app(&detector, Globals::default())).into_future());
+
+    println!(
+        "leakwatch demo: axum on http://{addr}, {} requests per leaky route, {} per clean route, \
+         concurrency {}, grace {} ms\n",
+        options.requests,
+        options.clean_requests,
+        options.concurrency,
+        options.grace.as_millis()
+    );
+    let started = Instant::now();
+    let sent = load(addr, &options).await;
+    println!(
+        "sent {sent} requests in {} ms",
+        started.elapsed().as_millis()
+    );
+
+    // Wait out the grace period and the confirming sweep of the background sweeper.
+    let deadline = Instant::now() + options.grace + Duration::from_secs(10);
+    let expected = expected_leaks(&options);
+    loop {
+        let confirmed = detector
+            .leaks()
+            .iter()
+            .filter(|r| r.state == LeakState::Confirmed)
+            .count();
+        if confirmed >= expected || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    print_table(&detector.leaks(), &options);
+    detector.sweep_now(); // forget what has ended since, for the statistics below
+    let stats = detector.stats();
+    println!(
+        "\ndetector: {} sweeps, {} open scopes, {} registry entries (capacity {}), {} skipped, \
+         {} sink reports ({} released)",
+        stats.sweeps,
+        stats.open_scopes,
+        stats.registry_entries,
+        stats.registry_capacity,
+        stats.skipped,
+        collected.reports().len(),
+        stats.released_total,
+    );
+    server.abort();
+}
+
+/// Leaky routes × requests: every one of them must be found.
+fn expected_leaks(options: &Options) -> usize {
+    TARGETS.iter().filter(|t| t.leaky).count() * options.requests
+}
+
+/// Sends every request through a real HTTP client, `concurrency` at a time.
+async fn load(addr: SocketAddr, options: &Options) -> usize {
+    let permits = Arc::new(Semaphore::new(options.concurrency));
+    let mut set = tokio::task::JoinSet::new();
+    for target in TARGETS {
+        // A client per route; uploads get a fresh connection each, because a server that does
+        // not read a body (L4) closes the connection, and a pooled request sent on it would be
+        // lost before reaching the handler.
+        let mut builder = Client::builder(TokioExecutor::new());
+        if target.body_len > 0 {
+            builder.pool_max_idle_per_host(0);
+        }
+        let client: Client<_, Full<Bytes>> = builder.build_http();
+        let count = if target.leaky {
+            options.requests
+        } else {
+            options.clean_requests
+        };
+        for n in 0..count {
+            let permit = permits.clone().acquire_owned().await.unwrap();
+            let client = client.clone();
+            let uri = format!(
+                "http://{addr}{}",
+                target.path.replace("{n}", &n.to_string())
+            );
+            let request = http::Request::builder()
+                .method(target.method)
+                .uri(uri)
+                .header(
+                    "x-request-id",
+                    format!(
+                        "demo-{}-{n}",
+                        target.scenario.split(' ').next().unwrap_or("x")
+                    ),
+                )
+                .body(Full::new(Bytes::from(vec![b'x'; target.body_len])))
+                .unwrap();
+            set.spawn(async move {
+                let outcome = match client.request(request).await {
+                    Ok(response) => {
+                        let ok = response.status().is_success();
+                        ok && response.into_body().collect().await.is_ok()
+                    }
+                    // L4's unread upload: hyper answers, then closes the connection instead of
+                    // reading the rest — the client may see its write cut off. That is the
+                    // cost of an unconsumed body, and the handler did run.
+                    Err(_) => false,
+                };
+                drop(permit);
+                (target.template, outcome)
+            });
+        }
+    }
+    let mut sent = 0;
+    let mut failed: BTreeMap<&str, usize> = BTreeMap::new();
+    while let Some(result) = set.join_next().await {
+        let (template, ok) = result.expect("request task");
+        sent += 1;
+        if !ok {
+            *failed.entry(template).or_default() += 1;
+        }
+    }
+    for (template, n) in failed {
+        println!("  {n} request(s) to {template} were cut off by the server");
+    }
+    sent
+}
+
+/// Prints the leaks grouped by route and kind, then the clean routes.
+fn print_table(leaks: &[LeakReport], options: &Options) {
+    let mut groups: BTreeMap<(String, String, LeakKind), Vec<&LeakReport>> = BTreeMap::new();
+    for report in leaks {
+        groups
+            .entry((report.route.clone(), report.method.clone(), report.kind))
+            .or_default()
+            .push(report);
+    }
+    println!(
+        "\n{:<28} {:<15} {:>5} {:>9}  {:<26} EXAMPLE",
+        "ROUTE", "KIND", "COUNT", "CONFIRMED", "LOCATION"
+    );
+    for ((route, method, kind), reports) in &groups {
+        let confirmed = reports
+            .iter()
+            .filter(|r| r.state == LeakState::Confirmed)
+            .count();
+        let example = reports[0];
+        let location = example
+            .location
+            .map(|l| l.to_string())
+            .unwrap_or_else(|| "-".to_owned());
+        let what = example.type_name.map(short_type).unwrap_or("");
+        println!(
+            "{:<28} {:<15} {:>5} {:>9}  {:<26} {} {}{}",
+            format!("{method} {route}"),
+            kind.as_str(),
+            reports.len(),
+            confirmed,
+            location,
+            example.request_id,
+            example.detail,
+            if what.is_empty() {
+                String::new()
+            } else {
+                format!(" ({what})")
+            },
+        );
+    }
+    println!("\nscenario check:");
+    let mut all_ok = true;
+    for target in TARGETS {
+        let found = leaks.iter().filter(|r| r.route == target.template).count();
+        let expected = if target.leaky { options.requests } else { 0 };
+        let ok = found == expected;
+        all_ok &= ok;
+        println!(
+            "  {} {:<6} {:<22} {:<36} {found} report(s), expected {expected}",
+            if ok { "ok  " } else { "MISS" },
+            target.method,
+            target.template,
+            target.scenario,
+        );
+    }
+    println!(
+        "\n{}",
+        if all_ok {
+            "every leaky route was reported; no clean route was"
+        } else {
+            "some routes were not reported as expected (see above)"
+        }
+    );
+}
+
+/// The last path segment of a type name, for the table.
+fn short_type(name: &'static str) -> &'static str {
+    name.rsplit("::")
+        .find(|s| !s.starts_with('{'))
+        .unwrap_or(name)
+}

@@ -1,0 +1,85 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower_service::Service;
+
+use super::{LeakLayer, ResponseBody, ResponseFuture};
+use crate::body::RequestBody;
+use crate::detector::Shared;
+use crate::registry::Liveness;
+use crate::scope::{self, ScopeGuard};
+
+/// Middleware that opens a request scope for every request, tracks the request body and what the
+/// handler spawns or watches, and closes the scope when the response body ends or is dropped.
+///
+/// It never changes a request, a response, an error or a status: the inner service sees the
+/// same request with its body wrapped in a [`RequestBody`] that forwards every frame unbuffered,
+/// and the response body is wrapped in a [`ResponseBody`] that does the same.
+///
+/// See the [module docs](crate::layer) for an example.
+#[derive(Clone)]
+pub struct LeakService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> LeakService<S> {
+    /// Wraps `inner`, reporting to `detector`.
+    pub fn new(inner: S, detector: &crate::LeakDetector) -> Self {
+        Self::from_shared(inner, detector.shared.clone())
+    }
+
+    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
+        LeakService { inner, shared }
+    }
+
+    /// Returns a new [`Layer`](tower_layer::Layer) that wraps services with a `LeakService`
+    /// reporting to `detector`; the same as [`LeakDetector::layer`](crate::LeakDetector::layer).
+    pub fn layer(detector: &crate::LeakDetector) -> LeakLayer {
+        detector.layer()
+    }
+
+    define_inner_service_accessors!();
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for LeakService<S>
+where
+    S: Service<Request<RequestBody<ReqBody>>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body,
+{
+    type Response = Response<ResponseBody<ResBody>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        let Some(scope) = self.shared.open_scope(&request) else {
+            let request = request.map(RequestBody::untracked);
+            return ResponseFuture::disabled(self.inner.call(request));
+        };
+        let (parts, body) = request.into_parts();
+        let (body, state) = RequestBody::tracked(body);
+        if let Some(state) = state {
+            self.shared.track(&scope, Liveness::Body(state), None, None);
+        }
+        let request = Request::from_parts(parts, body);
+        let mut guard = ScopeGuard::new(scope);
+        let inner = &mut self.inner;
+        let future = scope::enter(guard.slot(), || inner.call(request));
+        ResponseFuture::enabled(future, guard)
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for LeakService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeakService")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}

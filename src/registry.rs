@@ -1,0 +1,288 @@
+//! The weak-reference registry: open scopes and the objects requests left behind.
+//!
+//! Entries hold only `Weak` references, liveness tokens or the detector's own small state — never
+//! the request or the user's object — so tracking never extends a lifetime. The registry is
+//! bounded: past its capacity, new scopes and objects are not tracked and a counter says how many
+//! were skipped.
+
+use std::panic::Location;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Instant;
+
+use dashmap::DashMap;
+
+use crate::body::BodyState;
+use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
+use crate::scope::{self, Scope};
+use crate::sweep::Tracker;
+
+/// Held by a spawned task's future; the task has ended once it is gone.
+#[derive(Debug)]
+pub(crate) struct TaskToken;
+
+/// Tells whether a watched object is still alive.
+pub(crate) trait Probe: Send + Sync {
+    fn is_alive(&self) -> bool;
+}
+
+impl<T: ?Sized + Send + Sync> Probe for Weak<T> {
+    fn is_alive(&self) -> bool {
+        self.strong_count() > 0
+    }
+}
+
+/// How the sweeper learns whether a tracked object is still alive.
+pub(crate) enum Liveness {
+    Task(Weak<TaskToken>),
+    Body(Arc<BodyState>),
+    Object(Box<dyn Probe>),
+}
+
+impl Liveness {
+    pub(crate) fn is_alive(&self) -> bool {
+        match self {
+            Liveness::Task(token) => token.strong_count() > 0,
+            Liveness::Body(state) => state.is_alive(),
+            Liveness::Object(probe) => probe.is_alive(),
+        }
+    }
+
+    /// The kind of leak this object is when it outlives its request.
+    pub(crate) fn leak_kind(&self) -> LeakKind {
+        match self {
+            Liveness::Task(_) => LeakKind::OrphanTask,
+            Liveness::Body(_) => LeakKind::RetainedBody,
+            Liveness::Object(_) => LeakKind::WatchedObject,
+        }
+    }
+}
+
+/// An object a request left behind.
+pub(crate) struct Entry {
+    pub(crate) scope: Arc<Scope>,
+    pub(crate) liveness: Liveness,
+    pub(crate) location: Option<&'static Location<'static>>,
+    pub(crate) type_name: Option<&'static str>,
+    pub(crate) created_at: Instant,
+    pub(crate) tracker: Tracker,
+}
+
+/// An open (or just closed) request.
+pub(crate) struct ScopeEntry {
+    pub(crate) scope: Arc<Scope>,
+    pub(crate) tracker: Tracker,
+}
+
+/// Builds a report about `scope` (shared by object and scope entries).
+pub(crate) struct ReportParts<'a> {
+    pub(crate) id: u64,
+    pub(crate) kind: LeakKind,
+    pub(crate) state: LeakState,
+    pub(crate) scope: &'a Scope,
+    pub(crate) location: Option<&'static Location<'static>>,
+    pub(crate) type_name: Option<&'static str>,
+    pub(crate) detail: String,
+}
+
+impl ReportParts<'_> {
+    pub(crate) fn build(self, now: Instant) -> LeakReport {
+        let scope = self.scope;
+        let closed_at = scope.closed_at();
+        // A stuck request's age runs from when it opened; anything else's from the close.
+        let since = closed_at.unwrap_or(scope.opened_at);
+        LeakReport {
+            id: self.id,
+            kind: self.kind,
+            state: self.state,
+            route: scope.route.as_str().to_owned(),
+            method: scope.method.as_str().to_owned(),
+            request_id: scope.request_id.to_string(),
+            scope_id: scope.id,
+            opened_at: scope.opened_wall(),
+            closed_at: closed_at.map(scope::wall),
+            detected_at: scope::wall(now),
+            age: now.saturating_duration_since(since),
+            location: self.location.map(SourceLocation::from_std),
+            type_name: self.type_name,
+            detail: self.detail,
+        }
+    }
+}
+
+/// Hashes the registry's sequential `u64` ids with one multiplication (Fibonacci hashing): the
+/// ids are not attacker-controlled, and SipHash would cost more than the rest of an insert.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type IdMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Scopes and objects, bounded by one capacity.
+pub(crate) struct Registry {
+    pub(crate) scopes: IdMap<ScopeEntry>,
+    pub(crate) objects: IdMap<Entry>,
+    len: AtomicUsize,
+    capacity: usize,
+    skipped: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Registry {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Registry {
+            scopes: IdMap::default(),
+            objects: IdMap::default(),
+            len: AtomicUsize::new(0),
+            capacity,
+            skipped: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh id for a scope or an object: one sequence, so report ids never collide.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Claims room for one entry, or counts it as skipped.
+    fn reserve(&self) -> bool {
+        if self.len.fetch_add(1, Ordering::Relaxed) < self.capacity {
+            true
+        } else {
+            self.len.fetch_sub(1, Ordering::Relaxed);
+            self.skipped.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+
+    /// Gives back the room of `n` removed entries.
+    pub(crate) fn released(&self, n: usize) {
+        self.len.fetch_sub(n, Ordering::Relaxed);
+    }
+
+    /// Tracks an open scope; `false` when the registry is full.
+    pub(crate) fn insert_scope(&self, scope: &Arc<Scope>) -> bool {
+        if !self.reserve() {
+            return false;
+        }
+        self.scopes.insert(
+            scope.id,
+            ScopeEntry {
+                scope: scope.clone(),
+                tracker: Tracker::default(),
+            },
+        );
+        true
+    }
+
+    /// Tracks an object left by `scope`; `false` when the registry is full.
+    pub(crate) fn insert_object(
+        &self,
+        scope: &Arc<Scope>,
+        liveness: Liveness,
+        location: Option<&'static Location<'static>>,
+        type_name: Option<&'static str>,
+    ) -> bool {
+        if !self.reserve() {
+            return false;
+        }
+        let id = self.next_id();
+        self.objects.insert(
+            id,
+            Entry {
+                scope: scope.clone(),
+                liveness,
+                location,
+                type_name,
+                created_at: Instant::now(),
+                tracker: Tracker::default(),
+            },
+        );
+        true
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    pub(crate) fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::request_id::RequestId;
+    use crate::route::Route;
+
+    fn scope() -> Arc<Scope> {
+        Arc::new(Scope::new(
+            1,
+            RequestId::Given("r".into()),
+            http::Method::POST,
+            Route::Static("/x"),
+            false,
+            Weak::new(),
+        ))
+    }
+
+    #[test]
+    fn capacity_bounds_scopes_and_objects_together() {
+        let registry = Registry::new(3);
+        let s = scope();
+        assert!(registry.insert_scope(&s));
+        let token = Arc::new(TaskToken);
+        assert!(registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
+        assert!(registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
+        assert!(!registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
+        assert!(!registry.insert_scope(&s));
+        assert_eq!(registry.len(), 3);
+        assert_eq!(registry.skipped(), 2);
+        assert_eq!(registry.objects.len(), 2);
+
+        registry.released(1);
+        assert!(registry.insert_scope(&scope()));
+        assert_eq!(registry.len(), 3);
+    }
+
+    #[test]
+    fn entries_never_keep_objects_alive() {
+        let registry = Registry::new(8);
+        let s = scope();
+        let object = Arc::new(vec![0u8; 64]);
+        registry.insert_object(
+            &s,
+            Liveness::Object(Box::new(Arc::downgrade(&object))),
+            None,
+            None,
+        );
+        let token = Arc::new(TaskToken);
+        registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None);
+        assert!(registry.objects.iter().all(|e| e.liveness.is_alive()));
+        assert_eq!(Arc::strong_count(&object), 1);
+        drop(object);
+        drop(token);
+        assert!(registry.objects.iter().all(|e| !e.liveness.is_alive()));
+    }
+}

@@ -1,0 +1,298 @@
+//! Leak reports: what was found, where, for which request, and in which state.
+//!
+//! A [`LeakReport`] is produced by the sweeper each time a tracked object changes state
+//! ([`LeakState::Suspected`], [`LeakState::Confirmed`], [`LeakState::Released`]). Reports carry
+//! the route *template* (never the raw path), the method, the request id and, for tasks and
+//! watched objects, the source location of the `spawn` / `watch` call. They never contain header
+//! values, query strings or bodies.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// What kind of object outlived its request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub enum LeakKind {
+    /// A task spawned by the request (through [`crate::spawn`] or [`crate::scoped`]) is still
+    /// running after the request finished: the tokio form of a goroutine leak.
+    OrphanTask,
+    /// The request body was dropped before its end with data left unread. A hygiene finding:
+    /// hyper has to close the connection instead of reusing it.
+    UnconsumedBody,
+    /// A request body is still alive after the request finished: it was moved into a task or a
+    /// global.
+    RetainedBody,
+    /// An object passed to [`crate::watch`] is still alive after the request finished.
+    WatchedObject,
+    /// A request has been open for longer than the configured maximum request age.
+    StuckRequest,
+}
+
+impl LeakKind {
+    /// Every kind, in declaration order.
+    pub const ALL: [LeakKind; 5] = [
+        LeakKind::OrphanTask,
+        LeakKind::UnconsumedBody,
+        LeakKind::RetainedBody,
+        LeakKind::WatchedObject,
+        LeakKind::StuckRequest,
+    ];
+
+    /// The kind's name, as used in logs and metrics (`"OrphanTask"`, …).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LeakKind::OrphanTask => "OrphanTask",
+            LeakKind::UnconsumedBody => "UnconsumedBody",
+            LeakKind::RetainedBody => "RetainedBody",
+            LeakKind::WatchedObject => "WatchedObject",
+            LeakKind::StuckRequest => "StuckRequest",
+        }
+    }
+
+    pub(crate) const fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl fmt::Display for LeakKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Where a report stands in its life cycle.
+///
+/// `Suspected` → `Confirmed` while the object stays alive; `Released` once an object that was
+/// reported is freed after all (so a false positive is visible rather than silently dropped).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub enum LeakState {
+    /// Alive after the request's scope closed and the grace period passed.
+    Suspected,
+    /// Still alive the configured number of sweeps after it was first suspected (or a one-shot
+    /// finding such as [`LeakKind::UnconsumedBody`]). Reported once.
+    Confirmed,
+    /// Freed after it had been reported.
+    Released,
+}
+
+impl LeakState {
+    /// The state's name (`"Suspected"`, `"Confirmed"`, `"Released"`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            LeakState::Suspected => "Suspected",
+            LeakState::Confirmed => "Confirmed",
+            LeakState::Released => "Released",
+        }
+    }
+
+    /// `true` for `Suspected` and `Confirmed`: the object is still alive.
+    pub const fn is_active(self) -> bool {
+        !matches!(self, LeakState::Released)
+    }
+}
+
+impl fmt::Display for LeakState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A source location captured with `#[track_caller]` at a `spawn`, `scoped` or `watch` call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct SourceLocation {
+    /// The file, as the compiler names it (relative to the crate root of the caller).
+    pub file: &'static str,
+    /// The 1-based line.
+    pub line: u32,
+    /// The 1-based column.
+    pub column: u32,
+}
+
+impl SourceLocation {
+    pub(crate) fn from_std(location: &'static std::panic::Location<'static>) -> Self {
+        SourceLocation {
+            file: location.file(),
+            line: location.line(),
+            column: location.column(),
+        }
+    }
+}
+
+impl fmt::Display for SourceLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// One finding: an object that outlived its request, or a request that never ended.
+///
+/// Reports are plain data: cloning one is cheap enough for sinks and tests, and its
+/// [`Display`](fmt::Display) form is one readable line.
+///
+/// ```
+/// use leakwatch::{LeakKind, LeakState};
+/// # fn show(report: &leakwatch::LeakReport) {
+/// if report.kind == LeakKind::OrphanTask && report.state == LeakState::Confirmed {
+///     println!("{report}"); // OrphanTask [Confirmed] GET /jobs/{id} request_id=… spawned at src/jobs.rs:42 …
+/// }
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct LeakReport {
+    /// Identifier of the tracked object, unique within one detector. The `Suspected`,
+    /// `Confirmed` and `Released` reports of one object share it.
+    pub id: u64,
+    /// What leaked.
+    pub kind: LeakKind,
+    /// The state this report announces.
+    pub state: LeakState,
+    /// The route template of the request (`/users/{id}`), `"<unmatched>"` when none is known.
+    /// Never the raw path.
+    pub route: String,
+    /// The request's HTTP method.
+    pub method: String,
+    /// The request id: the incoming `x-request-id` when it was well formed, else a generated one.
+    pub request_id: String,
+    /// Monotonic number of the request's scope within its detector.
+    pub scope_id: u64,
+    /// When the request started (wall clock).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser::unix_millis"))]
+    pub opened_at: SystemTime,
+    /// When the request's scope closed (its response finished or was dropped); `None` for a
+    /// request that is still open ([`LeakKind::StuckRequest`]).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser::opt_unix_millis"))]
+    pub closed_at: Option<SystemTime>,
+    /// When the sweeper made this report (wall clock).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser::unix_millis"))]
+    pub detected_at: SystemTime,
+    /// How long the object has outlived its request (detection − scope close); for a stuck
+    /// request, how long it has been open.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser::millis"))]
+    pub age: Duration,
+    /// Where the task was spawned or the object watched.
+    pub location: Option<SourceLocation>,
+    /// The Rust type of the watched object or spawned future, when known.
+    pub type_name: Option<&'static str>,
+    /// A human-readable explanation (bytes read from a body, how long a task ran, …).
+    pub detail: String,
+}
+
+impl fmt::Display for LeakReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} [{}] {} {} request_id={} age={}ms",
+            self.kind,
+            self.state,
+            self.method,
+            self.route,
+            self.request_id,
+            self.age.as_millis()
+        )?;
+        if let Some(location) = &self.location {
+            let verb = match self.kind {
+                LeakKind::WatchedObject => "watched at",
+                _ => "spawned at",
+            };
+            write!(f, " {verb} {location}")?;
+        }
+        if let Some(type_name) = self.type_name {
+            write!(f, " type={type_name}")?;
+        }
+        if !self.detail.is_empty() {
+            write!(f, ": {}", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// Renders reports one per line, numbered, for panic messages and terminal output.
+pub(crate) fn render_list(reports: &[LeakReport]) -> String {
+    let mut out = String::new();
+    for (i, report) in reports.iter().enumerate() {
+        out.push_str(&format!("  {:>3}. {report}\n", i + 1));
+    }
+    out
+}
+
+#[cfg(feature = "serde")]
+mod ser {
+    use serde::Serializer;
+    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+    fn millis_since_epoch(t: &SystemTime) -> u64 {
+        t.duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    pub(super) fn unix_millis<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(millis_since_epoch(t))
+    }
+
+    pub(super) fn opt_unix_millis<S: Serializer>(
+        t: &Option<SystemTime>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&millis_since_epoch(t)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_helpers::sample_report;
+
+    #[test]
+    fn display_is_one_readable_line() {
+        let line = sample_report().to_string();
+        assert_eq!(
+            line,
+            "OrphanTask [Confirmed] GET /jobs/{id} request_id=req-1 age=2500ms \
+             spawned at src/jobs.rs:42 type=jobs::run::{{closure}}: task still running"
+        );
+        assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn render_list_numbers_every_report() {
+        let text = render_list(&[sample_report(), sample_report()]);
+        assert!(text.contains("  1. OrphanTask"));
+        assert!(text.contains("  2. OrphanTask"));
+    }
+
+    #[test]
+    fn kinds_index_their_position() {
+        for (i, kind) in LeakKind::ALL.iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+        assert!(LeakState::Suspected.is_active());
+        assert!(!LeakState::Released.is_active());
+    }
+
+    #[cfg(feature = "serde")]
+    #[test]
+    fn serializes_to_json_with_millis() {
+        let json = serde_json::to_value(sample_report()).unwrap();
+        assert_eq!(json["kind"], "OrphanTask");
+        assert_eq!(json["state"], "Confirmed");
+        assert_eq!(json["route"], "/jobs/{id}");
+        assert_eq!(json["opened_at"], 1_000);
+        assert_eq!(json["closed_at"], 1_500);
+        assert_eq!(json["age"], 2_500);
+        assert_eq!(json["location"]["line"], 42);
+    }
+}

@@ -1,0 +1,130 @@
+//! Where reports go: the [`ReportSink`] trait and the built-in sinks.
+//!
+//! The sweeper hands every state change to every configured sink, from its own thread, after a
+//! sweep — never on a request's path. A sink must not block for long; one that panics is caught
+//! and counted in [`Stats::sink_panics`](crate::Stats::sink_panics).
+//!
+//! Built in:
+//!
+//! - [`TracingSink`] (feature `tracing`, the default sink): one `tracing` event per report,
+//!   `WARN` for confirmed leaks.
+//! - [`CollectingSink`]: keeps reports in memory, for tests and the demo.
+//! - [`ChannelSink`]: sends reports into a bounded tokio channel; drops (counted) when full.
+//!
+//! Sinks compose: `Option<S>` is a sink that may be switched off, `Vec<Box<dyn ReportSink>>`
+//! fans out, and [`ReportSinkExt::and_then`] chains two.
+
+use std::sync::Arc;
+
+use crate::report::LeakReport;
+
+mod collect;
+pub use self::collect::{ChannelSink, CollectingSink};
+
+cfg_feature! {
+    "tracing",
+    mod tracing;
+    pub use self::tracing::TracingSink;
+}
+
+/// Receives leak reports.
+///
+/// ```
+/// use leakwatch::{LeakReport, ReportSink};
+///
+/// struct Stderr;
+///
+/// impl ReportSink for Stderr {
+///     fn report(&self, report: &LeakReport) {
+///         eprintln!("leak: {report}");
+///     }
+/// }
+///
+/// let detector = leakwatch::LeakDetector::builder().sink(Stderr).build().unwrap();
+/// # drop(detector);
+/// ```
+pub trait ReportSink: Send + Sync + 'static {
+    /// Handles one report. Called from the sweeper, never on a request's path.
+    fn report(&self, report: &LeakReport);
+}
+
+/// Chains sinks.
+pub trait ReportSinkExt: ReportSink + Sized {
+    /// A sink that hands each report to `self`, then to `other`.
+    fn and_then<T: ReportSink>(self, other: T) -> Chain<Self, T> {
+        Chain(self, other)
+    }
+}
+
+impl<S: ReportSink> ReportSinkExt for S {}
+
+/// Two sinks in a row, made by [`ReportSinkExt::and_then`].
+#[derive(Clone, Debug)]
+pub struct Chain<A, B>(A, B);
+
+impl<A: ReportSink, B: ReportSink> ReportSink for Chain<A, B> {
+    fn report(&self, report: &LeakReport) {
+        self.0.report(report);
+        self.1.report(report);
+    }
+}
+
+impl<S: ReportSink> ReportSink for Option<S> {
+    fn report(&self, report: &LeakReport) {
+        if let Some(sink) = self {
+            sink.report(report);
+        }
+    }
+}
+
+impl<S: ReportSink + ?Sized> ReportSink for Box<S> {
+    fn report(&self, report: &LeakReport) {
+        (**self).report(report);
+    }
+}
+
+impl<S: ReportSink + ?Sized> ReportSink for Arc<S> {
+    fn report(&self, report: &LeakReport) {
+        (**self).report(report);
+    }
+}
+
+impl ReportSink for Vec<Box<dyn ReportSink>> {
+    fn report(&self, report: &LeakReport) {
+        for sink in self {
+            sink.report(report);
+        }
+    }
+}
+
+/// The sinks a detector uses when none is configured.
+pub(crate) fn default_sinks() -> Vec<Box<dyn ReportSink>> {
+    #[cfg(feature = "tracing")]
+    {
+        vec![Box::new(TracingSink::new())]
+    }
+    #[cfg(not(feature = "tracing"))]
+    {
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_helpers::sample_report as sample;
+
+    #[test]
+    fn combinators_deliver_to_every_sink() {
+        let a = CollectingSink::new();
+        let b = CollectingSink::new();
+        let c = CollectingSink::new();
+        let fan: Vec<Box<dyn ReportSink>> = vec![Box::new(b.clone()), Box::new(Some(c.clone()))];
+        let chain = a.clone().and_then(fan).and_then(None::<CollectingSink>);
+        chain.report(&sample());
+        Arc::new(chain).report(&sample());
+        assert_eq!(a.reports().len(), 2);
+        assert_eq!(b.reports().len(), 2);
+        assert_eq!(c.reports().len(), 2);
+    }
+}

@@ -1,0 +1,63 @@
+use tracing::Level;
+
+use super::ReportSink;
+use crate::report::{LeakReport, LeakState};
+
+/// Emits one `tracing` event per report, with target `leakwatch`: `WARN` for confirmed leaks,
+/// `INFO` for suspected and released ones.
+///
+/// Fields use OpenTelemetry's semantic-convention names where they exist (`http.route`,
+/// `http.request.method`, `code.filepath`, `code.lineno`) and `leak.*` for the rest
+/// (`leak.kind`, `leak.state`, `leak.id`, `leak.request_id`, `leak.age_ms`, `leak.type`). The
+/// message is the report's one-line [`Display`](std::fmt::Display) form.
+///
+/// This is the default sink when the `tracing` feature is on.
+///
+/// ```
+/// let detector = leakwatch::LeakDetector::builder()
+///     .sink(leakwatch::sink::TracingSink::new())
+///     .build()
+///     .unwrap();
+/// # drop(detector);
+/// ```
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TracingSink {
+    _private: (),
+}
+
+impl TracingSink {
+    /// A sink emitting to the current `tracing` subscriber.
+    pub fn new() -> Self {
+        TracingSink { _private: () }
+    }
+}
+
+macro_rules! emit {
+    ($level:expr, $r:expr) => {
+        tracing::event!(
+            target: "leakwatch",
+            $level,
+            leak.kind = $r.kind.as_str(),
+            leak.state = $r.state.as_str(),
+            leak.id = $r.id,
+            leak.request_id = %$r.request_id,
+            leak.age_ms = $r.age.as_millis() as u64,
+            leak.type = $r.type_name,
+            http.route = %$r.route,
+            http.request.method = %$r.method,
+            code.filepath = $r.location.map(|l| l.file),
+            code.lineno = $r.location.map(|l| l.line),
+            "{}",
+            $r
+        )
+    };
+}
+
+impl ReportSink for TracingSink {
+    fn report(&self, report: &LeakReport) {
+        match report.state {
+            LeakState::Confirmed => emit!(Level::WARN, report),
+            _ => emit!(Level::INFO, report),
+        }
+    }
+}

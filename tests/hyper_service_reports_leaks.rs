@@ -1,0 +1,102 @@
+//! A plain hyper/tower service (no axum, routes named by `route_fn`) gets the same reports: an
+//! orphan task through a real server and client, an unconsumed body and a retained body through
+//! `oneshot`.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use leakwatch::{LeakKind, LeakState, RequestBody};
+use tower::{ServiceBuilder, ServiceExt};
+
+fn route(_: &http::Method, uri: &http::Uri) -> Option<&'static str> {
+    uri.path().starts_with("/jobs/").then_some("/jobs/{id}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_task_through_a_real_hyper_server() {
+    let sink = leakwatch::sink::CollectingSink::new();
+    let detector = support::builder(&sink).route_fn(route).build().unwrap();
+    let spawn_line = Arc::new(Mutex::new(0));
+    let line = spawn_line.clone();
+    let service = ServiceBuilder::new().layer(detector.layer()).service_fn(
+        move |_: Request<RequestBody<Incoming>>| {
+            let line = line.clone();
+            async move {
+                *line.lock().unwrap() = line!() + 1;
+                leakwatch::spawn(std::future::pending::<()>());
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+            }
+        },
+    );
+    let (addr, server) = support::serve(service).await;
+
+    let request = Request::get(format!("http://{addr}/jobs/1234?secret=1"))
+        .header("x-request-id", "job-req-1")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = support::client().request(request).await.unwrap();
+    assert_eq!(&support::read_body(response).await[..], b"ok");
+
+    support::wait_until("the scope closed", || detector.stats().open_scopes == 0).await;
+    let reports = detector.sweep_now();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let report = &reports[0];
+    assert_eq!(report.kind, LeakKind::OrphanTask);
+    assert_eq!(report.state, LeakState::Confirmed);
+    assert_eq!(report.route, "/jobs/{id}");
+    assert_eq!(report.request_id, "job-req-1");
+    let location = report.location.unwrap();
+    assert_eq!(location.file, file!());
+    assert_eq!(location.line, *spawn_line.lock().unwrap());
+    assert!(!format!("{report:?}").contains("1234"));
+    assert_eq!(sink.reports(), reports);
+    server.abort();
+}
+
+#[tokio::test]
+async fn unconsumed_and_retained_bodies_through_oneshot() {
+    let (detector, sink) = support::detector();
+    let kept: Arc<Mutex<Vec<RequestBody<Full<Bytes>>>>> = Arc::default();
+    let service = {
+        let kept = kept.clone();
+        ServiceBuilder::new().layer(detector.layer()).service_fn(
+            move |req: Request<RequestBody<Full<Bytes>>>| {
+                let kept = kept.clone();
+                async move {
+                    if req.uri().path() == "/keep" {
+                        kept.lock().unwrap().push(req.into_body());
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+                }
+            },
+        )
+    };
+    for path in ["/ignore", "/keep"] {
+        let request = Request::post(path)
+            .body(Full::new(Bytes::from(vec![0u8; 4096])))
+            .unwrap();
+        let response = service.clone().oneshot(request).await.unwrap();
+        support::read_body(response).await;
+    }
+    let reports = detector.sweep_now();
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    assert_eq!(
+        support::of_kind(&reports, LeakKind::UnconsumedBody).len(),
+        1
+    );
+    assert_eq!(support::of_kind(&reports, LeakKind::RetainedBody).len(), 1);
+    assert!(reports.iter().all(|r| r.route == leakwatch::UNMATCHED));
+    assert_eq!(sink.reports().len(), 2);
+
+    kept.lock().unwrap().clear(); // dropped unread, but it was already reported as retained
+    let released = detector.sweep_now();
+    assert_eq!(released.len(), 1);
+    assert_eq!(released[0].kind, LeakKind::RetainedBody);
+    assert_eq!(released[0].state, LeakState::Released);
+}

@@ -1,0 +1,146 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use leakwatch::sink::CollectingSink;
+use leakwatch::{LeakDetector, LeakDetectorBuilder, LeakKind, LeakReport};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// A builder for test detectors: no grace, confirmed at the first sweep, no background sweeps
+/// (tests sweep with `sweep_now`), reports collected.
+pub fn builder(sink: &CollectingSink) -> LeakDetectorBuilder {
+    LeakDetector::builder()
+        .grace(Duration::ZERO)
+        .confirm_sweeps(0)
+        .sweep_interval(Duration::from_secs(3600))
+        .sink(sink.clone())
+}
+
+/// A test detector and the sink it reports to.
+pub fn detector() -> (LeakDetector, CollectingSink) {
+    let sink = CollectingSink::new();
+    (builder(&sink).build().unwrap(), sink)
+}
+
+/// The reports of one kind.
+pub fn of_kind(reports: &[LeakReport], kind: LeakKind) -> Vec<LeakReport> {
+    reports.iter().filter(|r| r.kind == kind).cloned().collect()
+}
+
+/// Reads a response body to its end.
+pub async fn read_body<B>(response: Response<B>) -> Bytes
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    response.into_body().collect().await.unwrap().to_bytes()
+}
+
+/// Serves `service` with hyper on 127.0.0.1 (an ephemeral port); the server stops when the
+/// returned task is aborted or the runtime ends.
+pub async fn serve<S, B>(service: S) -> (SocketAddr, JoinHandle<()>)
+where
+    S: tower::Service<Request<Incoming>, Response = Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                return;
+            };
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, server)
+}
+
+/// A real HTTP/1 client.
+pub fn client() -> Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+/// Runs an async test body on a current-thread and on a multi-thread runtime.
+#[macro_export]
+macro_rules! on_both_runtimes {
+    ($($name:ident => $body:path;)*) => {
+        mod current_thread {
+            $(
+                #[tokio::test(flavor = "current_thread")]
+                async fn $name() {
+                    $body().await
+                }
+            )*
+        }
+        mod multi_thread {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $body().await
+                }
+            )*
+        }
+    };
+}
+
+/// A response body fed through a channel: a frame per message, the end when every sender is
+/// gone. Not buffered.
+pub struct ChannelBody {
+    receiver: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl ChannelBody {
+    /// A body and the sender feeding it.
+    pub fn new() -> (tokio::sync::mpsc::Sender<Bytes>, Self) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(1);
+        (sender, ChannelBody { receiver })
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        self.receiver
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|c| Ok(http_body::Frame::data(c))))
+    }
+}
+
+/// Waits (polling, up to 10 s) until `condition` holds; panics with `what` otherwise.
+pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
