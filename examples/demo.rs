@@ -306,18 +306,23 @@ async fn main() {
     }
 }
 
+/// The demo's detector: a short grace period, confirmed one sweep after it is suspected.
+fn detector(options: &Options, sink: impl leakwatch::ReportSink) -> LeakDetector {
+    LeakDetector::builder()
+        .grace(options.grace)
+        .sweep_interval(Duration::from_millis(100))
+        .confirm_sweeps(1)
+        .sink(sink)
+        .build()
+        .expect("valid configuration")
+}
+
 /// `--serve`: keep the service up for manual use; leaks are logged as they are confirmed.
 async fn serve(options: Options) {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new("leakwatch=info"))
         .init();
-    let detector = LeakDetector::builder()
-        .grace(options.grace)
-        .sweep_interval(Duration::from_millis(500))
-        .confirm_sweeps(1)
-        .sink(TracingSink::new())
-        .build()
-        .expect("valid configuration");
+    let detector = detector(&options, TracingSink::new());
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .expect("bind");
@@ -346,13 +351,7 @@ async fn serve(options: Options) {
 /// The default: serve on an ephemeral loopback port, drive every route, print what leaked.
 async fn drive(options: Options) {
     let collected = CollectingSink::new();
-    let detector = LeakDetector::builder()
-        .grace(options.grace)
-        .sweep_interval(Duration::from_millis(100))
-        .confirm_sweeps(1)
-        .sink(collected.clone())
-        .build()
-        .expect("valid configuration");
+    let detector = detector(&options, collected.clone());
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .expect("bind");

@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use crate::config::{Config, LeakDetectorBuilder};
 use crate::layer::LeakLayer;
-use crate::registry::{Liveness, Registry};
+use crate::registry::{Entry, Liveness, Registry};
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request_id::{self, RequestId};
 use crate::route::{self, Interner};
@@ -139,25 +139,9 @@ impl LeakDetector {
     ///
     /// This reads the last sweep's verdicts; it does not sweep.
     pub fn leaks(&self) -> Vec<LeakReport> {
-        let now = Instant::now();
-        let shared = &self.shared;
-        let mut reports: Vec<LeakReport> = shared
-            .registry
-            .objects
-            .iter()
-            .filter_map(|e| {
-                let state = e.tracker.reported().filter(|s| s.is_active())?;
-                let kind = e.liveness.leak_kind();
-                Some(sweep::object_report(*e.key(), &e, kind, state, now))
-            })
-            .collect();
-        reports.extend(shared.registry.scopes.iter().filter_map(|e| {
-            let state = e.tracker.reported().filter(|s| s.is_active())?;
-            Some(sweep::scope_report(&e, state, now, &shared.config))
-        }));
-        reports.extend(lock(&shared.findings).iter().cloned());
-        reports.sort_by_key(|r| r.id);
-        reports
+        self.shared
+            .collect_reports(|e| e.tracker.reported().filter(|s| s.is_active()))
+            .0
     }
 
     /// Counters and gauges describing the detector's own state.
@@ -285,28 +269,46 @@ impl Shared {
     }
 
     /// Everything `assert_no_leaks` would complain about now: every object of a closed scope
-    /// that is still alive (grace or not), active stuck requests and one-shot findings.
+    /// that is still alive (grace or not), active stuck requests and one-shot findings. The
+    /// flag says whether any of it is an object that may still go away.
     pub(crate) fn unsettled(&self) -> (Vec<LeakReport>, bool) {
+        let (reports, objects) = self.collect_reports(|e| {
+            (!e.scope.is_open() && e.liveness.is_alive())
+                .then(|| e.tracker.reported().unwrap_or(LeakState::Suspected))
+        });
+        (reports, objects > 0)
+    }
+
+    /// Reports for the objects `object_state` gives a state, for active stuck requests and for
+    /// the remembered one-shot findings, ordered by id; and how many are objects.
+    fn collect_reports(
+        &self,
+        object_state: impl Fn(&Entry) -> Option<LeakState>,
+    ) -> (Vec<LeakReport>, usize) {
         let now = Instant::now();
-        let mut pending_alive = false;
         let mut reports: Vec<LeakReport> = self
             .registry
             .objects
             .iter()
-            .filter(|e| !e.scope.is_open() && e.liveness.is_alive())
-            .map(|e| {
-                pending_alive = true;
-                let state = e.tracker.reported().unwrap_or(LeakState::Suspected);
-                sweep::object_report(*e.key(), &e, e.liveness.leak_kind(), state, now)
+            .filter_map(|e| {
+                let state = object_state(&e)?;
+                Some(sweep::object_report(
+                    *e.key(),
+                    &e,
+                    e.liveness.leak_kind(),
+                    state,
+                    now,
+                ))
             })
             .collect();
+        let objects = reports.len();
         reports.extend(self.registry.scopes.iter().filter_map(|e| {
             let state = e.tracker.reported().filter(|s| s.is_active())?;
             Some(sweep::scope_report(&e, state, now, &self.config))
         }));
         reports.extend(lock(&self.findings).iter().cloned());
         reports.sort_by_key(|r| r.id);
-        (reports, pending_alive)
+        (reports, objects)
     }
 }
 

@@ -27,3 +27,9 @@ pub(crate) fn sample_report() -> LeakReport {
         detail: "task still running".into(),
     }
 }
+
+/// Compile-time check that `T` is `Send`.
+pub(crate) fn assert_send<T: Send>() {}
+
+/// Compile-time check that `T` is `Sync`.
+pub(crate) fn assert_sync<T: Sync>() {}

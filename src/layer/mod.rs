@@ -85,3 +85,28 @@ pub use self::body::ResponseBody;
 pub use self::future::ResponseFuture;
 pub use self::layer::LeakLayer;
 pub use self::service::LeakService;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_helpers::{assert_send, assert_sync};
+
+    #[test]
+    fn public_types_are_send_and_sync() {
+        type Fut = std::future::Ready<Result<http::Response<String>, ()>>;
+        assert_send::<LeakLayer>();
+        assert_sync::<LeakLayer>();
+        assert_send::<LeakService<()>>();
+        assert_sync::<LeakService<()>>();
+        assert_send::<ResponseFuture<Fut>>();
+        assert_sync::<ResponseFuture<Fut>>();
+        assert_send::<ResponseBody<String>>();
+        assert_sync::<ResponseBody<String>>();
+        assert_send::<crate::RequestBody<String>>();
+        assert_sync::<crate::RequestBody<String>>();
+        assert_send::<crate::LeakDetector>();
+        assert_sync::<crate::LeakDetector>();
+        assert_send::<crate::Scoped<Fut>>();
+        assert_sync::<crate::Scoped<Fut>>();
+    }
+}

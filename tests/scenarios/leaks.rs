@@ -15,6 +15,7 @@ use crate::on_both_runtimes;
 use crate::support;
 
 const REQUESTS: usize = 3;
+// `assert_no_leaks_panics_listing_every_leak` expects this many leaks in its message.
 
 /// Sends `REQUESTS` requests with ids `{tag}-{i}`, reads every response to its end, and returns
 /// the ids.
@@ -305,4 +306,44 @@ on_both_runtimes! {
     l10_ticker_never_stopped => super::l10_ticker_never_stopped;
     malformed_request_ids_are_replaced => super::malformed_request_ids_are_replaced;
     unmatched_routes_are_named_not_copied => super::unmatched_routes_are_named_not_copied;
+}
+
+/// `assert_no_leaks` fails with every report printed, one readable line each.
+#[tokio::test]
+#[should_panic(expected = "3 leak(s) outlived their requests")]
+async fn assert_no_leaks_panics_listing_every_leak() {
+    let (detector, _sink) = support::detector();
+    let app = app::app(&detector, Kept::default());
+    send(&app, "GET", "/leak/task/{i}", Body::empty, "listed").await;
+    detector
+        .assert_no_leaks_within(std::time::Duration::from_millis(20))
+        .await;
+}
+
+/// The panic message names kind, state, method, route, request id and location.
+#[tokio::test]
+async fn assert_no_leaks_message_is_readable() {
+    let (detector, _sink) = support::detector();
+    let app = app::app(&detector, Kept::default());
+    send(&app, "GET", "/leak/task/{i}", Body::empty, "readable").await;
+    let failure = tokio::spawn(async move {
+        detector
+            .assert_no_leaks_within(std::time::Duration::from_millis(20))
+            .await
+    })
+    .await
+    .unwrap_err()
+    .into_panic();
+    let message = failure.downcast_ref::<String>().unwrap();
+    let line = format!("1. OrphanTask [Confirmed] GET /leak/task/{{id}} request_id=readable-0 ");
+    assert!(message.contains(&line), "{message}");
+    assert!(
+        message.contains(&format!(
+            "spawned at {}:{}",
+            app::FILE,
+            app::L1_LINE.load(Ordering::Relaxed)
+        )),
+        "{message}"
+    );
+    assert!(message.contains("3. OrphanTask"), "{message}");
 }
