@@ -335,8 +335,8 @@ async fn assert_no_leaks_message_is_readable() {
     .unwrap_err()
     .into_panic();
     let message = failure.downcast_ref::<String>().unwrap();
-    let line = format!("1. OrphanTask [Confirmed] GET /leak/task/{{id}} request_id=readable-0 ");
-    assert!(message.contains(&line), "{message}");
+    let line = "1. OrphanTask [Confirmed] GET /leak/task/{id} request_id=readable-0 ";
+    assert!(message.contains(line), "{message}");
     assert!(
         message.contains(&format!(
             "spawned at {}:{}",
