@@ -21,6 +21,8 @@ pub(crate) struct Config {
     pub(crate) max_request_age: Duration,
     pub(crate) registry_capacity: usize,
     pub(crate) settle_timeout: Duration,
+    pub(crate) memory_threshold: u64,
+    pub(crate) memory_window: u64,
     pub(crate) route_fn: Option<Arc<RouteFn>>,
     pub(crate) ignored_routes: Vec<Box<str>>,
     pub(crate) streaming_routes: Vec<Box<str>>,
@@ -65,6 +67,8 @@ pub struct LeakDetectorBuilder {
     max_request_age: Duration,
     registry_capacity: usize,
     settle_timeout: Duration,
+    memory_threshold: u64,
+    memory_window: u64,
     route_fn: Option<Arc<RouteFn>>,
     ignored_routes: Vec<Box<str>>,
     streaming_routes: Vec<Box<str>>,
@@ -80,6 +84,8 @@ impl Default for LeakDetectorBuilder {
             max_request_age: Duration::from_secs(60),
             registry_capacity: 100_000,
             settle_timeout: Duration::from_secs(2),
+            memory_threshold: 1024,
+            memory_window: 256,
             route_fn: None,
             ignored_routes: Vec::new(),
             streaming_routes: Vec::new(),
@@ -97,6 +103,8 @@ impl fmt::Debug for LeakDetectorBuilder {
             .field("max_request_age", &self.max_request_age)
             .field("registry_capacity", &self.registry_capacity)
             .field("settle_timeout", &self.settle_timeout)
+            .field("memory_threshold", &self.memory_threshold)
+            .field("memory_window", &self.memory_window)
             .field("route_fn", &self.route_fn.is_some())
             .field("ignored_routes", &self.ignored_routes)
             .field("streaming_routes", &self.streaming_routes)
@@ -153,6 +161,23 @@ impl LeakDetectorBuilder {
     /// panics. Default: 2 seconds. Must be greater than zero.
     pub fn settle_timeout(mut self, timeout: Duration) -> Self {
         self.settle_timeout = timeout;
+        self
+    }
+
+    /// Bytes a finished request must still hold to count as retaining memory (with the
+    /// [`TrackingAllocator`](crate::TrackingAllocator) installed). Default: 1024. Must be
+    /// greater than zero.
+    pub fn memory_threshold(mut self, bytes: u64) -> Self {
+        self.memory_threshold = bytes;
+        self
+    }
+
+    /// How many newer requests of a route must have finished before an older request that
+    /// still holds memory counts against the route. Make it larger than the capacity of any
+    /// bounded cache a route fills, so that such a cache is seen to evict. Default: 256. Must
+    /// be greater than zero. See the [memory module docs](crate::memory).
+    pub fn memory_window(mut self, requests: u64) -> Self {
+        self.memory_window = requests;
         self
     }
 
@@ -223,6 +248,8 @@ impl LeakDetectorBuilder {
             max_request_age: self.max_request_age,
             registry_capacity: self.registry_capacity,
             settle_timeout: self.settle_timeout,
+            memory_threshold: self.memory_threshold,
+            memory_window: self.memory_window,
             route_fn: self.route_fn,
             ignored_routes: self.ignored_routes,
             streaming_routes: self.streaming_routes,
@@ -267,6 +294,18 @@ impl LeakDetectorBuilder {
         if self.settle_timeout.is_zero() {
             return Err(ConfigError::new(
                 "settle_timeout",
+                "must be greater than zero",
+            ));
+        }
+        if self.memory_threshold == 0 {
+            return Err(ConfigError::new(
+                "memory_threshold",
+                "must be greater than zero",
+            ));
+        }
+        if self.memory_window == 0 {
+            return Err(ConfigError::new(
+                "memory_window",
                 "must be greater than zero",
             ));
         }
@@ -383,6 +422,14 @@ mod tests {
     fn zero_settle_timeout_is_rejected() {
         let b = LeakDetectorBuilder::default().settle_timeout(Duration::ZERO);
         assert_eq!(field_of(b), "settle_timeout");
+    }
+
+    #[test]
+    fn zero_memory_settings_are_rejected() {
+        let b = LeakDetectorBuilder::default().memory_threshold(0);
+        assert_eq!(field_of(b), "memory_threshold");
+        let b = LeakDetectorBuilder::default().memory_window(0);
+        assert_eq!(field_of(b), "memory_window");
     }
 
     #[test]

@@ -9,8 +9,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
 
+use crate::alloc;
 use crate::config::{Config, LeakDetectorBuilder};
 use crate::layer::LeakLayer;
+use crate::memory::{MemoryJudge, RouteMemoryStats};
 use crate::registry::{Entry, Liveness, Registry};
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request_id::{self, RequestId};
@@ -74,6 +76,9 @@ pub(crate) struct Shared {
     pub(crate) config: Config,
     pub(crate) registry: Registry,
     routes: Interner,
+    /// The `TrackingAllocator` is the global allocator: requests' memory is counted.
+    memory: bool,
+    judge: Mutex<MemoryJudge>,
     sinks: Vec<Box<dyn ReportSink>>,
     findings: Mutex<VecDeque<LeakReport>>,
     id_prefix: u32,
@@ -101,10 +106,13 @@ impl LeakDetector {
         scope::wall(Instant::now()); // fixes the wall-clock epoch before any request
         let (stop, stopped) = std::sync::mpsc::channel();
         let interval = config.sweep_interval;
+        let memory = alloc::is_installed();
         let shared = Arc::new(Shared {
             registry: Registry::new(config.registry_capacity),
             config,
-            routes: Interner::default(),
+            routes: Interner::new(memory),
+            memory,
+            judge: Mutex::new(MemoryJudge::default()),
             sinks,
             findings: Mutex::new(VecDeque::new()),
             id_prefix: request_id::random_prefix(),
@@ -154,6 +162,16 @@ impl LeakDetector {
             sweeps: shared.sweeps.load(Ordering::Relaxed),
             released_total: shared.released_total.load(Ordering::Relaxed),
             sink_panics: shared.sink_panics.load(Ordering::Relaxed),
+            memory_tracked: shared.memory,
+            live_heap_bytes: shared
+                .memory
+                .then(|| alloc::process_live_bytes().max(0) as u64),
+            untracked_scopes: if shared.memory {
+                alloc::slots_exhausted()
+            } else {
+                0
+            },
+            routes: lock(&shared.judge).stats(|slot| shared.routes.name_of(slot)),
             ..Stats::default()
         };
         for (i, counter) in shared.confirmed_total.iter().enumerate() {
@@ -185,21 +203,28 @@ impl Shared {
         self: &Arc<Self>,
         request: &http::Request<B>,
     ) -> Option<Arc<Scope>> {
-        let route = route::resolve(request, &self.config, &self.routes);
-        if self.config.is_ignored(route.as_str()) {
-            return None;
-        }
-        let id = self.registry.next_id();
-        let streaming = self.config.is_streaming(route.as_str());
-        let scope = Arc::new(Scope::new(
-            id,
-            RequestId::from_headers(request.headers(), self.id_prefix, id),
-            request.method().clone(),
-            route,
-            streaming,
-            Arc::downgrade(self),
-        ));
-        self.registry.insert_scope(&scope).then_some(scope)
+        // Nothing the detector allocates here is charged to an enclosing request.
+        scope::outside(|| {
+            let (route, route_slot) = route::resolve(request, &self.config, &self.routes);
+            if self.config.is_ignored(route.as_str()) {
+                return None;
+            }
+            let id = self.registry.next_id();
+            let streaming = self.config.is_streaming(route.as_str());
+            let memory = (self.memory && route_slot != 0)
+                .then(|| alloc::SlotGuard::acquire(route_slot))
+                .flatten();
+            let scope = Arc::new(Scope::new(
+                id,
+                RequestId::from_headers(request.headers(), self.id_prefix, id),
+                request.method().clone(),
+                (route, route_slot),
+                streaming,
+                Arc::downgrade(self),
+                memory,
+            ));
+            self.registry.insert_scope(&scope).then_some(scope)
+        })
     }
 
     /// Tracks an object left by `scope`. Runs outside the request's scope, so the detector's
@@ -222,12 +247,21 @@ impl Shared {
         let _one_at_a_time = lock(&self.sweep_lock);
         let now = Instant::now();
         let mut out = Outcome::default();
+        let mut judge = lock(&self.judge);
         self.registry
             .objects
             .retain(|id, entry| sweep::judge_object(*id, entry, now, &self.config, &mut out));
         self.registry
             .scopes
             .retain(|_, entry| sweep::judge_scope(entry, now, &self.config, &mut out));
+        // In request order: "older" means opened earlier, not first in the map.
+        let mut judged = std::mem::take(&mut out.memory_judged);
+        judged.sort_unstable_by_key(|scope| scope.id);
+        for scope in &judged {
+            judge.judge_request(scope, &self.config, &self.registry);
+        }
+        judge.judge_routes(now, &self.config, &mut out);
+        drop(judge);
         self.registry.released(out.removed);
         self.sweeps.fetch_add(1, Ordering::Relaxed);
         self.record(&out.reports);
@@ -307,6 +341,7 @@ impl Shared {
             Some(sweep::scope_report(&e, state, now, &self.config))
         }));
         reports.extend(lock(&self.findings).iter().cloned());
+        reports.extend(lock(&self.judge).active_reports());
         reports.sort_by_key(|r| r.id);
         (reports, objects)
     }
@@ -365,6 +400,17 @@ pub struct Stats {
     pub released_total: u64,
     /// Sink calls that panicked (the panic is caught; the report is lost for that sink).
     pub sink_panics: u64,
+    /// Whether heap memory is counted: the [`TrackingAllocator`](crate::TrackingAllocator) is
+    /// the global allocator.
+    pub memory_tracked: bool,
+    /// Live heap bytes of the whole process, from the allocator; `None` when memory is not
+    /// tracked.
+    pub live_heap_bytes: Option<u64>,
+    /// Requests whose memory went uncounted because every scope slot of the allocator was taken
+    /// (process-wide, since start-up).
+    pub untracked_scopes: u64,
+    /// Memory per route, for routes with judged requests.
+    pub routes: Vec<RouteMemoryStats>,
 }
 
 #[cfg(test)]

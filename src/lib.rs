@@ -12,6 +12,7 @@
 //! | [`RetainedBody`](LeakKind::RetainedBody) | the request body is alive after the response |
 //! | [`WatchedObject`](LeakKind::WatchedObject) | a [`watch`]ed object outlived the request |
 //! | [`StuckRequest`](LeakKind::StuckRequest) | a request is open past its maximum age |
+//! | [`RetainedMemory`](LeakKind::RetainedMemory) | a route's requests keep heap memory ([`TrackingAllocator`]) |
 //!
 //! Reports go to sinks ([`TracingSink`](sink::TracingSink) by default), to
 //! [`LeakDetector::leaks`], and — in tests — to the exact [`LeakDetector::assert_no_leaks`].
@@ -67,15 +68,18 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unreachable_pub)]
 #![deny(unsafe_code)]
+// (`alloc` alone allows it: the global allocator cannot be written without it.)
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[macro_use]
 mod macros;
 
+mod alloc;
 mod body;
 mod config;
 mod detector;
 pub mod layer;
+pub mod memory;
 mod registry;
 mod report;
 mod request_id;
@@ -93,6 +97,7 @@ mod testing;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
+pub use crate::alloc::{TrackingAllocator, HEADER_SIZE, ROUTE_SLOTS, SCOPE_SLOTS};
 pub use crate::body::RequestBody;
 pub use crate::config::{ConfigError, LeakDetectorBuilder, MAX_CONFIRM_SWEEPS};
 pub use crate::detector::{KindCounts, LeakDetector, Stats, FINDINGS_CAPACITY};

@@ -89,6 +89,7 @@ impl ReportParts<'_> {
     pub(crate) fn build(self, now: Instant) -> LeakReport {
         let scope = self.scope;
         let closed_at = scope.closed_at();
+        let usage = scope.usage();
         // A stuck request's age runs from when it opened; anything else's from the close.
         let since = closed_at.unwrap_or(scope.opened_at);
         LeakReport {
@@ -105,6 +106,9 @@ impl ReportParts<'_> {
             age: now.saturating_duration_since(since),
             location: self.location.map(SourceLocation::from_std),
             type_name: self.type_name,
+            bytes: usage.map(|u| u.retained_bytes()),
+            allocations: usage.map(|u| u.retained_blocks()),
+            bytes_per_request: None,
             detail: self.detail,
         }
     }
@@ -241,9 +245,10 @@ mod tests {
             1,
             RequestId::Given("r".into()),
             http::Method::POST,
-            Route::Static("/x"),
+            (Route::Static("/x"), 0),
             false,
             Weak::new(),
+            None,
         ))
     }
 

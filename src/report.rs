@@ -27,16 +27,20 @@ pub enum LeakKind {
     WatchedObject,
     /// A request has been open for longer than the configured maximum request age.
     StuckRequest,
+    /// A route's requests keep heap memory after they finished, and old requests still hold it
+    /// after many newer ones came and went. Needs the [`TrackingAllocator`](crate::TrackingAllocator).
+    RetainedMemory,
 }
 
 impl LeakKind {
     /// Every kind, in declaration order.
-    pub const ALL: [LeakKind; 5] = [
+    pub const ALL: [LeakKind; 6] = [
         LeakKind::OrphanTask,
         LeakKind::UnconsumedBody,
         LeakKind::RetainedBody,
         LeakKind::WatchedObject,
         LeakKind::StuckRequest,
+        LeakKind::RetainedMemory,
     ];
 
     /// The kind's name, as used in logs and metrics (`"OrphanTask"`, …).
@@ -47,6 +51,7 @@ impl LeakKind {
             LeakKind::RetainedBody => "RetainedBody",
             LeakKind::WatchedObject => "WatchedObject",
             LeakKind::StuckRequest => "StuckRequest",
+            LeakKind::RetainedMemory => "RetainedMemory",
         }
     }
 
@@ -179,6 +184,16 @@ pub struct LeakReport {
     pub location: Option<SourceLocation>,
     /// The Rust type of the watched object or spawned future, when known.
     pub type_name: Option<&'static str>,
+    /// Heap bytes still held: for [`RetainedMemory`](LeakKind::RetainedMemory), by all of the
+    /// route's requests; for other kinds, by this report's request while its memory is still
+    /// counted. `None` when memory is not tracked (the allocator is not installed) — which is
+    /// not the same as zero.
+    pub bytes: Option<u64>,
+    /// Heap blocks still held, counted like [`bytes`](Self::bytes).
+    pub allocations: Option<u64>,
+    /// For [`RetainedMemory`](LeakKind::RetainedMemory): the bytes each old request still holds,
+    /// on average.
+    pub bytes_per_request: Option<u64>,
     /// A human-readable explanation (bytes read from a body, how long a task ran, …).
     pub detail: String,
 }
@@ -204,6 +219,12 @@ impl fmt::Display for LeakReport {
         }
         if let Some(type_name) = self.type_name {
             write!(f, " type={type_name}")?;
+        }
+        if let Some(bytes) = self.bytes {
+            write!(f, " retained={bytes}B")?;
+        }
+        if let Some(per_request) = self.bytes_per_request {
+            write!(f, " per_request={per_request}B")?;
         }
         if !self.detail.is_empty() {
             write!(f, ": {}", self.detail)?;

@@ -3,9 +3,6 @@
 //! The raw path is never used: it carries ids and personal data, and as a metric label its
 //! cardinality is unbounded.
 
-// Without axum, templates only come from `route_fn` as `&'static str` and nothing is interned.
-#![cfg_attr(not(feature = "axum"), allow(dead_code))]
-
 use std::fmt;
 use std::sync::Arc;
 
@@ -44,44 +41,74 @@ impl fmt::Display for Route {
     }
 }
 
-/// Interns route templates so that a request costs a lookup, not an allocation.
-#[derive(Default)]
+/// Interns route templates so that a request costs a lookup, not an allocation, and gives each
+/// route its slot in the allocator's route table when memory is tracked.
 pub(crate) struct Interner {
-    routes: DashMap<Arc<str>, ()>,
+    routes: DashMap<Arc<str>, u32>,
+    memory: bool,
 }
 
 impl Interner {
-    pub(crate) fn intern(&self, template: &str) -> Route {
+    /// An interner; with `memory`, each new route also gets an allocator route slot.
+    pub(crate) fn new(memory: bool) -> Self {
+        Interner {
+            routes: DashMap::new(),
+            memory,
+        }
+    }
+
+    /// The shared name of a template and its route slot (0 when memory is not tracked).
+    pub(crate) fn intern(&self, template: &str) -> (Route, u32) {
         if let Some(entry) = self.routes.get(template) {
-            return Route::Interned(entry.key().clone());
+            return (Route::Interned(entry.key().clone()), *entry.value());
         }
         if self.routes.len() >= MAX_ROUTES {
-            return Route::Static(OVERFLOW);
+            return (Route::Static(OVERFLOW), 0);
         }
+        let slot = if self.memory {
+            crate::alloc::new_route_slot()
+        } else {
+            0
+        };
         let shared: Arc<str> = Arc::from(template);
-        self.routes.entry(shared.clone()).or_insert(());
-        Route::Interned(shared)
+        let slot = *self.routes.entry(shared.clone()).or_insert(slot);
+        (Route::Interned(shared), slot)
+    }
+
+    /// The template that has route slot `slot`.
+    pub(crate) fn name_of(&self, slot: u32) -> Option<String> {
+        self.routes
+            .iter()
+            .find(|e| *e.value() == slot)
+            .map(|e| e.key().to_string())
+    }
+
+    /// A `'static` name needs interning only for its route slot.
+    fn name(&self, name: &'static str) -> (Route, u32) {
+        if self.memory {
+            self.intern(name)
+        } else {
+            (Route::Static(name), 0)
+        }
     }
 }
 
-/// Names the route of a request.
+/// Names the route of a request; returns it with its allocator route slot.
 pub(crate) fn resolve<B>(
     request: &http::Request<B>,
     config: &Config,
     interner: &Interner,
-) -> Route {
+) -> (Route, u32) {
     #[cfg(feature = "axum")]
     if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
         return interner.intern(matched.as_str());
     }
-    #[cfg(not(feature = "axum"))]
-    let _ = interner;
     if let Some(route_fn) = &config.route_fn {
         if let Some(route) = route_fn(request.method(), request.uri()) {
-            return Route::Static(route);
+            return interner.name(route);
         }
     }
-    Route::Static(UNMATCHED)
+    interner.name(UNMATCHED)
 }
 
 #[cfg(test)]
@@ -90,9 +117,9 @@ mod tests {
 
     #[test]
     fn interning_returns_the_same_allocation() {
-        let interner = Interner::default();
-        let a = interner.intern("/users/{id}");
-        let b = interner.intern("/users/{id}");
+        let interner = Interner::new(false);
+        let (a, _) = interner.intern("/users/{id}");
+        let (b, _) = interner.intern("/users/{id}");
         match (a, b) {
             (Route::Interned(a), Route::Interned(b)) => assert!(Arc::ptr_eq(&a, &b)),
             other => panic!("expected interned routes, got {other:?}"),
@@ -101,11 +128,11 @@ mod tests {
 
     #[test]
     fn interner_is_bounded() {
-        let interner = Interner::default();
+        let interner = Interner::new(false);
         for i in 0..MAX_ROUTES {
             interner.intern(&format!("/r/{i}"));
         }
-        assert_eq!(interner.intern("/one/more").as_str(), OVERFLOW);
-        assert_eq!(interner.intern("/r/7").as_str(), "/r/7");
+        assert_eq!(interner.intern("/one/more").0.as_str(), OVERFLOW);
+        assert_eq!(interner.intern("/r/7").0.as_str(), "/r/7");
     }
 }

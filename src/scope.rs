@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
+use crate::alloc::{self, SlotGuard, Tag, Usage};
 use crate::detector::Shared;
 use crate::request_id::RequestId;
 use crate::route::Route;
@@ -33,6 +34,10 @@ pub(crate) struct Scope {
     closed: AtomicU64,
     /// The detector the scope belongs to; weak, so that a leaked task cannot keep it alive.
     pub(crate) detector: Weak<Shared>,
+    /// The allocator's scope slot, while the request's memory is counted.
+    pub(crate) memory: Option<SlotGuard>,
+    /// What allocations made in this scope are stamped with.
+    tag: Tag,
 }
 
 impl Scope {
@@ -40,11 +45,21 @@ impl Scope {
         id: u64,
         request_id: RequestId,
         method: http::Method,
-        route: Route,
+        (route, route_slot): (Route, u32),
         streaming: bool,
         detector: Weak<Shared>,
+        memory: Option<SlotGuard>,
     ) -> Self {
+        let tag = match &memory {
+            Some(slot) => slot.tag(),
+            None => Tag {
+                route: route_slot,
+                ..Tag::NONE
+            },
+        };
         Scope {
+            memory,
+            tag,
             id,
             request_id,
             method,
@@ -80,6 +95,23 @@ impl Scope {
     /// When the scope closed, on the monotonic clock.
     pub(crate) fn closed_at(&self) -> Option<Instant> {
         self.closed_after().map(|d| self.opened_at + d)
+    }
+
+    /// The allocator's route slot (0 when memory is not tracked).
+    pub(crate) fn route_slot(&self) -> u32 {
+        self.tag.route
+    }
+
+    /// What the request allocated and freed so far, while its slot is held.
+    pub(crate) fn usage(&self) -> Option<Usage> {
+        self.memory.as_ref()?.usage()
+    }
+
+    /// Stops counting the request's memory per request (its route still counts it).
+    pub(crate) fn retire_memory(&self) {
+        if let Some(slot) = &self.memory {
+            slot.release();
+        }
     }
 
     /// When the scope opened, on the wall clock.
@@ -123,15 +155,27 @@ pub(crate) fn current() -> Option<Arc<Scope>> {
 /// The `Arc` is moved into the thread-local and back, so entering costs no reference-count
 /// traffic.
 pub(crate) fn enter<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -> R) -> R {
-    if slot.is_none() {
+    let Some(tag) = slot.as_ref().map(|scope| scope.tag) else {
         return f();
-    }
+    };
     let Ok(previous) = CURRENT.try_with(|cell| cell.replace(slot.take())) else {
         // Thread-locals are being torn down: the slot still holds the scope; run without it.
         return f();
     };
-    let _restore = Restore { slot, previous };
+    let previous_tag = swap_tag_if(tag);
+    let _restore = Restore {
+        slot,
+        previous,
+        previous_tag,
+    };
     f()
+}
+
+/// Sets the allocator's tag unless both are "nothing" (memory not tracked): then a request
+/// costs no extra thread-local write.
+#[inline]
+fn swap_tag_if(tag: Tag) -> Option<Tag> {
+    (tag != Tag::NONE).then(|| alloc::swap_tag(tag))
 }
 
 /// Runs `f` with no current scope, for the detector's own bookkeeping: nothing it allocates is
@@ -139,12 +183,14 @@ pub(crate) fn enter<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -> R) -> 
 pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
     let mut none = None;
     let previous = CURRENT.try_with(Cell::take).ok().flatten();
-    if previous.is_none() {
+    let Some(tag) = previous.as_ref().map(|scope| scope.tag) else {
         return f();
-    }
+    };
+    let previous_tag = (tag != Tag::NONE).then(|| alloc::swap_tag(Tag::NONE));
     let _restore = Restore {
         slot: &mut none,
         previous,
+        previous_tag,
     };
     f()
 }
@@ -152,10 +198,14 @@ pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
 struct Restore<'a> {
     slot: &'a mut Option<Arc<Scope>>,
     previous: Option<Arc<Scope>>,
+    previous_tag: Option<Tag>,
 }
 
 impl Drop for Restore<'_> {
     fn drop(&mut self) {
+        if let Some(tag) = self.previous_tag {
+            alloc::swap_tag(tag);
+        }
         let previous = self.previous.take();
         if let Ok(ours) = CURRENT.try_with(|cell| cell.replace(previous)) {
             *self.slot = ours;
@@ -210,9 +260,10 @@ mod tests {
                 number: id,
             },
             http::Method::GET,
-            Route::Static("/t"),
+            (Route::Static("/t"), 0),
             false,
             Weak::new(),
+            None,
         ))
     }
 

@@ -18,7 +18,7 @@
 //! handle (and every layer made from it) is dropped.
 
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
-use std::sync::Weak;
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,7 @@ use crate::config::Config;
 use crate::detector::Shared;
 use crate::registry::{Entry, Liveness, ReportParts, ScopeEntry};
 use crate::report::{LeakKind, LeakReport, LeakState};
+use crate::scope::Scope;
 
 /// The life cycle of one tracked object or scope.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -78,6 +79,8 @@ pub(crate) struct Outcome {
     pub(crate) reports: Vec<LeakReport>,
     /// Entries removed from the registry.
     pub(crate) removed: usize,
+    /// Closed requests whose memory is to be judged, in no particular order.
+    pub(crate) memory_judged: Vec<Arc<Scope>>,
 }
 
 /// Judges one object entry. Returns whether to keep it.
@@ -163,9 +166,16 @@ pub(crate) fn judge_scope(
     config: &Config,
     out: &mut Outcome,
 ) -> bool {
-    if !entry.scope.is_open() {
+    if let Some(closed_at) = entry.scope.closed_at() {
         if let Some(state) = entry.tracker.gone() {
             out.reports.push(scope_report(entry, state, now, config));
+        }
+        if entry.scope.memory.is_some() {
+            // The request's memory is judged once its grace period has passed.
+            if now.saturating_duration_since(closed_at) < config.grace {
+                return true;
+            }
+            out.memory_judged.push(entry.scope.clone());
         }
         out.removed += 1;
         return false;

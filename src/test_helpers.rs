@@ -24,6 +24,9 @@ pub(crate) fn sample_report() -> LeakReport {
             column: 9,
         }),
         type_name: Some("jobs::run::{{closure}}"),
+        bytes: None,
+        allocations: None,
+        bytes_per_request: None,
         detail: "task still running".into(),
     }
 }

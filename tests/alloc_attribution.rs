@@ -1,0 +1,97 @@
+//! Exact attribution: 8 threads send requests in parallel, each thread to its own route, each
+//! request retaining a distinct amount; every route is charged exactly its own bytes, and
+//! memory freed by another thread — or by another route's request — still leaves the route that
+//! allocated it.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use leakwatch::RequestBody;
+use tower::{ServiceBuilder, ServiceExt};
+
+#[global_allocator]
+static ALLOC: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::system();
+
+const THREADS: usize = 8;
+const PER_THREAD: usize = 50;
+
+fn amount(route: usize) -> usize {
+    1000 * (route + 1) + 7
+}
+
+const ROUTES: [&str; THREADS] = ["/r0", "/r1", "/r2", "/r3", "/r4", "/r5", "/r6", "/r7"];
+
+#[test]
+fn parallel_requests_are_charged_exactly_to_their_own_routes() {
+    let detector = support::builder(&leakwatch::sink::CollectingSink::new())
+        .route_fn(|_, uri| ROUTES.iter().copied().find(|r| *r == uri.path()))
+        .build()
+        .unwrap();
+    assert!(detector.stats().memory_tracked);
+    // Reserved outside any request, so that keeping a block never grows this vector inside one.
+    let kept: Arc<Mutex<Vec<Vec<u8>>>> =
+        Arc::new(Mutex::new(Vec::with_capacity(THREADS * PER_THREAD)));
+    let service = {
+        let kept = kept.clone();
+        ServiceBuilder::new().layer(detector.layer()).service_fn(
+            move |req: Request<RequestBody<Full<Bytes>>>| {
+                let kept = kept.clone();
+                async move {
+                    let route = ROUTES.iter().position(|r| *r == req.uri().path()).unwrap();
+                    // Kept: charged to the route. Temporary: allocated and freed inside.
+                    let block = vec![route as u8; amount(route)];
+                    let scratch = vec![0u8; 10_000 + route];
+                    std::hint::black_box(&scratch);
+                    kept.lock().unwrap().push(block);
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            },
+        )
+    };
+
+    std::thread::scope(|s| {
+        for (t, route) in ROUTES.iter().enumerate() {
+            let service = service.clone();
+            s.spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    for _ in 0..PER_THREAD {
+                        let request = Request::get(*route).body(Full::new(Bytes::new())).unwrap();
+                        let response = service.clone().oneshot(request).await.unwrap();
+                        assert_eq!(&support::read_body(response).await[..], b"ok");
+                    }
+                });
+                t
+            });
+        }
+    });
+
+    detector.sweep_now();
+    let stats = detector.stats();
+    assert_eq!(stats.routes.len(), THREADS, "{stats:#?}");
+    for (t, route) in ROUTES.iter().enumerate() {
+        let r = stats.routes.iter().find(|r| r.route == *route).unwrap();
+        assert_eq!(r.judged_requests, PER_THREAD as u64);
+        assert_eq!(
+            r.live_bytes,
+            (PER_THREAD * amount(t)) as u64,
+            "{route}: {r:?}"
+        );
+        assert_eq!(r.live_blocks, PER_THREAD as u64, "{route}: {r:?}");
+    }
+
+    // Freed on another thread, outside any request: the routes let go of exactly that memory.
+    let blocks: Vec<Vec<u8>> = kept.lock().unwrap().drain(..).collect();
+    std::thread::spawn(move || drop(blocks)).join().unwrap();
+    let stats = detector.stats();
+    for r in &stats.routes {
+        assert_eq!((r.live_bytes, r.live_blocks), (0, 0), "{r:?}");
+    }
+}
