@@ -6,14 +6,15 @@
 //! cargo run --example demo -- --serve       # keep serving on 127.0.0.1:3000; leaks are logged
 //! ```
 //!
-//! Each leaky route reproduces one pattern of `shared/scenarios.md` (L1, L2, L4, L5, L7, L10);
-//! the clean routes (C1, C2, C4, C6) must never be reported.
+//! Each leaky route reproduces one pattern of `shared/scenarios.md` (L1–L8, L10); the clean
+//! routes (C1–C6) must never be reported. The demo installs the `TrackingAllocator`, so heap
+//! memory kept by requests is attributed to their routes.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -28,12 +29,28 @@ use leakwatch::sink::{CollectingSink, TracingSink};
 use leakwatch::{LeakDetector, LeakKind, LeakReport, LeakState};
 use tokio::sync::{mpsc, Semaphore};
 
+/// The demo counts heap memory per request and per route.
+#[global_allocator]
+static ALLOC: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::system();
+
 /// What the leaky handlers keep past their requests.
 #[derive(Clone, Default)]
 struct Globals {
     senders: Arc<Mutex<Vec<mpsc::Sender<u64>>>>,
     bodies: Arc<Mutex<Vec<Body>>>,
     sessions: Arc<Mutex<Vec<Arc<Session>>>>,
+    cache: Arc<Mutex<HashMap<u64, Vec<u8>>>>,
+    callbacks: Arc<Mutex<Vec<Callback>>>,
+    lru: Arc<Mutex<VecDeque<Vec<u8>>>>,
+}
+
+/// A callback registered by a request (L6).
+type Callback = Box<dyn Fn() -> usize + Send>;
+
+/// A node of an `Arc` cycle (L8).
+struct Node {
+    _payload: Vec<u8>,
+    next: Mutex<Option<Arc<Node>>>,
 }
 
 /// Per-request state that a handler wrongly stores globally (L7).
@@ -43,97 +60,66 @@ struct Session {
     token: [u8; 32],
 }
 
-/// One route of the demo: how to call it and whether it leaks.
+/// How a route of the demo behaves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Load {
+    /// Leaks something per request: one report per request.
+    Leaky,
+    /// Leaks heap memory per request: one `RetainedMemory` report for the route.
+    LeakyMemory,
+    /// Never reported.
+    Clean,
+    /// Never reported, though it retains memory (a bounded cache, a one-time init).
+    CleanMemory,
+}
+
+/// One route of the demo: how to call it and what it does.
 struct Target {
     method: &'static str,
     path: &'static str,
     template: &'static str,
     body_len: usize,
-    leaky: bool,
+    load: Load,
     scenario: &'static str,
 }
 
+const fn target(
+    method: &'static str,
+    path: &'static str,
+    template: &'static str,
+    body_len: usize,
+    load: Load,
+    scenario: &'static str,
+) -> Target {
+    Target {
+        method,
+        path,
+        template,
+        body_len,
+        load,
+        scenario,
+    }
+}
+
+use Load::*;
+
+#[rustfmt::skip]
 const TARGETS: &[Target] = &[
-    Target {
-        method: "GET",
-        path: "/leak/task/{n}",
-        template: "/leak/task/{id}",
-        body_len: 0,
-        leaky: true,
-        scenario: "L1 task sleeping an hour",
-    },
-    Target {
-        method: "GET",
-        path: "/leak/channel/{n}",
-        template: "/leak/channel/{id}",
-        body_len: 0,
-        leaky: true,
-        scenario: "L2 task blocked on a channel",
-    },
-    Target {
-        method: "POST",
-        path: "/leak/upload",
-        template: "/leak/upload",
-        body_len: 64 * 1024,
-        leaky: true,
-        scenario: "L4 body never read",
-    },
-    Target {
-        method: "POST",
-        path: "/leak/body",
-        template: "/leak/body",
-        body_len: 1024,
-        leaky: true,
-        scenario: "L5 body kept after response",
-    },
-    Target {
-        method: "GET",
-        path: "/leak/session/{n}",
-        template: "/leak/session/{id}",
-        body_len: 0,
-        leaky: true,
-        scenario: "L7 watched object stored globally",
-    },
-    Target {
-        method: "GET",
-        path: "/leak/ticker",
-        template: "/leak/ticker",
-        body_len: 0,
-        leaky: true,
-        scenario: "L10 ticker never stopped",
-    },
-    Target {
-        method: "GET",
-        path: "/ok/json",
-        template: "/ok/json",
-        body_len: 0,
-        leaky: false,
-        scenario: "C1 plain JSON",
-    },
-    Target {
-        method: "GET",
-        path: "/ok/task",
-        template: "/ok/task",
-        body_len: 0,
-        leaky: false,
-        scenario: "C2 task done inside grace",
-    },
-    Target {
-        method: "GET",
-        path: "/ok/stream",
-        template: "/ok/stream",
-        body_len: 0,
-        leaky: false,
-        scenario: "C4 streamed to the end",
-    },
-    Target {
-        method: "POST",
-        path: "/ok/upload",
-        template: "/ok/upload",
-        body_len: 16 * 1024,
-        leaky: false,
-        scenario: "C6 body read",
-    },
+    target("GET", "/leak/task/{n}", "/leak/task/{id}", 0, Leaky, "L1 task sleeping an hour"),
+    target("GET", "/leak/channel/{n}", "/leak/channel/{id}", 0, Leaky, "L2 task blocked on a channel"),
+    target("GET", "/leak/cache/{n}", "/leak/cache/{id}", 0, LeakyMemory, "L3 4 KiB kept in a global map"),
+    target("POST", "/leak/upload", "/leak/upload", 64 * 1024, Leaky, "L4 body never read"),
+    target("POST", "/leak/body", "/leak/body", 1024, Leaky, "L5 body kept after response"),
+    target("GET", "/leak/callback/{n}", "/leak/callback/{id}", 0, LeakyMemory, "L6 closure capturing 16 KiB"),
+    target("GET", "/leak/session/{n}", "/leak/session/{id}", 0, Leaky, "L7 watched object stored globally"),
+    target("GET", "/leak/cycle/{n}", "/leak/cycle/{id}", 0, LeakyMemory, "L8 Arc cycle of 8 KiB"),
+    target("GET", "/leak/ticker", "/leak/ticker", 0, Leaky, "L10 ticker never stopped"),
+    target("GET", "/ok/json", "/ok/json", 0, Clean, "C1 plain JSON"),
+    target("GET", "/ok/task", "/ok/task", 0, Clean, "C2 task done inside grace"),
+    target("GET", "/ok/lru/{n}", "/ok/lru/{id}", 0, CleanMemory, "C3 bounded cache of 32"),
+    target("GET", "/ok/stream", "/ok/stream", 0, Clean, "C4 streamed to the end"),
+    target("GET", "/ok/config", "/ok/config", 0, CleanMemory, "C5 1 MiB OnceLock init"),
+    target("POST", "/ok/upload", "/ok/upload", 16 * 1024, Clean, "C6 body read"),
 ];
 
 fn app(detector: &LeakDetector, globals: Globals) -> Router {
@@ -144,6 +130,11 @@ fn app(detector: &LeakDetector, globals: Globals) -> Router {
         .route("/leak/body", post(leak_body))
         .route("/leak/session/{id}", get(leak_session))
         .route("/leak/ticker", get(leak_ticker))
+        .route("/leak/cache/{id}", get(leak_cache))
+        .route("/leak/callback/{id}", get(leak_callback))
+        .route("/leak/cycle/{id}", get(leak_cycle))
+        .route("/ok/lru/{id}", get(ok_lru))
+        .route("/ok/config", get(ok_config))
         .route("/ok/json", get(ok_json))
         .route("/ok/task", get(ok_task))
         .route("/ok/stream", get(ok_stream))
@@ -191,6 +182,51 @@ async fn leak_ticker() -> &'static str {
         }
     });
     "started a ticker nobody stops\n"
+}
+
+async fn leak_cache(State(globals): State<Globals>, Path(id): Path<u64>) -> &'static str {
+    globals.cache.lock().unwrap().insert(id, vec![7; 4096]);
+    "cached 4 KiB of your request, forever\n"
+}
+
+async fn leak_callback(State(globals): State<Globals>, Path(id): Path<u64>) -> &'static str {
+    let data = Arc::new(vec![id as u8; 16 * 1024]);
+    globals
+        .callbacks
+        .lock()
+        .unwrap()
+        .push(Box::new(move || data.len()));
+    "registered a callback capturing 16 KiB\n"
+}
+
+async fn leak_cycle(Path(id): Path<u64>) -> &'static str {
+    let a = Arc::new(Node {
+        _payload: vec![id as u8; 4096],
+        next: Mutex::new(None),
+    });
+    let b = Arc::new(Node {
+        _payload: vec![id as u8; 4096],
+        next: Mutex::new(Some(a.clone())),
+    });
+    *a.next.lock().unwrap() = Some(b);
+    "built an Arc cycle\n"
+}
+
+async fn ok_lru(State(globals): State<Globals>, Path(id): Path<u64>) -> &'static str {
+    let mut lru = globals.lru.lock().unwrap();
+    if lru.len() == 32 {
+        lru.pop_front();
+    }
+    lru.push_back(vec![id as u8; 4096]);
+    "cached in a bounded cache\n"
+}
+
+async fn ok_config() -> String {
+    static CONFIG: OnceLock<Vec<u8>> = OnceLock::new();
+    format!(
+        "{} bytes of config\n",
+        CONFIG.get_or_init(|| vec![1; 1 << 20]).len()
+    )
 }
 
 async fn ok_json() -> Json<serde_json::Value> {
@@ -243,6 +279,7 @@ async fn ok_upload(body: Bytes) -> String {
 struct Options {
     requests: usize,
     clean_requests: usize,
+    memory_requests: usize,
     concurrency: usize,
     grace: Duration,
     serve: bool,
@@ -253,6 +290,7 @@ fn parse_args() -> Result<Options, String> {
     let mut options = Options {
         requests: 20,
         clean_requests: 200,
+        memory_requests: 150,
         concurrency: 16,
         grace: Duration::from_millis(300),
         serve: false,
@@ -264,6 +302,7 @@ fn parse_args() -> Result<Options, String> {
         match arg.as_str() {
             "--requests" => options.requests = parse(&value("--requests")?)?,
             "--clean-requests" => options.clean_requests = parse(&value("--clean-requests")?)?,
+            "--memory-requests" => options.memory_requests = parse(&value("--memory-requests")?)?,
             "--concurrency" => {
                 options.concurrency = parse::<usize>(&value("--concurrency")?)?.max(1)
             }
@@ -272,8 +311,10 @@ fn parse_args() -> Result<Options, String> {
             "--serve" => options.serve = true,
             "-h" | "--help" => {
                 println!(
-                    "usage: demo [--requests N] [--clean-requests N] [--concurrency N] \
-                     [--grace-ms MS] [--serve] [--addr 127.0.0.1:3000]"
+                    "usage: demo [--requests N] [--clean-requests N] [--memory-requests N] \
+                     [--concurrency N] [--grace-ms MS] [--serve] [--addr 127.0.0.1:3000]\n\
+                     (memory leaks are judged once {MEMORY_WINDOW} newer requests of a route \
+                     have finished: --memory-requests must exceed that)"
                 );
                 std::process::exit(0);
             }
@@ -306,10 +347,14 @@ async fn main() {
     }
 }
 
+/// Newer requests of a route after which an older one still holding memory counts against it.
+const MEMORY_WINDOW: u64 = 64;
+
 /// The demo's detector: a short grace period, confirmed one sweep after it is suspected.
 fn detector(options: &Options, sink: impl leakwatch::ReportSink) -> LeakDetector {
     LeakDetector::builder()
         .grace(options.grace)
+        .memory_window(MEMORY_WINDOW)
         .sweep_interval(Duration::from_millis(100))
         .confirm_sweeps(1)
         .sink(sink)
@@ -361,9 +406,10 @@ async fn drive(options: Options) {
 
     println!(
         "leakwatch demo: axum on http://{addr}, {} requests per leaky route, {} per clean route, \
-         concurrency {}, grace {} ms\n",
+         {} per memory route, concurrency {}, grace {} ms\n",
         options.requests,
         options.clean_requests,
+        options.memory_requests,
         options.concurrency,
         options.grace.as_millis()
     );
@@ -389,8 +435,23 @@ async fn drive(options: Options) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     print_table(&detector.leaks(), &options);
-    detector.sweep_now(); // forget what has ended since, for the statistics below
+    // Let the last requests' grace period pass, so that the statistics cover every request.
+    tokio::time::sleep(options.grace).await;
+    detector.sweep_now();
     let stats = detector.stats();
+    println!(
+        "\nheap per route (TrackingAllocator):\n  {:<22} {:>12} {:>8} {:>8}",
+        "ROUTE", "LIVE BYTES", "BLOCKS", "JUDGED"
+    );
+    for route in &stats.routes {
+        println!(
+            "  {:<22} {:>12} {:>8} {:>8}",
+            route.route, route.live_bytes, route.live_blocks, route.judged_requests
+        );
+    }
+    if let Some(heap) = stats.live_heap_bytes {
+        println!("  process live heap: {heap} bytes");
+    }
     println!(
         "\ndetector: {} sweeps, {} open scopes, {} registry entries (capacity {}), {} skipped, \
          {} sink reports ({} released)",
@@ -405,9 +466,27 @@ async fn drive(options: Options) {
     server.abort();
 }
 
-/// Leaky routes × requests: every one of them must be found.
+/// The reports expected: one per request of a leaky route, one per memory-leaking route (once
+/// enough of its requests were judged).
+fn expected_reports(target: &Target, options: &Options) -> usize {
+    match target.load {
+        Leaky => options.requests,
+        LeakyMemory => usize::from(options.memory_requests as u64 > MEMORY_WINDOW + 3),
+        Clean | CleanMemory => 0,
+    }
+}
+
 fn expected_leaks(options: &Options) -> usize {
-    TARGETS.iter().filter(|t| t.leaky).count() * options.requests
+    TARGETS.iter().map(|t| expected_reports(t, options)).sum()
+}
+
+/// How many requests the demo sends to a route.
+fn requests_for(target: &Target, options: &Options) -> usize {
+    match target.load {
+        Leaky => options.requests,
+        Clean => options.clean_requests,
+        LeakyMemory | CleanMemory => options.memory_requests,
+    }
 }
 
 /// Sends every request through a real HTTP client, `concurrency` at a time.
@@ -423,11 +502,7 @@ async fn load(addr: SocketAddr, options: &Options) -> usize {
             builder.pool_max_idle_per_host(0);
         }
         let client: Client<_, Full<Bytes>> = builder.build_http();
-        let count = if target.leaky {
-            options.requests
-        } else {
-            options.clean_requests
-        };
+        let count = requests_for(target, options);
         for n in 0..count {
             let permit = permits.clone().acquire_owned().await.unwrap();
             let client = client.clone();
@@ -488,7 +563,7 @@ fn print_table(leaks: &[LeakReport], options: &Options) {
             .push(report);
     }
     println!(
-        "\n{:<28} {:<15} {:>5} {:>9}  {:<26} EXAMPLE",
+        "\n{:<26} {:<15} {:>5} {:>9}  {:<22} EXAMPLE",
         "ROUTE", "KIND", "COUNT", "CONFIRMED", "LOCATION"
     );
     for ((route, method, kind), reports) in &groups {
@@ -503,7 +578,7 @@ fn print_table(leaks: &[LeakReport], options: &Options) {
             .unwrap_or_else(|| "-".to_owned());
         let what = example.type_name.map(short_type).unwrap_or("");
         println!(
-            "{:<28} {:<15} {:>5} {:>9}  {:<26} {} {}{}",
+            "{:<26} {:<15} {:>5} {:>9}  {:<22} {} {}{}",
             format!("{method} {route}"),
             kind.as_str(),
             reports.len(),
@@ -522,11 +597,11 @@ fn print_table(leaks: &[LeakReport], options: &Options) {
     let mut all_ok = true;
     for target in TARGETS {
         let found = leaks.iter().filter(|r| r.route == target.template).count();
-        let expected = if target.leaky { options.requests } else { 0 };
+        let expected = expected_reports(target, options);
         let ok = found == expected;
         all_ok &= ok;
         println!(
-            "  {} {:<6} {:<22} {:<36} {found} report(s), expected {expected}",
+            "  {} {:<5} {:<20} {:<34} {found} report(s), expected {expected}",
             if ok { "ok  " } else { "MISS" },
             target.method,
             target.template,
