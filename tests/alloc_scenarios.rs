@@ -274,7 +274,13 @@ async fn memory_kept_by_a_task_spawned_after_the_response() {
         globals.done.load(std::sync::atomic::Ordering::SeqCst) == REQUESTS
     })
     .await;
-    let reports = detector.sweep_now();
-    assert_retained(&reports, "/leak/late/{id}", 4096);
-    assert_retained(&detector.leaks(), "/leak/late/{id}", 4096);
+    // A task may still be finishing (grace is zero): only the memory reports matter here.
+    let memory = |reports: Vec<LeakReport>| -> Vec<LeakReport> {
+        reports
+            .into_iter()
+            .filter(|r| r.kind == LeakKind::RetainedMemory)
+            .collect()
+    };
+    assert_retained(&memory(detector.sweep_now()), "/leak/late/{id}", 4096);
+    assert_retained(&memory(detector.leaks()), "/leak/late/{id}", 4096);
 }

@@ -1,0 +1,386 @@
+//! The allocator's counters: who is allocating on this thread, and where the bytes are counted.
+//!
+//! Three places, from cheapest to dearest:
+//!
+//! - **this thread's pending counts** for the current request: plain thread-local additions on
+//!   every allocation and free of the request's own blocks, flushed into the request's scope
+//!   slot and its route once per poll (when the scope is left);
+//! - **this thread's own cell** for memory of no route (everything outside requests): a cell of
+//!   a static pool that only this thread writes, so a load and a store replace an atomic
+//!   read-modify-write;
+//! - **shared cells**, sharded by thread, for the rest (a free of another request's or route's
+//!   block, a thread that found the pool used up).
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+
+use super::slots::{self, ScopeSlot};
+use super::{Header, ROUTE_SLOTS};
+
+const SHARDS: usize = 16;
+
+/// How many threads get a cell of their own for memory of no route.
+const THREAD_CELLS: usize = 1024;
+
+/// Identifies who allocates on this thread: a scope slot and its generation, and a route slot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Tag {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+    pub(crate) route: u32,
+}
+
+impl Tag {
+    pub(crate) const NONE: Tag = Tag {
+        slot: 0,
+        generation: 0,
+        route: 0,
+    };
+}
+
+/// Counts of the current request not yet flushed to its slot and route.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Pending {
+    alloc_bytes: u64,
+    alloc_blocks: u64,
+    freed_bytes: u64,
+    freed_blocks: u64,
+    route_bytes: i64,
+    route_blocks: i64,
+}
+
+impl Pending {
+    const ZERO: Pending = Pending {
+        alloc_bytes: 0,
+        alloc_blocks: 0,
+        freed_bytes: 0,
+        freed_blocks: 0,
+        route_bytes: 0,
+        route_blocks: 0,
+    };
+}
+
+#[repr(align(64))]
+struct Cell64 {
+    bytes: AtomicI64,
+}
+
+impl Cell64 {
+    const fn new() -> Self {
+        Cell64 {
+            bytes: AtomicI64::new(0),
+        }
+    }
+}
+
+struct RouteCell {
+    bytes: AtomicI64,
+    blocks: AtomicI64,
+}
+
+impl RouteCell {
+    const fn new() -> Self {
+        RouteCell {
+            bytes: AtomicI64::new(0),
+            blocks: AtomicI64::new(0),
+        }
+    }
+}
+
+/// Per thread shard, per route slot: live bytes and blocks.
+static ROUTES: [[RouteCell; ROUTE_SLOTS]; SHARDS] =
+    [const { [const { RouteCell::new() }; ROUTE_SLOTS] }; SHARDS];
+static NEXT_ROUTE: AtomicU32 = AtomicU32::new(1);
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
+
+/// Memory of no route, one cell per thread (never handed to another thread).
+static OWN_CELLS: [Cell64; THREAD_CELLS] = [const { Cell64::new() }; THREAD_CELLS];
+static NEXT_OWN_CELL: AtomicUsize = AtomicUsize::new(0);
+
+/// Set once an allocation made by the probe in [`is_installed`] reached the allocator.
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+const FLAG_BUSY: u8 = 1;
+const FLAG_PROBE: u8 = 2;
+const UNASSIGNED: usize = usize::MAX;
+const NO_OWN_CELL: usize = usize::MAX - 1;
+
+/// Everything the allocator keeps per thread, in one const-initialised thread-local (one address
+/// computation per access, no lazy initialisation, no destructor).
+struct Local {
+    tag: Cell<Tag>,
+    flags: Cell<u8>,
+    pending: Cell<Pending>,
+    shard: Cell<usize>,
+    own_cell: Cell<usize>,
+}
+
+thread_local! {
+    static LOCAL: Local = const {
+        Local {
+            tag: Cell::new(Tag::NONE),
+            flags: Cell::new(0),
+            pending: Cell::new(Pending::ZERO),
+            shard: Cell::new(UNASSIGNED),
+            own_cell: Cell::new(UNASSIGNED),
+        }
+    };
+}
+
+#[inline]
+fn shard(local: &Local) -> usize {
+    let mut shard = local.shard.get();
+    if shard == UNASSIGNED {
+        shard = NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS;
+        local.shard.set(shard);
+    }
+    shard
+}
+
+/// Adds to a route's shared (sharded) cell.
+#[inline]
+fn add_shared(local: Option<&Local>, route: u32, bytes: i64, blocks: i64) {
+    let cell = &ROUTES[local.map_or(0, shard)][route as usize];
+    cell.bytes.fetch_add(bytes, Ordering::Relaxed);
+    cell.blocks.fetch_add(blocks, Ordering::Relaxed);
+}
+
+/// Counts memory of no route: in this thread's own cell when it has one. (Only bytes: the
+/// process's live heap is what is read from it.)
+#[inline(always)]
+fn add_unrouted(local: Option<&Local>, bytes: i64) {
+    let Some(local) = local else {
+        add_shared(None, 0, bytes, 0);
+        return;
+    };
+    let mut own = local.own_cell.get();
+    if own == UNASSIGNED {
+        let next = NEXT_OWN_CELL.fetch_add(1, Ordering::Relaxed);
+        own = if next < THREAD_CELLS {
+            next
+        } else {
+            NO_OWN_CELL
+        };
+        local.own_cell.set(own);
+    }
+    if own == NO_OWN_CELL {
+        add_shared(Some(local), 0, bytes, 0);
+        return;
+    }
+    let cell = &OWN_CELLS[own];
+    // Only this thread writes this cell: a load and a store cannot lose an update.
+    cell.bytes.store(
+        cell.bytes.load(Ordering::Relaxed) + bytes,
+        Ordering::Relaxed,
+    );
+}
+
+/// Runs `f` with this thread's state, or with `None` while thread-locals are torn down.
+#[inline(always)]
+fn with_local<R>(f: impl FnOnce(Option<&Local>) -> R) -> R {
+    let local = LOCAL.try_with(|local| local as *const Local).ok();
+    // SAFETY: `LOCAL` has no destructor, so it stays valid for as long as this thread runs; the
+    // reference is used only by `f`, on this thread, and does not escape it. (Taking the
+    // address instead of running `f` inside `try_with` lets `f` be inlined into the hot path.)
+    f(local.map(|local| unsafe { &*local }))
+}
+
+/// Enters the allocator: returns the tag to stamp the new block with (`NONE` while the
+/// allocator is busy with itself) and marks the thread busy until [`leave`], so that whatever
+/// the inner allocator allocates through the global allocator in turn is not attributed to the
+/// request (and cannot recurse into this counting).
+#[inline(always)]
+pub(crate) fn enter() -> (Tag, u8) {
+    with_local(|local| {
+        let Some(local) = local else {
+            return (Tag::NONE, FLAG_BUSY);
+        };
+        let flags = local.flags.get();
+        local.flags.set(flags | FLAG_BUSY);
+        if flags == 0 {
+            return (local.tag.get(), flags);
+        }
+        if flags & FLAG_PROBE != 0 {
+            INSTALLED.store(true, Ordering::Relaxed);
+        }
+        let tag = if flags & FLAG_BUSY != 0 {
+            Tag::NONE
+        } else {
+            local.tag.get()
+        };
+        (tag, flags)
+    })
+}
+
+/// Leaves the allocator after [`enter`], counting the new block of `size` bytes (if any) under
+/// `tag`; returns its header.
+#[inline(always)]
+pub(crate) fn leave(flags: u8, tag: Tag, size: Option<usize>) -> Header {
+    with_local(|local| {
+        if let Some(local) = local {
+            local.flags.set(flags);
+        }
+        if let Some(size) = size {
+            count_alloc(local, tag, size as u64);
+        }
+    });
+    Header {
+        slot: tag.slot,
+        generation: tag.generation,
+        route: tag.route,
+        _reserved: 0,
+    }
+}
+
+#[inline(always)]
+fn count_alloc(local: Option<&Local>, tag: Tag, size: u64) {
+    if tag == Tag::NONE {
+        add_unrouted(local, size as i64);
+        return;
+    }
+    let Some(local) = local else {
+        add_shared(None, tag.route, size as i64, 1);
+        return;
+    };
+    let mut pending = local.pending.get();
+    if tag.slot != 0 {
+        pending.alloc_bytes += size;
+        pending.alloc_blocks += 1;
+    }
+    pending.route_bytes += size as i64;
+    pending.route_blocks += 1;
+    local.pending.set(pending);
+}
+
+/// Counts a freed block (`blocks == 1`) or a size change by `realloc` (`blocks == 0`; negative
+/// `bytes` for growth).
+#[inline(always)]
+pub(crate) fn on_free(header: Header, bytes: i64, blocks: i64) {
+    with_local(|local| {
+        if header.slot == 0 && header.route == 0 {
+            // Allocated outside any request: the common case.
+            add_unrouted(local, -bytes);
+            return;
+        }
+        let tag = local.map_or(Tag::NONE, |l| l.tag.get());
+        let own_scope =
+            header.slot != 0 && header.slot == tag.slot && header.generation == tag.generation;
+        let own_route = header.route != 0 && header.route == tag.route;
+        match local {
+            Some(local) if own_route => {
+                let mut pending = local.pending.get();
+                if own_scope {
+                    if bytes >= 0 {
+                        pending.freed_bytes += bytes as u64;
+                    } else {
+                        pending.alloc_bytes += bytes.unsigned_abs();
+                    }
+                    pending.freed_blocks += blocks as u64;
+                } else {
+                    slots::charge_free(header, bytes, blocks);
+                }
+                pending.route_bytes -= bytes;
+                pending.route_blocks -= blocks;
+                local.pending.set(pending);
+            }
+            _ => {
+                slots::charge_free(header, bytes, blocks);
+                add_route(local, header.route, -bytes, -blocks);
+            }
+        }
+    })
+}
+
+#[inline]
+fn add_route(local: Option<&Local>, route: u32, bytes: i64, blocks: i64) {
+    if route == 0 {
+        add_unrouted(local, bytes);
+    } else {
+        add_shared(local, route, bytes, blocks);
+    }
+}
+
+/// Makes `tag` the thread's tag, flushing what the previous one counted; returns the previous.
+#[inline]
+pub(crate) fn swap_tag(tag: Tag) -> Tag {
+    with_local(|local| {
+        let Some(local) = local else {
+            return Tag::NONE;
+        };
+        let previous = local.tag.replace(tag);
+        let pending = local.pending.replace(Pending::ZERO);
+        if pending != Pending::ZERO {
+            if previous.slot != 0 {
+                ScopeSlot::get(previous.slot).add(
+                    previous.generation,
+                    pending.alloc_bytes,
+                    pending.alloc_blocks,
+                    pending.freed_bytes,
+                    pending.freed_blocks,
+                );
+            }
+            add_route(
+                Some(local),
+                previous.route,
+                pending.route_bytes,
+                pending.route_blocks,
+            );
+        }
+        previous
+    })
+}
+
+/// Whether the allocator is the process's global allocator (checked by allocating a probe).
+pub(crate) fn is_installed() -> bool {
+    if INSTALLED.load(Ordering::Relaxed) {
+        return true;
+    }
+    if LOCAL
+        .try_with(|l| l.flags.set(l.flags.get() | FLAG_PROBE))
+        .is_err()
+    {
+        return false;
+    }
+    drop(std::hint::black_box(Box::new(0u64)));
+    let _ = LOCAL.try_with(|l| l.flags.set(l.flags.get() & !FLAG_PROBE));
+    INSTALLED.load(Ordering::Relaxed)
+}
+
+/// A fresh route slot, or 0 once they are all taken.
+pub(crate) fn new_route_slot() -> u32 {
+    let slot = NEXT_ROUTE.fetch_add(1, Ordering::Relaxed);
+    if (slot as usize) < ROUTE_SLOTS {
+        slot
+    } else {
+        NEXT_ROUTE.store(ROUTE_SLOTS as u32, Ordering::Relaxed);
+        0
+    }
+}
+
+/// Live bytes and blocks of everything allocated under a route slot, as flushed (for slot 0, no
+/// route, the blocks are not counted).
+pub(crate) fn route_live(route: u32) -> (i64, i64) {
+    let mut bytes = 0;
+    let mut blocks = 0;
+    for shard in &ROUTES {
+        let cell = &shard[route as usize];
+        bytes += cell.bytes.load(Ordering::Relaxed);
+        blocks += cell.blocks.load(Ordering::Relaxed);
+    }
+    if route == 0 {
+        for cell in &OWN_CELLS {
+            bytes += cell.bytes.load(Ordering::Relaxed);
+        }
+    }
+    (bytes, blocks)
+}
+
+/// Live heap bytes of the whole process, as seen through the allocator.
+pub(crate) fn process_live_bytes() -> i64 {
+    let routed: i64 = ROUTES
+        .iter()
+        .flat_map(|shard| shard.iter().skip(1))
+        .map(|cell| cell.bytes.load(Ordering::Relaxed))
+        .sum();
+    routed + route_live(0).0
+}

@@ -1,0 +1,267 @@
+//! [`TrackingAllocator`]: a global allocator wrapper that attributes heap memory to requests.
+//!
+//! Every block gets a 16-byte header (or `align` bytes, for alignments above 16) in front of the
+//! pointer handed out. The header names the request scope that allocated the block (a slot in a
+//! static slab, with the slot's generation) and the request's route (a slot in a static table).
+//! Freeing a block reads its header and decrements the right counters, whichever thread or
+//! request frees it, however long after.
+//!
+//! The hot path takes no lock and never allocates: it reads and writes const-initialised
+//! thread-locals and atomics in statically allocated, cache-padded slabs. A request's own
+//! allocations and frees are counted in thread-local pending counts, flushed once per poll; see
+//! the `counters` module for where each count goes.
+//!
+//! Counting:
+//!
+//! - a *scope slot* counts the bytes and blocks a request allocated and how many of them were
+//!   freed, for as long as the request holds the slot (until the sweeper has judged it);
+//! - a *route slot* counts the live bytes and blocks of everything the route's requests
+//!   allocated — exactly, forever, because the route is in every header. Slot 0 is "no route":
+//!   all other allocations, so the sum over all route slots is the process's live heap.
+
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+mod counters;
+mod slots;
+
+use self::counters::{enter, leave, on_free};
+pub(crate) use self::counters::{
+    is_installed, new_route_slot, process_live_bytes, route_live, swap_tag, Tag,
+};
+pub(crate) use self::slots::{slots_exhausted, SlotGuard, Usage};
+
+/// Bytes in front of every block (more for alignments above it).
+pub const HEADER_SIZE: usize = 16;
+
+/// How many request scopes can be tracked at once. Past it, new requests go untracked and
+/// [`Stats::untracked_scopes`](crate::Stats::untracked_scopes) counts them.
+pub const SCOPE_SLOTS: usize = 1 << 16;
+
+/// How many distinct routes can be tracked, over all detectors of the process (slot 0 is "no
+/// route"). Past it, further routes are counted under slot 0.
+pub const ROUTE_SLOTS: usize = 4096;
+
+/// The header stored in front of each block.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Header {
+    pub(crate) slot: u32,
+    pub(crate) generation: u32,
+    pub(crate) route: u32,
+    pub(crate) _reserved: u32,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
+
+impl Header {
+    #[inline]
+    fn to_words(self) -> [u64; 2] {
+        [
+            u64::from(self.slot) | (u64::from(self.generation) << 32),
+            u64::from(self.route),
+        ]
+    }
+
+    #[inline]
+    fn from_words([first, second]: [u64; 2]) -> Header {
+        Header {
+            slot: first as u32,
+            generation: (first >> 32) as u32,
+            route: second as u32,
+            _reserved: 0,
+        }
+    }
+}
+
+/// A [`GlobalAlloc`] that attributes every block to the request (and route) that allocated it.
+///
+/// Install it as the global allocator, wrapping the system allocator or any other:
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOC: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::system();
+/// ```
+///
+/// Any other `GlobalAlloc` is wrapped the same way, with
+/// `TrackingAllocator::new(mimalloc::MiMalloc)` for example:
+///
+/// ```
+/// use std::alloc::System;
+///
+/// #[global_allocator]
+/// static ALLOC: leakwatch::TrackingAllocator<System> = leakwatch::TrackingAllocator::new(System);
+/// ```
+///
+/// Each block costs [`HEADER_SIZE`] extra bytes (or its alignment, when that is larger than
+/// 16). Outside a request the cost is the header and one uncontended atomic update; inside a
+/// request, four more. Nothing is locked and nothing is allocated on these paths.
+///
+/// Without it, everything else in the crate works and reports say memory is not tracked.
+#[derive(Debug, Default)]
+pub struct TrackingAllocator<A = System> {
+    inner: A,
+}
+
+impl TrackingAllocator<System> {
+    /// Wraps the system allocator.
+    pub const fn system() -> Self {
+        TrackingAllocator { inner: System }
+    }
+}
+
+impl<A> TrackingAllocator<A> {
+    /// Wraps `inner`.
+    pub const fn new(inner: A) -> Self {
+        TrackingAllocator { inner }
+    }
+}
+
+/// The layout asked of the inner allocator for `layout`, and the offset of the user's pointer.
+#[inline]
+fn outer(layout: Layout) -> Option<(Layout, usize)> {
+    let offset = layout.align().max(HEADER_SIZE);
+    let size = layout.size().checked_add(offset)?;
+    let outer = Layout::from_size_align(size, layout.align().max(HEADER_SIZE)).ok()?;
+    Some((outer, offset))
+}
+
+// SAFETY: every method forwards to the inner allocator with a layout derived from the caller's
+// by `outer`, which only grows the size and the alignment, and hands back a pointer `offset`
+// bytes into that block — inside it (offset < outer size) and aligned to the caller's alignment
+// (the block is aligned to max(align, 16) and offset is a multiple of align and of 16). The
+// header lives in the `HEADER_SIZE` bytes just before the returned pointer, which belong to the
+// block. `dealloc` and `realloc` recompute the same layout and offset from the caller's layout,
+// which the `GlobalAlloc` contract guarantees is the one the block was allocated with.
+unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
+    #[inline]
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let Some((outer, offset)) = outer(layout) else {
+            return std::ptr::null_mut();
+        };
+        let (tag, flags) = enter();
+        // SAFETY: `outer` has a non-zero size (at least HEADER_SIZE).
+        let base = unsafe { self.inner.alloc(outer) };
+        if base.is_null() {
+            leave(flags, tag, None);
+            return base;
+        }
+        let header = leave(flags, tag, Some(layout.size()));
+        // SAFETY: see the impl comment; `base` is non-null and `offset < outer.size()`.
+        unsafe { finish(base, offset, header) }
+    }
+
+    #[inline]
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        let Some((outer, offset)) = outer(layout) else {
+            return std::ptr::null_mut();
+        };
+        let (tag, flags) = enter();
+        // SAFETY: `outer` has a non-zero size.
+        let base = unsafe { self.inner.alloc_zeroed(outer) };
+        if base.is_null() {
+            leave(flags, tag, None);
+            return base;
+        }
+        let header = leave(flags, tag, Some(layout.size()));
+        // SAFETY: as in `alloc`; the header overwrites zeroed bytes the caller never sees.
+        unsafe { finish(base, offset, header) }
+    }
+
+    #[inline]
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        let Some((outer, offset)) = outer(layout) else {
+            return; // unreachable: this layout was allocated, so `outer` succeeded then
+        };
+        // SAFETY: `ptr` came from `alloc` with this layout, so a header precedes it and the
+        // block starts `offset` bytes before it.
+        unsafe {
+            let header = read_header(ptr);
+            on_free(header, layout.size() as i64, 1);
+            self.inner.dealloc(ptr.sub(offset), outer);
+        }
+    }
+
+    #[inline]
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let Some((outer, offset)) = outer(layout) else {
+            return std::ptr::null_mut();
+        };
+        let Some(new_outer_size) = new_size.checked_add(offset) else {
+            return std::ptr::null_mut();
+        };
+        if Layout::from_size_align(new_outer_size, outer.align()).is_err() {
+            return std::ptr::null_mut();
+        }
+        // SAFETY: the block starts `offset` bytes before `ptr` and was allocated with `outer`;
+        // the new size is non-zero and valid for the alignment (checked above). The header is
+        // within the first `offset` bytes, which the inner realloc preserves.
+        unsafe {
+            let base = self.inner.realloc(ptr.sub(offset), outer, new_outer_size);
+            if base.is_null() {
+                return base;
+            }
+            let new_ptr = base.add(offset);
+            // The block keeps its original attribution; only its size changed.
+            let shrunk_by = layout.size() as i64 - new_size as i64;
+            on_free(read_header(new_ptr), shrunk_by, 0);
+            new_ptr
+        }
+    }
+}
+
+/// Writes the header of a fresh block and returns the user's pointer.
+///
+/// # Safety
+///
+/// `base` points to a live block of more than `offset` bytes, aligned to at least 16,
+/// and `offset` is a multiple of 16 no smaller than `HEADER_SIZE`.
+#[inline]
+unsafe fn finish(base: *mut u8, offset: usize, header: Header) -> *mut u8 {
+    // SAFETY: guaranteed by the caller; the header's bytes lie in [base, base + offset) and are
+    // aligned to 16, more than `Header` needs.
+    unsafe {
+        let ptr = base.add(offset);
+        let words = ptr.sub(HEADER_SIZE).cast::<u64>();
+        let [first, second] = header.to_words();
+        words.write(first);
+        words.add(1).write(second);
+        ptr
+    }
+}
+
+/// # Safety
+///
+/// `ptr` was returned by this allocator and not freed.
+#[inline]
+unsafe fn read_header(ptr: *mut u8) -> Header {
+    // SAFETY: a header was written `HEADER_SIZE` bytes before every pointer handed out, as two
+    // aligned words. They are read back one word at a time (volatile, so that the compiler does
+    // not merge them into one 16-byte load): a load that spans two recent stores cannot be
+    // forwarded from them, and a block freed right after its allocation would stall on it.
+    unsafe {
+        let words = ptr.sub(HEADER_SIZE).cast::<u64>();
+        Header::from_words([words.read_volatile(), words.add(1).read_volatile()])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outer_layout_keeps_alignment_and_room_for_the_header() {
+        for align in (0..=12).map(|p| 1usize << p) {
+            for size in [0, 1, 7, 16, 100, 4096] {
+                let layout = Layout::from_size_align(size, align).unwrap();
+                let (outer, offset) = outer(layout).unwrap();
+                assert!(offset >= HEADER_SIZE);
+                assert_eq!(offset % align, 0);
+                assert!(outer.align() >= align);
+                assert_eq!(outer.size(), size + offset);
+            }
+        }
+        assert!(outer(Layout::from_size_align(isize::MAX as usize - 8, 8).unwrap()).is_none());
+    }
+}
