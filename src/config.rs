@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use crate::detector::LeakDetector;
 use crate::sink::ReportSink;
+use crate::trend::TrendConfig;
 
 /// Maps a request's method and URI to a route template, for services without a router.
 ///
@@ -23,6 +24,7 @@ pub(crate) struct Config {
     pub(crate) settle_timeout: Duration,
     pub(crate) memory_threshold: u64,
     pub(crate) memory_window: u64,
+    pub(crate) trend: TrendConfig,
     pub(crate) route_fn: Option<Arc<RouteFn>>,
     pub(crate) ignored_routes: Vec<Box<str>>,
     pub(crate) streaming_routes: Vec<Box<str>>,
@@ -69,6 +71,7 @@ pub struct LeakDetectorBuilder {
     settle_timeout: Duration,
     memory_threshold: u64,
     memory_window: u64,
+    trend: TrendConfig,
     route_fn: Option<Arc<RouteFn>>,
     ignored_routes: Vec<Box<str>>,
     streaming_routes: Vec<Box<str>>,
@@ -86,6 +89,13 @@ impl Default for LeakDetectorBuilder {
             settle_timeout: Duration::from_secs(2),
             memory_threshold: 1024,
             memory_window: 256,
+            trend: TrendConfig {
+                interval: Duration::from_secs(5),
+                window: 12,
+                relative: 0.3,
+                heap_absolute: 16 << 20,
+                task_absolute: 1000,
+            },
             route_fn: None,
             ignored_routes: Vec::new(),
             streaming_routes: Vec::new(),
@@ -105,6 +115,7 @@ impl fmt::Debug for LeakDetectorBuilder {
             .field("settle_timeout", &self.settle_timeout)
             .field("memory_threshold", &self.memory_threshold)
             .field("memory_window", &self.memory_window)
+            .field("trend", &self.trend)
             .field("route_fn", &self.route_fn.is_some())
             .field("ignored_routes", &self.ignored_routes)
             .field("streaming_routes", &self.streaming_routes)
@@ -181,6 +192,43 @@ impl LeakDetectorBuilder {
         self
     }
 
+    /// How often the trend sampler reads the live heap, alive tasks and requests in flight.
+    /// Default: 5 seconds. Must be greater than zero. See the [trend module](crate::trend).
+    pub fn trend_interval(mut self, interval: Duration) -> Self {
+        self.trend.interval = interval;
+        self
+    }
+
+    /// How many samples the growth window spans (growth is measured from its oldest to its
+    /// newest sample). Default: 12 (a minute, at the default interval). At least 2.
+    pub fn trend_window(mut self, samples: usize) -> Self {
+        self.trend.window = samples;
+        self
+    }
+
+    /// Relative growth over the window that, together with the absolute one, raises an alert:
+    /// `0.3` is 30 %. Default: 0.3. Must be a finite number greater than zero.
+    pub fn growth_ratio(mut self, ratio: f64) -> Self {
+        self.trend.relative = ratio;
+        self
+    }
+
+    /// Live-heap growth in bytes over the window above which (together with
+    /// [`growth_ratio`](Self::growth_ratio)) a [`HeapGrowth`](crate::LeakKind::HeapGrowth) is
+    /// raised. Default: 16 MiB. Must be greater than zero.
+    pub fn heap_growth_bytes(mut self, bytes: u64) -> Self {
+        self.trend.heap_absolute = bytes;
+        self
+    }
+
+    /// Growth in alive tokio tasks over the window above which (together with
+    /// [`growth_ratio`](Self::growth_ratio)) a [`TaskGrowth`](crate::LeakKind::TaskGrowth) is
+    /// raised. Default: 1000. Must be greater than zero.
+    pub fn task_growth(mut self, tasks: u64) -> Self {
+        self.trend.task_absolute = tasks;
+        self
+    }
+
     /// Names routes for services without a router (plain hyper or tower).
     ///
     /// With the `axum` feature, axum's `MatchedPath` is used first; the function is asked only
@@ -250,6 +298,7 @@ impl LeakDetectorBuilder {
             settle_timeout: self.settle_timeout,
             memory_threshold: self.memory_threshold,
             memory_window: self.memory_window,
+            trend: self.trend,
             route_fn: self.route_fn,
             ignored_routes: self.ignored_routes,
             streaming_routes: self.streaming_routes,
@@ -308,6 +357,36 @@ impl LeakDetectorBuilder {
                 "memory_window",
                 "must be greater than zero",
             ));
+        }
+        if self.trend.interval.is_zero() {
+            return Err(ConfigError::new(
+                "trend_interval",
+                "must be greater than zero",
+            ));
+        }
+        if self.trend.window < 2 {
+            return Err(ConfigError::new(
+                "trend_window",
+                "must be at least 2 samples",
+            ));
+        }
+        if !(self.trend.relative.is_finite() && self.trend.relative > 0.0) {
+            return Err(ConfigError::new(
+                "growth_ratio",
+                format!(
+                    "must be a finite number greater than zero, not {}",
+                    self.trend.relative
+                ),
+            ));
+        }
+        if self.trend.heap_absolute == 0 {
+            return Err(ConfigError::new(
+                "heap_growth_bytes",
+                "must be greater than zero",
+            ));
+        }
+        if self.trend.task_absolute == 0 {
+            return Err(ConfigError::new("task_growth", "must be greater than zero"));
         }
         for (field, routes) in [
             ("ignore_route", &self.ignored_routes),
@@ -430,6 +509,22 @@ mod tests {
         assert_eq!(field_of(b), "memory_threshold");
         let b = LeakDetectorBuilder::default().memory_window(0);
         assert_eq!(field_of(b), "memory_window");
+    }
+
+    #[test]
+    fn invalid_trend_settings_are_rejected() {
+        let b = LeakDetectorBuilder::default().trend_interval(Duration::ZERO);
+        assert_eq!(field_of(b), "trend_interval");
+        let b = LeakDetectorBuilder::default().trend_window(1);
+        assert_eq!(field_of(b), "trend_window");
+        for ratio in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+            let b = LeakDetectorBuilder::default().growth_ratio(ratio);
+            assert_eq!(field_of(b), "growth_ratio");
+        }
+        let b = LeakDetectorBuilder::default().heap_growth_bytes(0);
+        assert_eq!(field_of(b), "heap_growth_bytes");
+        let b = LeakDetectorBuilder::default().task_growth(0);
+        assert_eq!(field_of(b), "task_growth");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::route::{self, Interner};
 use crate::scope::{self, Scope};
 use crate::sink::ReportSink;
 use crate::sweep::{self, Outcome};
+use crate::trend::Trend;
 
 /// How many one-shot findings ([`LeakKind::UnconsumedBody`]) a detector remembers for
 /// [`LeakDetector::leaks`] and [`LeakDetector::assert_no_leaks`]; older ones are forgotten.
@@ -79,6 +80,7 @@ pub(crate) struct Shared {
     /// The `TrackingAllocator` is the global allocator: requests' memory is counted.
     memory: bool,
     judge: Mutex<MemoryJudge>,
+    trend: Mutex<Trend>,
     sinks: Vec<Box<dyn ReportSink>>,
     findings: Mutex<VecDeque<LeakReport>>,
     id_prefix: u32,
@@ -107,8 +109,11 @@ impl LeakDetector {
         let (stop, stopped) = std::sync::mpsc::channel();
         let interval = config.sweep_interval;
         let memory = alloc::is_installed();
+        let registry = Registry::new(config.registry_capacity);
+        let trend = Mutex::new(Trend::new(&registry));
         let shared = Arc::new(Shared {
-            registry: Registry::new(config.registry_capacity),
+            registry,
+            trend,
             config,
             routes: Interner::new(memory),
             memory,
@@ -172,6 +177,7 @@ impl LeakDetector {
                 0
             },
             routes: lock(&shared.judge).stats(|slot| shared.routes.name_of(slot)),
+            alive_tasks: lock(&shared.trend).latest().and_then(|s| s.alive_tasks),
             ..Stats::default()
         };
         for (i, counter) in shared.confirmed_total.iter().enumerate() {
@@ -262,6 +268,15 @@ impl Shared {
         }
         judge.judge_routes(now, &self.config, &mut out);
         drop(judge);
+        let memory = self.memory;
+        lock(&self.trend).sample(
+            now,
+            || memory.then(|| alloc::process_live_bytes().max(0) as u64),
+            out.open_scopes,
+            &self.config.trend,
+            self.config.confirm_sweeps,
+            &mut out,
+        );
         self.registry.released(out.removed);
         self.sweeps.fetch_add(1, Ordering::Relaxed);
         self.record(&out.reports);
@@ -342,6 +357,7 @@ impl Shared {
         }));
         reports.extend(lock(&self.findings).iter().cloned());
         reports.extend(lock(&self.judge).active_reports());
+        reports.extend(lock(&self.trend).active_reports());
         reports.sort_by_key(|r| r.id);
         (reports, objects)
     }
@@ -411,6 +427,9 @@ pub struct Stats {
     pub untracked_scopes: u64,
     /// Memory per route, for routes with judged requests.
     pub routes: Vec<RouteMemoryStats>,
+    /// Alive tasks of the tokio runtime the detector was built in, at the last trend sample;
+    /// `None` when built outside a runtime or before the first sample.
+    pub alive_tasks: Option<u64>,
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@
 //! | [`WatchedObject`](LeakKind::WatchedObject) | a [`watch`]ed object outlived the request |
 //! | [`StuckRequest`](LeakKind::StuckRequest) | a request is open past its maximum age |
 //! | [`RetainedMemory`](LeakKind::RetainedMemory) | a route's requests keep heap memory ([`TrackingAllocator`]) |
+//! | [`HeapGrowth`](LeakKind::HeapGrowth) / [`TaskGrowth`](LeakKind::TaskGrowth) | the process's heap or tasks keep growing |
 //!
 //! Reports go to sinks ([`TracingSink`](sink::TracingSink) by default), to
 //! [`LeakDetector::leaks`], and — in tests — to the exact [`LeakDetector::assert_no_leaks`].
@@ -91,6 +92,7 @@ mod task;
 #[cfg(test)]
 mod test_helpers;
 mod testing;
+pub mod trend;
 
 // The README's examples compile as doctests.
 #[cfg(all(doctest, feature = "axum"))]

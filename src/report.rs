@@ -30,17 +30,25 @@ pub enum LeakKind {
     /// A route's requests keep heap memory after they finished, and old requests still hold it
     /// after many newer ones came and went. Needs the [`TrackingAllocator`](crate::TrackingAllocator).
     RetainedMemory,
+    /// The process's live heap grew by more than the configured relative and absolute
+    /// thresholds over the trend window. Not tied to a request.
+    HeapGrowth,
+    /// The runtime's alive tasks grew by more than the configured thresholds over the trend
+    /// window. Not tied to a request.
+    TaskGrowth,
 }
 
 impl LeakKind {
     /// Every kind, in declaration order.
-    pub const ALL: [LeakKind; 6] = [
+    pub const ALL: [LeakKind; 8] = [
         LeakKind::OrphanTask,
         LeakKind::UnconsumedBody,
         LeakKind::RetainedBody,
         LeakKind::WatchedObject,
         LeakKind::StuckRequest,
         LeakKind::RetainedMemory,
+        LeakKind::HeapGrowth,
+        LeakKind::TaskGrowth,
     ];
 
     /// The kind's name, as used in logs and metrics (`"OrphanTask"`, …).
@@ -52,6 +60,8 @@ impl LeakKind {
             LeakKind::WatchedObject => "WatchedObject",
             LeakKind::StuckRequest => "StuckRequest",
             LeakKind::RetainedMemory => "RetainedMemory",
+            LeakKind::HeapGrowth => "HeapGrowth",
+            LeakKind::TaskGrowth => "TaskGrowth",
         }
     }
 

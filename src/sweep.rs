@@ -81,6 +81,8 @@ pub(crate) struct Outcome {
     pub(crate) removed: usize,
     /// Closed requests whose memory is to be judged, in no particular order.
     pub(crate) memory_judged: Vec<Arc<Scope>>,
+    /// Requests still open.
+    pub(crate) open_scopes: u64,
 }
 
 /// Judges one object entry. Returns whether to keep it.
@@ -180,6 +182,7 @@ pub(crate) fn judge_scope(
         out.removed += 1;
         return false;
     }
+    out.open_scopes += 1;
     let open_for = now.saturating_duration_since(entry.scope.opened_at);
     if !entry.scope.streaming && open_for > config.max_request_age {
         if let Some(state) = entry.tracker.alive(config.confirm_sweeps) {
