@@ -95,3 +95,46 @@ fn parallel_requests_are_charged_exactly_to_their_own_routes() {
         assert_eq!((r.live_bytes, r.live_blocks), (0, 0), "{r:?}");
     }
 }
+
+/// The detector's own bookkeeping (registry entries, probes, the scope itself) is never charged
+/// to the request: a handler that only watches objects created elsewhere retains nothing.
+#[test]
+fn the_detectors_own_allocations_are_not_charged_to_requests() {
+    let detector = support::builder(&leakwatch::sink::CollectingSink::new())
+        .route_fn(|_, _| Some("/watch"))
+        .build()
+        .unwrap();
+    let shared: Arc<Vec<u8>> = Arc::new(vec![0u8; 4096]);
+    let service = {
+        let shared = shared.clone();
+        ServiceBuilder::new()
+            .layer(detector.layer())
+            .service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
+                let shared = shared.clone();
+                async move {
+                    for _ in 0..20 {
+                        leakwatch::watch(&shared);
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            })
+    };
+    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    rt.block_on(async {
+        for _ in 0..10 {
+            let request = Request::post("/watch")
+                .body(Full::new(Bytes::from_static(b"a body, tracked too")))
+                .unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            support::read_body(response).await;
+        }
+    });
+    // 200 watch entries and 10 body entries are in the registry, allocated during the requests.
+    assert_eq!(detector.stats().watched_objects, 200);
+    assert_eq!(detector.stats().tracked_bodies, 10);
+    detector.sweep_now();
+    let stats = detector.stats();
+    let route = stats.routes.iter().find(|r| r.route == "/watch").unwrap();
+    assert_eq!(route.judged_requests, 10);
+    assert_eq!((route.live_bytes, route.live_blocks), (0, 0), "{route:?}");
+}
