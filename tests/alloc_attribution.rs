@@ -107,9 +107,8 @@ fn the_detectors_own_allocations_are_not_charged_to_requests() {
     let shared: Arc<Vec<u8>> = Arc::new(vec![0u8; 4096]);
     let service = {
         let shared = shared.clone();
-        ServiceBuilder::new()
-            .layer(detector.layer())
-            .service_fn(move |_req: Request<RequestBody<Full<Bytes>>>| {
+        ServiceBuilder::new().layer(detector.layer()).service_fn(
+            move |_req: Request<RequestBody<Full<Bytes>>>| {
                 let shared = shared.clone();
                 async move {
                     for _ in 0..20 {
@@ -117,9 +116,12 @@ fn the_detectors_own_allocations_are_not_charged_to_requests() {
                     }
                     Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
                 }
-            })
+            },
+        )
     };
-    let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     rt.block_on(async {
         for _ in 0..10 {
             let request = Request::post("/watch")

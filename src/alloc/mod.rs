@@ -137,36 +137,14 @@ fn outer(layout: Layout) -> Option<(Layout, usize)> {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let Some((outer, offset)) = outer(layout) else {
-            return std::ptr::null_mut();
-        };
-        let (tag, flags) = enter();
-        // SAFETY: `outer` has a non-zero size (at least HEADER_SIZE).
-        let base = unsafe { self.inner.alloc(outer) };
-        if base.is_null() {
-            leave(flags, tag, None);
-            return base;
-        }
-        let header = leave(flags, tag, Some(layout.size()));
-        // SAFETY: see the impl comment; `base` is non-null and `offset < outer.size()`.
-        unsafe { finish(base, offset, header) }
+        // SAFETY: forwarded to the inner allocator with a non-zero-sized layout.
+        unsafe { self.allocate(layout, |inner, outer| inner.alloc(outer)) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let Some((outer, offset)) = outer(layout) else {
-            return std::ptr::null_mut();
-        };
-        let (tag, flags) = enter();
-        // SAFETY: `outer` has a non-zero size.
-        let base = unsafe { self.inner.alloc_zeroed(outer) };
-        if base.is_null() {
-            leave(flags, tag, None);
-            return base;
-        }
-        let header = leave(flags, tag, Some(layout.size()));
         // SAFETY: as in `alloc`; the header overwrites zeroed bytes the caller never sees.
-        unsafe { finish(base, offset, header) }
+        unsafe { self.allocate(layout, |inner, outer| inner.alloc_zeroed(outer)) }
     }
 
     #[inline]
@@ -208,6 +186,34 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             on_free(read_header(new_ptr), shrunk_by, 0);
             new_ptr
         }
+    }
+}
+
+impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// Allocates the outer block with `inner_alloc`, counts it and writes its header.
+    ///
+    /// # Safety
+    ///
+    /// `inner_alloc` must be `GlobalAlloc::alloc` or `alloc_zeroed` of `self.inner`.
+    #[inline(always)]
+    unsafe fn allocate(
+        &self,
+        layout: Layout,
+        inner_alloc: impl FnOnce(&A, Layout) -> *mut u8,
+    ) -> *mut u8 {
+        let Some((outer, offset)) = outer(layout) else {
+            return std::ptr::null_mut();
+        };
+        let (tag, flags) = enter();
+        let base = inner_alloc(&self.inner, outer);
+        if base.is_null() {
+            leave(flags, tag, None);
+            return base;
+        }
+        let header = leave(flags, tag, Some(layout.size()));
+        // SAFETY: `base` is a non-null block of `outer`'s layout and `offset < outer.size()`;
+        // see the comment on the `GlobalAlloc` impl.
+        unsafe { finish(base, offset, header) }
     }
 }
 
