@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::alloc::AllocationSites;
 use crate::detector::LeakDetector;
 use crate::sink::ReportSink;
 use crate::trend::TrendConfig;
@@ -72,6 +73,7 @@ pub struct LeakDetectorBuilder {
     memory_threshold: u64,
     memory_window: u64,
     trend: TrendConfig,
+    sites: Option<AllocationSites>,
     route_fn: Option<Arc<RouteFn>>,
     ignored_routes: Vec<Box<str>>,
     streaming_routes: Vec<Box<str>>,
@@ -96,6 +98,7 @@ impl Default for LeakDetectorBuilder {
                 heap_absolute: 16 << 20,
                 task_absolute: 1000,
             },
+            sites: None,
             route_fn: None,
             ignored_routes: Vec::new(),
             streaming_routes: Vec::new(),
@@ -116,6 +119,7 @@ impl fmt::Debug for LeakDetectorBuilder {
             .field("memory_threshold", &self.memory_threshold)
             .field("memory_window", &self.memory_window)
             .field("trend", &self.trend)
+            .field("sites", &self.sites)
             .field("route_fn", &self.route_fn.is_some())
             .field("ignored_routes", &self.ignored_routes)
             .field("streaming_routes", &self.streaming_routes)
@@ -229,6 +233,17 @@ impl LeakDetectorBuilder {
         self
     }
 
+    /// Samples the call stacks of requests' allocations, so that
+    /// [`RetainedMemory`](crate::LeakKind::RetainedMemory) reports list where the memory was
+    /// allocated. Needs the [`TrackingAllocator`](crate::TrackingAllocator). The setting is
+    /// process-wide (the allocator is one static): the last detector built with it wins.
+    ///
+    /// Default: [`AllocationSites::Off`]. A sampled mean must be greater than zero.
+    pub fn allocation_sites(mut self, sites: AllocationSites) -> Self {
+        self.sites = Some(sites);
+        self
+    }
+
     /// Names routes for services without a router (plain hyper or tower).
     ///
     /// With the `axum` feature, axum's `MatchedPath` is used first; the function is asked only
@@ -303,6 +318,9 @@ impl LeakDetectorBuilder {
             ignored_routes: self.ignored_routes,
             streaming_routes: self.streaming_routes,
         };
+        if let Some(sites) = self.sites {
+            crate::alloc::configure_sites(sites);
+        }
         Ok(LeakDetector::from_parts(config, sinks))
     }
 
@@ -383,6 +401,12 @@ impl LeakDetectorBuilder {
             return Err(ConfigError::new(
                 "heap_growth_bytes",
                 "must be greater than zero",
+            ));
+        }
+        if let Some(AllocationSites::Sampled { mean_bytes: 0 }) = self.sites {
+            return Err(ConfigError::new(
+                "allocation_sites",
+                "a sampled mean must be greater than zero bytes",
             ));
         }
         if self.trend.task_absolute == 0 {
@@ -509,6 +533,13 @@ mod tests {
         assert_eq!(field_of(b), "memory_threshold");
         let b = LeakDetectorBuilder::default().memory_window(0);
         assert_eq!(field_of(b), "memory_window");
+    }
+
+    #[test]
+    fn zero_sampling_mean_is_rejected() {
+        let b = LeakDetectorBuilder::default()
+            .allocation_sites(AllocationSites::Sampled { mean_bytes: 0 });
+        assert_eq!(field_of(b), "allocation_sites");
     }
 
     #[test]

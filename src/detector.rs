@@ -178,6 +178,7 @@ impl LeakDetector {
             },
             routes: lock(&shared.judge).stats(|slot| shared.routes.name_of(slot)),
             alive_tasks: lock(&shared.trend).latest().and_then(|s| s.alive_tasks),
+            sites_dropped: alloc::sites_dropped(),
             ..Stats::default()
         };
         for (i, counter) in shared.confirmed_total.iter().enumerate() {
@@ -430,6 +431,8 @@ pub struct Stats {
     /// Alive tasks of the tokio runtime the detector was built in, at the last trend sample;
     /// `None` when built outside a runtime or before the first sample.
     pub alive_tasks: Option<u64>,
+    /// Allocation-site samples not recorded because the site table was full (process-wide).
+    pub sites_dropped: u64,
 }
 
 #[cfg(test)]

@@ -88,6 +88,7 @@ mod route;
 mod scope;
 pub mod sink;
 mod sweep;
+mod symbolize;
 mod task;
 #[cfg(test)]
 mod test_helpers;
@@ -99,12 +100,12 @@ pub mod trend;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use crate::alloc::{TrackingAllocator, HEADER_SIZE, ROUTE_SLOTS, SCOPE_SLOTS};
+pub use crate::alloc::{AllocationSites, TrackingAllocator, HEADER_SIZE, ROUTE_SLOTS, SCOPE_SLOTS};
 pub use crate::body::RequestBody;
 pub use crate::config::{ConfigError, LeakDetectorBuilder, MAX_CONFIRM_SWEEPS};
 pub use crate::detector::{KindCounts, LeakDetector, Stats, FINDINGS_CAPACITY};
 pub use crate::layer::{LeakLayer, LeakService};
-pub use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
+pub use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
 pub use crate::route::UNMATCHED;
 pub use crate::sink::ReportSink;
 pub use crate::task::{scoped, spawn, watch, Scoped};

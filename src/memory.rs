@@ -28,6 +28,7 @@ use crate::registry::{Registry, ReportParts};
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::scope::Scope;
 use crate::sweep::{Outcome, Tracker};
+use crate::symbolize::Symbolizer;
 
 /// How many requests per route are kept as witnesses.
 pub(crate) const WITNESSES_PER_ROUTE: usize = 8;
@@ -39,7 +40,11 @@ pub const MIN_OLD_WITNESSES: usize = 3;
 #[derive(Default)]
 pub(crate) struct MemoryJudge {
     routes: HashMap<u32, RouteMemory>,
+    symbols: Symbolizer,
 }
+
+/// How many allocation sites a `RetainedMemory` report lists.
+pub const REPORTED_SITES: usize = 5;
 
 struct RouteMemory {
     /// Report id of this route's `RetainedMemory` reports.
@@ -115,6 +120,7 @@ impl MemoryJudge {
     /// Once per sweep: drops witnesses that let go of their memory and judges every route.
     pub(crate) fn judge_routes(&mut self, now: Instant, config: &Config, out: &mut Outcome) {
         for (&slot, route) in &mut self.routes {
+            let symbols = &mut self.symbols;
             route.witnesses.retain(|w| {
                 let holds = w
                     .scope
@@ -132,8 +138,8 @@ impl MemoryJudge {
                 .filter(|w| judged - w.seq >= config.memory_window)
                 .collect();
             if old.len() >= MIN_OLD_WITNESSES {
-                let report = route_report(route.id, slot, judged, &old, now, config);
-                let mut current = report;
+                let mut current = route_report(route.id, slot, judged, &old, now, config);
+                current.sites = symbols.sites(&alloc::top_sites(slot, REPORTED_SITES));
                 match route.tracker.alive(config.confirm_sweeps) {
                     Some(state) => {
                         current.state = state;

@@ -109,6 +109,7 @@ impl ReportParts<'_> {
             bytes: usage.map(|u| u.retained_bytes()),
             allocations: usage.map(|u| u.retained_blocks()),
             bytes_per_request: None,
+            sites: Vec::new(),
             detail: self.detail,
         }
     }

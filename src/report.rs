@@ -143,6 +143,36 @@ impl fmt::Display for SourceLocation {
     }
 }
 
+/// Where retained memory was allocated: a sampled call stack's first frame in the caller's code,
+/// with the (estimated) bytes and blocks its allocations still hold.
+///
+/// `file` and `line` need debug information in the binary (`debug = "line-tables-only"` in a
+/// release profile is enough); without it only the function is known.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+pub struct AllocationSite {
+    /// The function, demangled, without its hash.
+    pub function: String,
+    /// The source file, when debug information is present.
+    pub file: Option<String>,
+    /// The line, when debug information is present.
+    pub line: Option<u32>,
+    /// Live bytes allocated there (an estimate when sampling, exact in exact mode).
+    pub bytes: u64,
+    /// Live sampled blocks allocated there.
+    pub blocks: u64,
+}
+
+impl fmt::Display for AllocationSite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{file}:{line}")?,
+            _ => f.write_str(&self.function)?,
+        }
+        write!(f, " ({} bytes)", self.bytes)
+    }
+}
+
 /// One finding: an object that outlived its request, or a request that never ended.
 ///
 /// Reports are plain data: cloning one is cheap enough for sinks and tests, and its
@@ -204,6 +234,9 @@ pub struct LeakReport {
     /// For [`RetainedMemory`](LeakKind::RetainedMemory): the bytes each old request still holds,
     /// on average.
     pub bytes_per_request: Option<u64>,
+    /// For [`RetainedMemory`](LeakKind::RetainedMemory) with allocation sites on: where the
+    /// route's retained memory was allocated, most bytes first.
+    pub sites: Vec<AllocationSite>,
     /// A human-readable explanation (bytes read from a body, how long a task ran, …).
     pub detail: String,
 }
@@ -235,6 +268,9 @@ impl fmt::Display for LeakReport {
         }
         if let Some(per_request) = self.bytes_per_request {
             write!(f, " per_request={per_request}B")?;
+        }
+        if let Some(site) = self.sites.first() {
+            write!(f, " allocated at {site}")?;
         }
         if !self.detail.is_empty() {
             write!(f, ": {}", self.detail)?;

@@ -27,6 +27,7 @@ pub(crate) fn sample_report() -> LeakReport {
         bytes: None,
         allocations: None,
         bytes_per_request: None,
+        sites: Vec::new(),
         detail: "task still running".into(),
     }
 }

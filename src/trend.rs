@@ -209,6 +209,7 @@ fn process_report(id: u64, kind: LeakKind, detail: String, growth: u64) -> LeakR
         bytes: (kind == LeakKind::HeapGrowth).then_some(growth),
         allocations: None,
         bytes_per_request: None,
+        sites: Vec::new(),
         detail,
     }
 }

@@ -14,6 +14,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
+use super::sites;
 use super::slots::{self, ScopeSlot};
 use super::{Header, ROUTE_SLOTS};
 
@@ -109,6 +110,10 @@ const NO_OWN_CELL: usize = usize::MAX - 1;
 /// computation per access, no lazy initialisation, no destructor).
 struct Local {
     tag: Cell<Tag>,
+    /// Bytes until the next allocation-site sample.
+    countdown: Cell<i64>,
+    /// The sampler's random state.
+    rng: Cell<u64>,
     flags: Cell<u8>,
     pending: Cell<Pending>,
     shard: Cell<usize>,
@@ -119,6 +124,8 @@ thread_local! {
     static LOCAL: Local = const {
         Local {
             tag: Cell::new(Tag::NONE),
+            countdown: Cell::new(0),
+            rng: Cell::new(0),
             flags: Cell::new(0),
             pending: Cell::new(Pending::ZERO),
             shard: Cell::new(UNASSIGNED),
@@ -228,8 +235,35 @@ pub(crate) fn leave(flags: u8, tag: Tag, size: Option<usize>) -> Header {
         slot: tag.slot,
         generation: tag.generation,
         route: tag.route,
-        _reserved: 0,
+        site: 0,
     }
+}
+
+/// Samples the call stack of a new block of a request, when allocation sites are on; returns
+/// the site to put in its header (0: not sampled).
+#[inline(always)]
+pub(crate) fn sample_site(tag: Tag, flags: u8, size: usize) -> u32 {
+    if tag.route == 0 || flags != 0 || !sites::enabled() {
+        return 0;
+    }
+    with_local(|local| {
+        let Some(local) = local else {
+            return 0;
+        };
+        let mut countdown = local.countdown.get();
+        let mut rng = local.rng.get();
+        let weight = sites::should_sample(size as u64, &mut countdown, &mut rng);
+        local.countdown.set(countdown);
+        local.rng.set(rng);
+        let Some(weight) = weight else {
+            return 0;
+        };
+        // Unwinding may allocate on some platforms: such allocations are not sampled again.
+        local.flags.set(FLAG_BUSY);
+        let site = sites::record(tag.route, weight);
+        local.flags.set(flags);
+        site
+    })
 }
 
 #[inline(always)]

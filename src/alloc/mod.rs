@@ -24,11 +24,16 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 
 mod counters;
+mod sites;
 mod slots;
 
-use self::counters::{enter, leave, on_free};
+use self::counters::{enter, leave, on_free, sample_site};
 pub(crate) use self::counters::{
     is_installed, new_route_slot, process_live_bytes, route_live, swap_tag, Tag,
+};
+pub use self::sites::AllocationSites;
+pub(crate) use self::sites::{
+    configure as configure_sites, dropped as sites_dropped, top as top_sites, RawSite,
 };
 pub(crate) use self::slots::{slots_exhausted, SlotGuard, Usage};
 
@@ -50,7 +55,8 @@ pub(crate) struct Header {
     pub(crate) slot: u32,
     pub(crate) generation: u32,
     pub(crate) route: u32,
-    pub(crate) _reserved: u32,
+    /// The allocation-site table entry plus one, for a sampled block (0: not sampled).
+    pub(crate) site: u32,
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
@@ -60,7 +66,7 @@ impl Header {
     fn to_words(self) -> [u64; 2] {
         [
             u64::from(self.slot) | (u64::from(self.generation) << 32),
-            u64::from(self.route),
+            u64::from(self.route) | (u64::from(self.site) << 32),
         ]
     }
 
@@ -70,7 +76,7 @@ impl Header {
             slot: first as u32,
             generation: (first >> 32) as u32,
             route: second as u32,
-            _reserved: 0,
+            site: (second >> 32) as u32,
         }
     }
 }
@@ -157,6 +163,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         unsafe {
             let header = read_header(ptr);
             on_free(header, layout.size() as i64, 1);
+            if header.site != 0 {
+                let weight = sites::weight_of(layout.size() as u64);
+                sites::release(header.site, weight as i64, 1);
+            }
             self.inner.dealloc(ptr.sub(offset), outer);
         }
     }
@@ -183,7 +193,13 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             let new_ptr = base.add(offset);
             // The block keeps its original attribution; only its size changed.
             let shrunk_by = layout.size() as i64 - new_size as i64;
-            on_free(read_header(new_ptr), shrunk_by, 0);
+            let header = read_header(new_ptr);
+            on_free(header, shrunk_by, 0);
+            if header.site != 0 {
+                let old = sites::weight_of(layout.size() as u64) as i64;
+                let new = sites::weight_of(new_size as u64) as i64;
+                sites::release(header.site, old - new, 0);
+            }
             new_ptr
         }
     }
@@ -210,7 +226,8 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             leave(flags, tag, None);
             return base;
         }
-        let header = leave(flags, tag, Some(layout.size()));
+        let mut header = leave(flags, tag, Some(layout.size()));
+        header.site = sample_site(tag, flags, layout.size());
         // SAFETY: `base` is a non-null block of `outer`'s layout and `offset < outer.size()`;
         // see the comment on the `GlobalAlloc` impl.
         unsafe { finish(base, offset, header) }

@@ -1,0 +1,271 @@
+//! Allocation sites: sampled call stacks of requests' allocations, for `RetainedMemory` reports.
+//!
+//! Off by default. When on, allocations made inside a request are sampled by bytes — a Poisson
+//! process with a configurable mean, so that every byte has the same chance to be sampled and a
+//! sampled block stands for `size / (1 − e^(−size/mean))` bytes — or every one of them in exact
+//! mode. A sampled allocation captures up to [`MAX_FRAMES`] return addresses by unwinding the
+//! stack into a fixed array, and counts its weight in a statically allocated table keyed by
+//! (route, stack); its header remembers the table entry, so that the free takes the weight
+//! back. Nothing is allocated: symbols are resolved only when a report is built.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+
+/// Return addresses kept per sampled stack.
+pub(crate) const MAX_FRAMES: usize = 24;
+
+/// Distinct (route, stack) pairs the table holds; further new stacks are not recorded.
+pub(crate) const MAX_SITES: usize = 4096;
+
+/// How allocation sites are sampled (process-wide: the allocator is one static).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum AllocationSites {
+    /// No call stacks are captured (the default).
+    #[default]
+    Off,
+    /// About one allocation per `mean_bytes` allocated bytes inside requests is sampled.
+    Sampled {
+        /// The mean distance, in bytes, between two samples. 512 KiB is a good start.
+        mean_bytes: u64,
+    },
+    /// Every allocation inside a request is sampled. Exact, and slow: for tests.
+    Exact,
+}
+
+struct Site {
+    /// 0 while free; the key's hash once claimed.
+    hash: AtomicU64,
+    ready: AtomicBool,
+    route: AtomicU32,
+    frames: [AtomicUsize; MAX_FRAMES],
+    bytes: AtomicI64,
+    blocks: AtomicI64,
+}
+
+impl Site {
+    const fn new() -> Self {
+        Site {
+            hash: AtomicU64::new(0),
+            ready: AtomicBool::new(false),
+            route: AtomicU32::new(0),
+            frames: [const { AtomicUsize::new(0) }; MAX_FRAMES],
+            bytes: AtomicI64::new(0),
+            blocks: AtomicI64::new(0),
+        }
+    }
+}
+
+static TABLE: [Site; MAX_SITES] = [const { Site::new() }; MAX_SITES];
+/// 0: off; 1: exact; otherwise the mean bytes between samples.
+static MEAN: AtomicU64 = AtomicU64::new(0);
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
+
+/// Sets the process-wide sampling mode.
+pub(crate) fn configure(mode: AllocationSites) {
+    let mean = match mode {
+        AllocationSites::Off => 0,
+        AllocationSites::Exact => 1,
+        AllocationSites::Sampled { mean_bytes } => mean_bytes.max(2),
+    };
+    MEAN.store(mean, Ordering::Relaxed);
+}
+
+/// Whether any sampling is on (one relaxed load).
+#[inline(always)]
+pub(crate) fn enabled() -> bool {
+    MEAN.load(Ordering::Relaxed) != 0
+}
+
+/// Decides whether an allocation of `size` bytes is sampled, given this thread's countdown of
+/// bytes to the next sample and its random state; returns the sample's weight in bytes.
+#[inline]
+pub(crate) fn should_sample(size: u64, countdown: &mut i64, rng: &mut u64) -> Option<u64> {
+    let mean = MEAN.load(Ordering::Relaxed);
+    match mean {
+        0 => None,
+        1 => Some(size),
+        _ => {
+            *countdown -= size as i64;
+            if *countdown > 0 {
+                return None;
+            }
+            *countdown = next_interval(mean, rng) as i64;
+            Some(weight(size, mean))
+        }
+    }
+}
+
+/// The bytes a sampled block of `size` stands for (exact mode: itself).
+pub(crate) fn weight_of(size: u64) -> u64 {
+    match MEAN.load(Ordering::Relaxed) {
+        0 | 1 => size,
+        mean => weight(size, mean),
+    }
+}
+
+fn weight(size: u64, mean: u64) -> u64 {
+    let p = 1.0 - (-(size as f64) / mean as f64).exp();
+    if p <= 0.0 {
+        mean
+    } else {
+        (size as f64 / p) as u64
+    }
+}
+
+/// An exponentially distributed distance to the next sample.
+fn next_interval(mean: u64, rng: &mut u64) -> u64 {
+    if *rng == 0 {
+        *rng = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) | 1;
+    }
+    // xorshift64*
+    let mut x = *rng;
+    x ^= x >> 12;
+    x ^= x << 25;
+    x ^= x >> 27;
+    *rng = x;
+    let r = x.wrapping_mul(0x2545_F491_4F6C_DD1D);
+    let uniform = ((r >> 11) as f64 + 0.5) / (1u64 << 53) as f64; // in (0, 1)
+    (-uniform.ln() * mean as f64) as u64 + 1
+}
+
+/// Captures the current stack and records a sample of `weight` bytes for `route`; returns the
+/// site index plus one (0 when the table is full). Must run with the allocator marked busy.
+pub(crate) fn record(route: u32, weight: u64) -> u32 {
+    let mut frames = [0usize; MAX_FRAMES];
+    let mut n = 0;
+    // SAFETY: unwinding is not synchronised with other threads' symbolisation; on this
+    // platform's backend (libunwind/libgcc) that is sound. The callback only writes into
+    // `frames` and allocates nothing.
+    unsafe {
+        backtrace::trace_unsynchronized(|frame| {
+            frames[n] = frame.ip() as usize;
+            n += 1;
+            n < MAX_FRAMES
+        });
+    }
+    let hash = key_hash(route, &frames[..n]);
+    let start = (hash as usize) % MAX_SITES;
+    for i in 0..MAX_SITES.min(64) {
+        let site = &TABLE[(start + i) % MAX_SITES];
+        let current = site.hash.load(Ordering::Acquire);
+        if current == 0 {
+            if site
+                .hash
+                .compare_exchange(0, hash, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
+                site.route.store(route, Ordering::Relaxed);
+                for (slot, &ip) in site.frames.iter().zip(&frames[..n]) {
+                    slot.store(ip, Ordering::Relaxed);
+                }
+                site.ready.store(true, Ordering::Release);
+                charge(site, weight as i64, 1);
+                return ((start + i) % MAX_SITES) as u32 + 1;
+            }
+            if site.hash.load(Ordering::Acquire) != hash {
+                continue;
+            }
+        } else if current != hash {
+            continue;
+        }
+        charge(site, weight as i64, 1);
+        return ((start + i) % MAX_SITES) as u32 + 1;
+    }
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+    0
+}
+
+#[inline]
+fn charge(site: &Site, bytes: i64, blocks: i64) {
+    site.bytes.fetch_add(bytes, Ordering::Relaxed);
+    site.blocks.fetch_add(blocks, Ordering::Relaxed);
+}
+
+/// Takes back a sampled block's weight (`blocks` 0 for a `realloc` size change).
+#[inline]
+pub(crate) fn release(site: u32, bytes: i64, blocks: i64) {
+    if let Some(site) = (site as usize).checked_sub(1).and_then(|i| TABLE.get(i)) {
+        charge(site, -bytes, -blocks);
+    }
+}
+
+fn key_hash(route: u32, frames: &[usize]) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ u64::from(route);
+    for &ip in frames {
+        h = (h ^ ip as u64).wrapping_mul(0x0000_0100_0000_01B3);
+    }
+    h | 1 // never 0, the "free" mark
+}
+
+/// A recorded stack and what it still holds.
+#[derive(Clone, Debug)]
+pub(crate) struct RawSite {
+    pub(crate) index: usize,
+    pub(crate) frames: Vec<usize>,
+    pub(crate) bytes: u64,
+    pub(crate) blocks: u64,
+}
+
+/// The `n` stacks of `route` holding the most (estimated) bytes.
+pub(crate) fn top(route: u32, n: usize) -> Vec<RawSite> {
+    let mut sites: Vec<RawSite> = TABLE
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| {
+            s.ready.load(Ordering::Acquire) && s.route.load(Ordering::Relaxed) == route
+        })
+        .filter_map(|(index, s)| {
+            let bytes = s.bytes.load(Ordering::Relaxed);
+            (bytes > 0).then(|| RawSite {
+                index,
+                frames: s
+                    .frames
+                    .iter()
+                    .map(|f| f.load(Ordering::Relaxed))
+                    .take_while(|&ip| ip != 0)
+                    .collect(),
+                bytes: bytes as u64,
+                blocks: s.blocks.load(Ordering::Relaxed).max(0) as u64,
+            })
+        })
+        .collect();
+    sites.sort_by_key(|site| std::cmp::Reverse(site.bytes));
+    sites.truncate(n);
+    sites
+}
+
+/// Samples not recorded because the table was full.
+pub(crate) fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weights_are_unbiased_estimates() {
+        // A block much larger than the mean is always sampled and stands for itself.
+        assert_eq!(weight(10 << 20, 1024), 10 << 20);
+        // A tiny block stands for about one mean.
+        let w = weight(16, 1 << 19);
+        assert!((w as f64 - (1 << 19) as f64).abs() < 1024.0, "{w}");
+    }
+
+    #[test]
+    fn intervals_average_the_mean() {
+        let mut rng = 0;
+        let n = 20_000;
+        let total: u64 = (0..n).map(|_| next_interval(4096, &mut rng)).sum();
+        let average = total as f64 / n as f64;
+        assert!((average - 4096.0).abs() < 4096.0 * 0.05, "{average}");
+    }
+
+    #[test]
+    fn keys_differ_by_route_and_stack() {
+        assert_ne!(key_hash(1, &[1, 2, 3]), key_hash(2, &[1, 2, 3]));
+        assert_ne!(key_hash(1, &[1, 2, 3]), key_hash(1, &[1, 2, 4]));
+        assert_ne!(key_hash(0, &[]), 0);
+    }
+}

@@ -1,0 +1,102 @@
+//! Allocation sites: a `RetainedMemory` report lists where the retained memory was allocated,
+//! and the handler's own line is among the sites — in exact mode and when sampling by bytes.
+//! One test (the sampling mode is process-wide).
+#![cfg(feature = "axum")]
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::routing::get;
+use axum::Router;
+use http::Request;
+use leakwatch::{AllocationSites, LeakDetector, LeakKind, LeakReport};
+use tower::ServiceExt;
+
+#[global_allocator]
+static ALLOC: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::system();
+
+type Map = Arc<Mutex<HashMap<u64, Vec<u8>>>>;
+
+/// The line of the allocation in `leak_map`.
+const MAP_LINE: u32 = line!() + 4;
+
+/// L3: 4 KiB of request data kept in a global map.
+async fn leak_map(State(map): State<Map>, Path(id): Path<u64>) -> &'static str {
+    let data = vec![id as u8; 4096];
+    map.lock().unwrap().insert(id, data);
+    "kept"
+}
+
+async fn run(sites: AllocationSites) -> LeakReport {
+    let detector = support::builder(&leakwatch::sink::CollectingSink::new())
+        .memory_window(100)
+        .allocation_sites(sites)
+        .build()
+        .unwrap();
+    let app = Router::new()
+        .route("/leak/map/{id}", get(leak_map))
+        .with_state(Map::default())
+        .layer(detector.layer());
+    for i in 0..300 {
+        let request = Request::get(format!("/leak/map/{i}"))
+            .body(Body::empty())
+            .unwrap();
+        support::read_body(app.clone().oneshot(request).await.unwrap()).await;
+    }
+    detector.sweep_now();
+    let leaks = detector.leaks();
+    assert_eq!(leaks.len(), 1, "{leaks:#?}");
+    assert_eq!(leaks[0].kind, LeakKind::RetainedMemory);
+    leaks[0].clone()
+}
+
+#[tokio::test]
+async fn retained_memory_reports_list_the_handlers_allocation_site() {
+    for mode in [
+        AllocationSites::Exact,
+        AllocationSites::Sampled {
+            mean_bytes: 16 * 1024,
+        },
+    ] {
+        let report = run(mode).await;
+        assert!(!report.sites.is_empty(), "{mode:?}: {report:#?}");
+        assert!(report.sites.len() <= leakwatch::memory::REPORTED_SITES);
+        let handler = report
+            .sites
+            .iter()
+            .find(|s| {
+                s.line == Some(MAP_LINE)
+                    && s.file
+                        .as_deref()
+                        .is_some_and(|f| f.ends_with("alloc_sites.rs"))
+            })
+            .unwrap_or_else(|| {
+                panic!(
+                    "{mode:?}: the handler's line {MAP_LINE} is not among {:#?}",
+                    report.sites
+                )
+            });
+        assert!(handler.function.contains("leak_map"), "{handler:?}");
+        // 300 × 4 KiB were kept there: exactly in exact mode, roughly when sampling.
+        let expected = 300.0 * 4096.0;
+        let tolerance = if mode == AllocationSites::Exact {
+            0.01
+        } else {
+            0.5
+        };
+        assert!(
+            (handler.bytes as f64 - expected).abs() <= expected * tolerance,
+            "{mode:?}: {} bytes at the handler's line, expected about {expected}",
+            handler.bytes
+        );
+        assert!(report.to_string().contains("allocated at"), "{report}");
+    }
+    leakwatch::LeakDetector::builder()
+        .allocation_sites(AllocationSites::Off)
+        .build()
+        .unwrap();
+}
