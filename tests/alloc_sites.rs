@@ -13,7 +13,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use http::Request;
-use leakwatch::{AllocationSites, LeakDetector, LeakKind, LeakReport};
+use leakwatch::{AllocationSites, LeakKind, LeakReport};
 use tower::ServiceExt;
 
 #[global_allocator]
