@@ -355,6 +355,10 @@ fn detector(options: &Options, sink: impl leakwatch::ReportSink) -> LeakDetector
     LeakDetector::builder()
         .grace(options.grace)
         .memory_window(MEMORY_WINDOW)
+        // Sample the call stacks of about one allocation per 32 KiB allocated in requests.
+        .allocation_sites(leakwatch::AllocationSites::Sampled {
+            mean_bytes: 32 * 1024,
+        })
         .sweep_interval(Duration::from_millis(100))
         .confirm_sweeps(1)
         .sink(sink)
@@ -572,10 +576,14 @@ fn print_table(leaks: &[LeakReport], options: &Options) {
             .filter(|r| r.state == LeakState::Confirmed)
             .count();
         let example = reports[0];
-        let location = example
-            .location
-            .map(|l| l.to_string())
-            .unwrap_or_else(|| "-".to_owned());
+        let location = match (example.location, example.sites.first()) {
+            (Some(location), _) => location.to_string(),
+            (None, Some(site)) => match (&site.file, site.line) {
+                (Some(file), Some(line)) => format!("{file}:{line}"),
+                _ => site.function.clone(),
+            },
+            (None, None) => "-".to_owned(),
+        };
         let what = example.type_name.map(short_type).unwrap_or("");
         println!(
             "{:<26} {:<15} {:>5} {:>9}  {:<22} {} {}{}",

@@ -31,6 +31,17 @@ pub(crate) struct Frame {
     line: Option<u32>,
 }
 
+/// A source path relative to the working directory when it is below it (as `file!()` gives it),
+/// else as compiled.
+fn relative(path: &std::path::Path) -> String {
+    std::env::current_dir()
+        .ok()
+        .and_then(|dir| path.strip_prefix(dir).ok())
+        .unwrap_or(path)
+        .display()
+        .to_string()
+}
+
 /// Whether a frame belongs to the allocator, the unwinder or the standard library (by name, or
 /// by a source path in the toolchain's `library/`).
 fn is_internal(function: &str, file: Option<&str>) -> bool {
@@ -85,7 +96,7 @@ fn resolve(frames: &[usize]) -> Frame {
             };
             let frame = Frame {
                 function: name.clone(),
-                file: symbol.filename().map(|f| f.display().to_string()),
+                file: symbol.filename().map(relative),
                 line: symbol.lineno(),
             };
             if first_named.is_none() {
