@@ -184,11 +184,11 @@ impl LeakDetector {
         for (i, counter) in shared.confirmed_total.iter().enumerate() {
             stats.confirmed_total.0[i] = counter.load(Ordering::Relaxed);
         }
-        for entry in shared.registry.scopes.iter() {
-            if entry.scope.is_open() {
+        shared.registry.for_each_scope(|scope| {
+            if scope.is_open() {
                 stats.open_scopes += 1;
             }
-        }
+        });
         for entry in shared.registry.objects.iter() {
             match entry.liveness {
                 Liveness::Task(_) => stats.tracked_tasks += 1,
@@ -243,6 +243,7 @@ impl Shared {
         location: Option<&'static Location<'static>>,
         type_name: Option<&'static str>,
     ) -> bool {
+        scope.mark_objects();
         scope::outside(|| {
             self.registry
                 .insert_object(scope, liveness, location, type_name)
@@ -259,8 +260,8 @@ impl Shared {
             .objects
             .retain(|id, entry| sweep::judge_object(*id, entry, now, &self.config, &mut out));
         self.registry
-            .scopes
-            .retain(|_, entry| sweep::judge_scope(entry, now, &self.config, &mut out));
+            .take_scopes()
+            .retain_mut(|entry| sweep::judge_scope(entry, now, &self.config, &mut out));
         // In request order: "older" means opened earlier, not first in the map.
         let mut judged = std::mem::take(&mut out.memory_judged);
         judged.sort_unstable_by_key(|scope| scope.id);
@@ -352,9 +353,9 @@ impl Shared {
             })
             .collect();
         let objects = reports.len();
-        reports.extend(self.registry.scopes.iter().filter_map(|e| {
+        reports.extend(lock(&self.registry.scopes).iter().filter_map(|e| {
             let state = e.tracker.reported().filter(|s| s.is_active())?;
-            Some(sweep::scope_report(&e, state, now, &self.config))
+            Some(sweep::scope_report(e, state, now, &self.config))
         }));
         reports.extend(lock(&self.findings).iter().cloned());
         reports.extend(lock(&self.judge).active_reports());

@@ -7,7 +7,7 @@
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Instant;
 
 use dashmap::DashMap;
@@ -138,9 +138,19 @@ impl std::hash::Hasher for IdHasher {
 
 type IdMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
+/// How many queues new scopes are spread over (by id), so that requests on different threads
+/// rarely meet on one lock.
+const SCOPE_QUEUES: usize = 16;
+
 /// Scopes and objects, bounded by one capacity.
+///
+/// New scopes are appended to short queues — a push under an uncontended lock, no hashing —
+/// which the sweeper drains into its own list: it never holds a lock a request needs while it
+/// judges.
 pub(crate) struct Registry {
-    pub(crate) scopes: IdMap<ScopeEntry>,
+    new_scopes: [Mutex<Vec<Arc<Scope>>>; SCOPE_QUEUES],
+    /// Scopes taken over by the sweeper; only the sweeper changes it.
+    pub(crate) scopes: Mutex<Vec<ScopeEntry>>,
     pub(crate) objects: IdMap<Entry>,
     len: AtomicUsize,
     capacity: usize,
@@ -151,7 +161,8 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new(capacity: usize) -> Self {
         Registry {
-            scopes: IdMap::default(),
+            new_scopes: [const { Mutex::new(Vec::new()) }; SCOPE_QUEUES],
+            scopes: Mutex::new(Vec::new()),
             objects: IdMap::default(),
             len: AtomicUsize::new(0),
             capacity,
@@ -186,14 +197,37 @@ impl Registry {
         if !self.reserve() {
             return false;
         }
-        self.scopes.insert(
-            scope.id,
-            ScopeEntry {
-                scope: scope.clone(),
-                tracker: Tracker::default(),
-            },
-        );
+        let queue = &self.new_scopes[scope.id as usize % SCOPE_QUEUES];
+        queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(scope.clone());
         true
+    }
+
+    /// Moves the scopes opened since the last call into the sweeper's list; returns the list.
+    pub(crate) fn take_scopes(&self) -> MutexGuard<'_, Vec<ScopeEntry>> {
+        let mut scopes = self.scopes.lock().unwrap_or_else(PoisonError::into_inner);
+        for queue in &self.new_scopes {
+            let new = std::mem::take(&mut *queue.lock().unwrap_or_else(PoisonError::into_inner));
+            scopes.extend(new.into_iter().map(|scope| ScopeEntry {
+                scope,
+                tracker: Tracker::default(),
+            }));
+        }
+        scopes
+    }
+
+    /// Calls `f` with every scope not yet removed by the sweeper.
+    pub(crate) fn for_each_scope(&self, mut f: impl FnMut(&Scope)) {
+        for entry in self.scopes.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+            f(&entry.scope);
+        }
+        for queue in &self.new_scopes {
+            for scope in queue.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+                f(scope);
+            }
+        }
     }
 
     /// Tracks an object left by `scope`; `false` when the registry is full.
@@ -258,6 +292,7 @@ mod tests {
         let registry = Registry::new(3);
         let s = scope();
         assert!(registry.insert_scope(&s));
+        assert_eq!(registry.take_scopes().len(), 1);
         let token = Arc::new(TaskToken);
         assert!(registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
         assert!(registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));

@@ -8,7 +8,7 @@ use std::fmt;
 use std::hash::{BuildHasher, Hasher};
 
 /// The header read for an incoming request id.
-pub(crate) const HEADER: &str = "x-request-id";
+pub(crate) const HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 /// The longest incoming request id that is kept.
 pub(crate) const MAX_LEN: usize = 128;
@@ -25,7 +25,7 @@ pub(crate) enum RequestId {
 impl RequestId {
     /// Takes the request id from the headers when it is well formed, else generates one.
     pub(crate) fn from_headers(headers: &http::HeaderMap, prefix: u32, number: u64) -> Self {
-        match headers.get(HEADER) {
+        match headers.get(&HEADER) {
             Some(value) if is_well_formed(value.as_bytes()) => {
                 // The bytes are checked ASCII, so this conversion cannot fail.
                 match std::str::from_utf8(value.as_bytes()) {

@@ -38,6 +38,8 @@ pub(crate) struct Scope {
     pub(crate) memory: Option<SlotGuard>,
     /// What allocations made in this scope are stamped with.
     tag: Tag,
+    /// Whether a task, body or watched object of this request was registered.
+    objects: std::sync::atomic::AtomicBool,
 }
 
 impl Scope {
@@ -60,6 +62,7 @@ impl Scope {
         Scope {
             memory,
             tag,
+            objects: std::sync::atomic::AtomicBool::new(false),
             id,
             request_id,
             method,
@@ -95,6 +98,16 @@ impl Scope {
     /// When the scope closed, on the monotonic clock.
     pub(crate) fn closed_at(&self) -> Option<Instant> {
         self.closed_after().map(|d| self.opened_at + d)
+    }
+
+    /// Records that the request left an object in the registry.
+    pub(crate) fn mark_objects(&self) {
+        self.objects.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the request left a task, body or watched object in the registry.
+    pub(crate) fn left_objects(&self) -> bool {
+        self.objects.load(Ordering::Relaxed)
     }
 
     /// The allocator's route slot (0 when memory is not tracked).

@@ -173,8 +173,16 @@ pub(crate) fn judge_scope(
             out.reports.push(scope_report(entry, state, now, config));
         }
         if entry.scope.memory.is_some() {
-            // The request's memory is judged once its grace period has passed.
-            if now.saturating_duration_since(closed_at) < config.grace {
+            // The request's memory is judged once its grace period has passed — or at once when
+            // nothing of it can still change that: it left no task, body or watched object
+            // behind and holds less than the threshold. (Most requests: their scopes and slots
+            // are then not held for the whole grace period.)
+            let settled = !entry.scope.left_objects()
+                && entry
+                    .scope
+                    .usage()
+                    .is_some_and(|u| u.retained_bytes() < config.memory_threshold);
+            if !settled && now.saturating_duration_since(closed_at) < config.grace {
                 return true;
             }
             out.memory_judged.push(entry.scope.clone());

@@ -1,0 +1,47 @@
+//! The service measured by `benches/load.sh`: a hello-world route and an allocation-heavy one,
+//! served on 127.0.0.1 by a single-threaded runtime (pinned to one core by the script).
+
+use std::collections::HashMap;
+
+use axum::routing::get;
+use axum::{Json, Router};
+
+/// `GET /hello`: nothing to allocate but the response.
+async fn hello() -> &'static str {
+    "hello, world"
+}
+
+/// `GET /alloc`: a few hundred allocations per request, all freed by the end.
+async fn alloc_heavy() -> Json<HashMap<String, Vec<String>>> {
+    let mut map = HashMap::new();
+    for group in 0..20 {
+        let items: Vec<String> = (0..10).map(|i| format!("item-{group}-{i}")).collect();
+        map.insert(format!("group-{group}"), items);
+    }
+    Json(map)
+}
+
+/// The routes, before any middleware.
+pub fn routes() -> Router {
+    Router::new()
+        .route("/hello", get(hello))
+        .route("/alloc", get(alloc_heavy))
+}
+
+/// Serves `app` on `127.0.0.1:<first argument>` (default 8099) until killed.
+pub fn serve(app: Router) {
+    let port: u16 = std::env::args()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(8099);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .expect("bind 127.0.0.1");
+        axum::serve(listener, app).await.expect("serve");
+    });
+}

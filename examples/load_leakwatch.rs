@@ -1,0 +1,37 @@
+//! Load-benchmark server with leakwatch: `TrackingAllocator` and the layer; with
+//! `LEAKWATCH_SITES=sampled`, allocation sites sampled every 512 KiB on average; with
+//! `LEAKWATCH_LAYER=off`, the allocator without the layer. See
+//! `benches/load.sh`.
+
+#[path = "load/common.rs"]
+mod common;
+
+use leakwatch::{AllocationSites, LeakDetector, TrackingAllocator};
+
+#[global_allocator]
+static ALLOC: TrackingAllocator = TrackingAllocator::system();
+
+fn main() {
+    let sites = match std::env::var("LEAKWATCH_SITES").as_deref() {
+        Ok("sampled") => AllocationSites::Sampled {
+            mean_bytes: 512 * 1024,
+        },
+        _ => AllocationSites::Off,
+    };
+    let sweep_ms: u64 = std::env::var("LEAKWATCH_SWEEP_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let detector = LeakDetector::builder()
+        .sweep_interval(std::time::Duration::from_millis(sweep_ms))
+        .registry_capacity(1 << 20)
+        .allocation_sites(sites)
+        .build()
+        .expect("valid configuration");
+    if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("off") {
+        // The allocator alone, for telling its cost from the layer's.
+        common::serve(common::routes());
+    } else {
+        common::serve(common::routes().layer(detector.layer()));
+    }
+}
