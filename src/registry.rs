@@ -220,7 +220,12 @@ impl Registry {
 
     /// Calls `f` with every scope not yet removed by the sweeper.
     pub(crate) fn for_each_scope(&self, mut f: impl FnMut(&Scope)) {
-        for entry in self.scopes.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        for entry in self
+            .scopes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+        {
             f(&entry.scope);
         }
         for queue in &self.new_scopes {
