@@ -17,9 +17,10 @@ use crate::registry::{Entry, Liveness, Registry};
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request_id::{self, RequestId};
 use crate::route::{self, Interner};
-use crate::scope::{self, Scope};
+use crate::scope::{self, RequestHead, Scope};
 use crate::sink::ReportSink;
 use crate::sweep::{self, Outcome};
+use crate::trace_context;
 use crate::trend::Trend;
 
 /// How many one-shot findings ([`LeakKind::UnconsumedBody`]) a detector remembers for
@@ -221,15 +222,15 @@ impl Shared {
             let memory = (self.memory && route_slot != 0)
                 .then(|| alloc::SlotGuard::acquire(route_slot))
                 .flatten();
-            let scope = Arc::new(Scope::new(
-                id,
-                RequestId::from_headers(request.headers(), self.id_prefix, id),
-                request.method().clone(),
-                (route, route_slot),
+            let head = RequestHead {
+                request_id: RequestId::from_headers(request.headers(), self.id_prefix, id),
+                method: request.method().clone(),
+                route,
+                route_slot,
                 streaming,
-                Arc::downgrade(self),
-                memory,
-            ));
+                trace: trace_context::capture(request.headers()),
+            };
+            let scope = Arc::new(Scope::new(id, head, Arc::downgrade(self), memory));
             self.registry.insert_scope(&scope).then_some(scope)
         })
     }

@@ -93,6 +93,7 @@ mod task;
 #[cfg(test)]
 mod test_helpers;
 mod testing;
+mod trace_context;
 pub mod trend;
 
 // The README's examples compile as doctests.

@@ -99,6 +99,8 @@ impl ReportParts<'_> {
             route: scope.route.as_str().to_owned(),
             method: scope.method.as_str().to_owned(),
             request_id: scope.request_id.to_string(),
+            trace_id: scope.trace.map(|t| t.trace_id_hex()),
+            span_id: scope.trace.map(|t| t.span_id_hex()),
             scope_id: scope.id,
             opened_at: scope.opened_wall(),
             closed_at: closed_at.map(scope::wall),
@@ -283,10 +285,14 @@ mod tests {
     fn scope() -> Arc<Scope> {
         Arc::new(Scope::new(
             1,
-            RequestId::Given("r".into()),
-            http::Method::POST,
-            (Route::Static("/x"), 0),
-            false,
+            crate::scope::RequestHead {
+                request_id: RequestId::Given("r".into()),
+                method: http::Method::POST,
+                route: Route::Static("/x"),
+                route_slot: 0,
+                streaming: false,
+                trace: None,
+            },
             Weak::new(),
             None,
         ))

@@ -204,6 +204,11 @@ pub struct LeakReport {
     pub method: String,
     /// The request id: the incoming `x-request-id` when it was well formed, else a generated one.
     pub request_id: String,
+    /// The request's trace id (32 hex digits), from its `tracing` span or its `traceparent`
+    /// header (feature `otel`).
+    pub trace_id: Option<String>,
+    /// The id of the request's span (16 hex digits): the parent of its leak spans.
+    pub span_id: Option<String>,
     /// Monotonic number of the request's scope within its detector.
     pub scope_id: u64,
     /// When the request started (wall clock).

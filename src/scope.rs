@@ -19,6 +19,7 @@ use crate::alloc::{self, SlotGuard, Tag, Usage};
 use crate::detector::Shared;
 use crate::request_id::RequestId;
 use crate::route::Route;
+use crate::trace_context::TraceParent;
 
 /// The detector's record of one request.
 pub(crate) struct Scope {
@@ -40,18 +41,37 @@ pub(crate) struct Scope {
     tag: Tag,
     /// Whether a task, body or watched object of this request was registered.
     objects: std::sync::atomic::AtomicBool,
+    /// The trace the request belongs to, when known.
+    pub(crate) trace: Option<TraceParent>,
+}
+
+/// What a scope records of its request when it opens.
+pub(crate) struct RequestHead {
+    pub(crate) request_id: RequestId,
+    pub(crate) method: http::Method,
+    pub(crate) route: Route,
+    /// The allocator's route slot (0 when memory is not tracked).
+    pub(crate) route_slot: u32,
+    /// The route may stay open past `max_request_age`.
+    pub(crate) streaming: bool,
+    pub(crate) trace: Option<TraceParent>,
 }
 
 impl Scope {
     pub(crate) fn new(
         id: u64,
-        request_id: RequestId,
-        method: http::Method,
-        (route, route_slot): (Route, u32),
-        streaming: bool,
+        head: RequestHead,
         detector: Weak<Shared>,
         memory: Option<SlotGuard>,
     ) -> Self {
+        let RequestHead {
+            request_id,
+            method,
+            route,
+            route_slot,
+            streaming,
+            trace,
+        } = head;
         let tag = match &memory {
             Some(slot) => slot.tag(),
             None => Tag {
@@ -63,6 +83,7 @@ impl Scope {
             memory,
             tag,
             objects: std::sync::atomic::AtomicBool::new(false),
+            trace,
             id,
             request_id,
             method,
@@ -268,13 +289,17 @@ mod tests {
     fn scope(id: u64) -> Arc<Scope> {
         Arc::new(Scope::new(
             id,
-            RequestId::Generated {
-                prefix: 0,
-                number: id,
+            RequestHead {
+                request_id: RequestId::Generated {
+                    prefix: 0,
+                    number: id,
+                },
+                method: http::Method::GET,
+                route: Route::Static("/t"),
+                route_slot: 0,
+                streaming: false,
+                trace: None,
             },
-            http::Method::GET,
-            (Route::Static("/t"), 0),
-            false,
             Weak::new(),
             None,
         ))

@@ -13,6 +13,8 @@ pub(crate) fn sample_report() -> LeakReport {
         route: "/jobs/{id}".into(),
         method: "GET".into(),
         request_id: "req-1".into(),
+        trace_id: None,
+        span_id: None,
         scope_id: 3,
         opened_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_000),
         closed_at: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_500)),

@@ -199,6 +199,8 @@ fn process_report(id: u64, kind: LeakKind, detail: String, growth: u64) -> LeakR
         route: PROCESS_ROUTE.to_owned(),
         method: String::new(),
         request_id: String::new(),
+        trace_id: None,
+        span_id: None,
         scope_id: 0,
         opened_at: now,
         closed_at: None,

@@ -10,6 +10,7 @@
 //!   `WARN` for confirmed leaks.
 //! - [`CollectingSink`]: keeps reports in memory, for tests and the demo.
 //! - [`ChannelSink`]: sends reports into a bounded tokio channel; drops (counted) when full.
+//! - `OtelSink` (feature `otel`): leak spans inside the request's trace.
 //!
 //! Sinks compose: `Option<S>` is a sink that may be switched off, `Vec<Box<dyn ReportSink>>`
 //! fans out, and [`ReportSinkExt::and_then`] chains two.
@@ -25,6 +26,12 @@ cfg_feature! {
     "tracing",
     mod tracing;
     pub use self::tracing::TracingSink;
+}
+
+cfg_feature! {
+    "otel",
+    mod otel;
+    pub use self::otel::{OtelSink, INSTRUMENTATION_NAME};
 }
 
 /// Receives leak reports.

@@ -8,7 +8,8 @@ use crate::report::{LeakReport, LeakState};
 ///
 /// Fields use OpenTelemetry's semantic-convention names where they exist (`http.route`,
 /// `http.request.method`, `code.filepath`, `code.lineno`) and `leak.*` for the rest
-/// (`leak.kind`, `leak.state`, `leak.id`, `leak.request_id`, `leak.age_ms`, `leak.type`). The
+/// (`leak.kind`, `leak.state`, `leak.id`, `leak.request_id`, `leak.age_ms`, `leak.type`), plus
+/// `trace_id` when the request's trace is known. The
 /// message is the report's one-line [`Display`](std::fmt::Display) form.
 ///
 /// This is the default sink when the `tracing` feature is on.
@@ -43,6 +44,7 @@ macro_rules! emit {
             leak.request_id = %$r.request_id,
             leak.age_ms = $r.age.as_millis() as u64,
             leak.type = $r.type_name,
+            trace_id = $r.trace_id.as_deref(),
             http.route = %$r.route,
             http.request.method = %$r.method,
             code.filepath = $r.location.map(|l| l.file),

@@ -1,0 +1,143 @@
+use std::borrow::Cow;
+
+use opentelemetry::global::BoxedTracer;
+use opentelemetry::trace::{
+    Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
+    Tracer, TracerProvider,
+};
+use opentelemetry::{Context, KeyValue};
+
+use super::ReportSink;
+use crate::report::{LeakReport, LeakState};
+
+/// The instrumentation scope name of leakwatch's spans.
+pub const INSTRUMENTATION_NAME: &str = "leakwatch";
+
+/// Reports leaks as OpenTelemetry spans inside the trace of the request that leaked.
+///
+/// One span per state change that matters: `Confirmed` (status error) and `Released` (status
+/// unset). A span is a child of the request's span when the request's trace is known (from its
+/// `tracing` span through tracing-opentelemetry, or its `traceparent` header through the global
+/// propagator), so it shows inside that request's trace in Jaeger, Tempo or any APM; otherwise
+/// it is a root span carrying `leak.request_id`. It starts when the request's scope closed and
+/// ends when the leak was detected.
+///
+/// Span name: `leak <kind>` (`leak OrphanTask`). Attributes use semantic-convention names where
+/// they exist — `http.route`, `http.request.method`, `code.filepath`, `code.lineno`,
+/// `code.function` — and `leak.*` for the rest: `leak.kind`, `leak.state`, `leak.id`,
+/// `leak.request_id`, `leak.age_ms`, `leak.retained_bytes`, `leak.retained_blocks`,
+/// `leak.type`.
+///
+/// ```
+/// let detector = leakwatch::LeakDetector::builder()
+///     // Uses the global tracer provider; `with_tracer_provider` takes an explicit one.
+///     .sink(leakwatch::sink::OtelSink::new())
+///     .build()
+///     .unwrap();
+/// # drop(detector);
+/// ```
+#[derive(Debug)]
+pub struct OtelSink {
+    tracer: BoxedTracer,
+}
+
+impl Default for OtelSink {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl OtelSink {
+    /// A sink using the global tracer provider.
+    pub fn new() -> Self {
+        OtelSink {
+            tracer: opentelemetry::global::tracer(INSTRUMENTATION_NAME),
+        }
+    }
+
+    /// A sink using `provider` (an application's own pipeline, or a test's in-memory one).
+    pub fn with_tracer_provider<P>(provider: &P) -> Self
+    where
+        P: TracerProvider,
+        P::Tracer: Send + Sync + 'static,
+        <P::Tracer as Tracer>::Span: Send + Sync + 'static,
+    {
+        OtelSink {
+            tracer: BoxedTracer::new(Box::new(provider.tracer(INSTRUMENTATION_NAME))),
+        }
+    }
+}
+
+/// The request's span as a remote parent, when its trace is known.
+fn parent(report: &LeakReport) -> Context {
+    let ids = report
+        .trace_id
+        .as_deref()
+        .zip(report.span_id.as_deref())
+        .and_then(|(t, s)| Some((TraceId::from_hex(t).ok()?, SpanId::from_hex(s).ok()?)));
+    match ids {
+        Some((trace_id, span_id)) => Context::new().with_remote_span_context(SpanContext::new(
+            trace_id,
+            span_id,
+            TraceFlags::SAMPLED,
+            true,
+            TraceState::default(),
+        )),
+        None => Context::new(),
+    }
+}
+
+/// The span attributes of a report.
+pub(crate) fn attributes(report: &LeakReport) -> Vec<KeyValue> {
+    let mut attributes = vec![
+        KeyValue::new("leak.kind", report.kind.as_str()),
+        KeyValue::new("leak.state", report.state.as_str()),
+        KeyValue::new("leak.id", report.id as i64),
+        KeyValue::new("leak.request_id", report.request_id.clone()),
+        KeyValue::new("leak.age_ms", report.age.as_millis() as i64),
+        KeyValue::new("http.route", report.route.clone()),
+    ];
+    if !report.method.is_empty() {
+        attributes.push(KeyValue::new("http.request.method", report.method.clone()));
+    }
+    if let Some(location) = report.location {
+        attributes.push(KeyValue::new("code.filepath", location.file));
+        attributes.push(KeyValue::new("code.lineno", i64::from(location.line)));
+    } else if let Some(site) = report.sites.first() {
+        if let (Some(file), Some(line)) = (&site.file, site.line) {
+            attributes.push(KeyValue::new("code.filepath", file.clone()));
+            attributes.push(KeyValue::new("code.lineno", i64::from(line)));
+        }
+        attributes.push(KeyValue::new("code.function", site.function.clone()));
+    }
+    if let Some(type_name) = report.type_name {
+        attributes.push(KeyValue::new("leak.type", type_name));
+    }
+    if let Some(bytes) = report.bytes {
+        attributes.push(KeyValue::new("leak.retained_bytes", bytes as i64));
+    }
+    if let Some(blocks) = report.allocations {
+        attributes.push(KeyValue::new("leak.retained_blocks", blocks as i64));
+    }
+    attributes
+}
+
+impl ReportSink for OtelSink {
+    fn report(&self, report: &LeakReport) {
+        if report.state == LeakState::Suspected {
+            return;
+        }
+        let start = report.closed_at.unwrap_or(report.opened_at);
+        let mut span = self
+            .tracer
+            .span_builder(Cow::Owned(format!("leak {}", report.kind)))
+            .with_kind(SpanKind::Internal)
+            .with_start_time(start)
+            .with_attributes(attributes(report))
+            .start_with_context(&self.tracer, &parent(report));
+        if report.state == LeakState::Confirmed {
+            span.set_status(Status::error(report.detail.clone()));
+        }
+        span.end_with_timestamp(report.detected_at.max(start));
+    }
+}
