@@ -81,6 +81,8 @@ mod config;
 mod detector;
 pub mod layer;
 pub mod memory;
+#[cfg(feature = "otel")]
+mod metrics;
 mod registry;
 mod report;
 mod request_id;

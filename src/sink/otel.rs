@@ -1,6 +1,7 @@
 use std::borrow::Cow;
 
 use opentelemetry::global::BoxedTracer;
+use opentelemetry::metrics::{Counter, Histogram, Meter, MeterProvider};
 use opentelemetry::trace::{
     Span, SpanContext, SpanId, SpanKind, Status, TraceContextExt, TraceFlags, TraceId, TraceState,
     Tracer, TracerProvider,
@@ -36,9 +37,62 @@ pub const INSTRUMENTATION_NAME: &str = "leakwatch";
 ///     .unwrap();
 /// # drop(detector);
 /// ```
+///
+/// Metrics, from the same sink: `leakwatch.leaks` (counter of confirmed leaks, by `leak.kind`
+/// and `http.route`), `leakwatch.leaks.released` (counter), and
+/// `leakwatch.retained_bytes_per_request` (histogram, bytes, of confirmed `RetainedMemory`
+/// reports). Gauges of the detector's state come from
+/// [`LeakDetector::register_metrics`](crate::LeakDetector::register_metrics).
 #[derive(Debug)]
 pub struct OtelSink {
     tracer: BoxedTracer,
+    instruments: Instruments,
+}
+
+#[derive(Debug)]
+struct Instruments {
+    leaks: Counter<u64>,
+    released: Counter<u64>,
+    retained: Histogram<u64>,
+}
+
+impl Instruments {
+    fn new(meter: &Meter) -> Self {
+        Instruments {
+            leaks: meter
+                .u64_counter("leakwatch.leaks")
+                .with_unit("{leak}")
+                .with_description("Leaks confirmed: objects or memory that outlived their request")
+                .build(),
+            released: meter
+                .u64_counter("leakwatch.leaks.released")
+                .with_unit("{leak}")
+                .with_description("Reported leaks that were freed after all")
+                .build(),
+            retained: meter
+                .u64_histogram("leakwatch.retained_bytes_per_request")
+                .with_unit("By")
+                .with_description("Heap bytes each old request of a leaking route still holds")
+                .build(),
+        }
+    }
+
+    fn record(&self, report: &LeakReport) {
+        let labels = [
+            KeyValue::new("leak.kind", report.kind.as_str()),
+            KeyValue::new("http.route", report.route.clone()),
+        ];
+        match report.state {
+            LeakState::Confirmed => {
+                self.leaks.add(1, &labels);
+                if let Some(per_request) = report.bytes_per_request {
+                    self.retained.record(per_request, &labels);
+                }
+            }
+            LeakState::Released => self.released.add(1, &labels),
+            LeakState::Suspected => {}
+        }
+    }
 }
 
 impl Default for OtelSink {
@@ -48,14 +102,16 @@ impl Default for OtelSink {
 }
 
 impl OtelSink {
-    /// A sink using the global tracer provider.
+    /// A sink using the global tracer and meter providers.
     pub fn new() -> Self {
         OtelSink {
             tracer: opentelemetry::global::tracer(INSTRUMENTATION_NAME),
+            instruments: Instruments::new(&opentelemetry::global::meter(INSTRUMENTATION_NAME)),
         }
     }
 
-    /// A sink using `provider` (an application's own pipeline, or a test's in-memory one).
+    /// A sink using `provider` for spans (an application's own pipeline, or a test's in-memory
+    /// one) and the global meter provider for metrics.
     pub fn with_tracer_provider<P>(provider: &P) -> Self
     where
         P: TracerProvider,
@@ -64,7 +120,14 @@ impl OtelSink {
     {
         OtelSink {
             tracer: BoxedTracer::new(Box::new(provider.tracer(INSTRUMENTATION_NAME))),
+            instruments: Instruments::new(&opentelemetry::global::meter(INSTRUMENTATION_NAME)),
         }
+    }
+
+    /// Uses `provider` for metrics instead of the global meter provider.
+    pub fn with_meter_provider(mut self, provider: &impl MeterProvider) -> Self {
+        self.instruments = Instruments::new(&provider.meter(INSTRUMENTATION_NAME));
+        self
     }
 }
 
@@ -127,6 +190,7 @@ impl ReportSink for OtelSink {
         if report.state == LeakState::Suspected {
             return;
         }
+        self.instruments.record(report);
         let start = report.closed_at.unwrap_or(report.opened_at);
         let mut span = self
             .tracer
