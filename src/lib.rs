@@ -64,6 +64,8 @@
 //! - `tracing` (default): the [`TracingSink`](sink::TracingSink), used when no sink is set.
 //! - `axum` (default): route templates from axum's `MatchedPath`.
 //! - `serde`: `serde::Serialize` for [`LeakReport`] and its parts.
+//! - `otel`: `sink::OtelSink` (leak spans and metrics) and trace ids in reports.
+//! - `otlp`: `otlp::init`, OTLP exporters from the standard environment variables.
 //! - `full`: all of the above.
 
 #![warn(missing_docs, missing_debug_implementations)]
@@ -83,6 +85,9 @@ pub mod layer;
 pub mod memory;
 #[cfg(feature = "otel")]
 mod metrics;
+#[cfg(feature = "otlp")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
+pub mod otlp;
 mod registry;
 mod report;
 mod request_id;
