@@ -11,7 +11,8 @@
 //! | `OTEL_RESOURCE_ATTRIBUTES` | more resource attributes, `key=value,key=value` | none |
 //!
 //! It sets them as the global providers (so [`OtelSink::new`](crate::sink::OtelSink::new) uses
-//! them) and returns an [`OtlpGuard`] that flushes and shuts them down when dropped. Spans and
+//! them), sets the W3C trace-context propagator (so a request's `traceparent` is honoured), and
+//! returns an [`OtlpGuard`] that flushes and shuts them down when dropped. Spans and
 //! metrics are exported in batches from background threads, never on a request's path. A
 //! malformed setting is an [`OtlpError`] from `init`, not a panic later. Each process gets a
 //! `service.instance.id`.
@@ -240,6 +241,10 @@ impl OtlpBuilder {
             .with_resource(resource)
             .build();
         opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+        // OTEL_PROPAGATORS' default: W3C trace context, so incoming `traceparent` headers work.
+        opentelemetry::global::set_text_map_propagator(
+            opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+        );
         opentelemetry::global::set_meter_provider(meter_provider.clone());
         Ok(OtlpGuard {
             tracer_provider,
