@@ -9,6 +9,7 @@
 //! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` or `http/protobuf` | `grpc` |
 //! | `OTEL_SERVICE_NAME` | `service.name` | `unknown_service` |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | more resource attributes, `key=value,key=value` | none |
+//! | `OTEL_EXPORTER_OTLP_TIMEOUT` | milliseconds one export may take | 10 000 |
 //!
 //! It sets them as the global providers (so [`OtelSink::new`](crate::sink::OtelSink::new) uses
 //! them), sets the W3C trace-context propagator (so a request's `traceparent` is honoured), and
@@ -58,6 +59,7 @@ pub struct OtlpBuilder {
     protocol: Option<OtlpProtocol>,
     service_name: Option<String>,
     attributes: Vec<(String, String)>,
+    timeout: Option<std::time::Duration>,
 }
 
 /// Builds providers from the environment variables and installs them (see the module docs).
@@ -100,6 +102,15 @@ impl OtlpBuilder {
             });
         }
         builder.service_name = var("OTEL_SERVICE_NAME").filter(|s| !s.is_empty());
+        if let Some(timeout) = var("OTEL_EXPORTER_OTLP_TIMEOUT").filter(|t| !t.is_empty()) {
+            let millis: u64 = timeout.parse().map_err(|_| {
+                OtlpError::setting(
+                    "OTEL_EXPORTER_OTLP_TIMEOUT",
+                    format!("{timeout:?} is not a number of milliseconds"),
+                )
+            })?;
+            builder.timeout = Some(std::time::Duration::from_millis(millis));
+        }
         if let Some(attributes) = var("OTEL_RESOURCE_ATTRIBUTES") {
             for pair in attributes.split(',').filter(|p| !p.trim().is_empty()) {
                 let Some((key, value)) = pair.split_once('=') else {
@@ -137,6 +148,13 @@ impl OtlpBuilder {
     /// `service.name`.
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
         self.service_name = Some(name.into());
+        self
+    }
+
+    /// How long one export may take before it is abandoned (the batch is dropped). Default: the
+    /// exporter's (10 s).
+    pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.timeout = Some(timeout);
         self
     }
 
@@ -198,6 +216,7 @@ impl OtlpBuilder {
     /// that could not be built.
     pub fn install(self) -> Result<OtlpGuard, OtlpError> {
         let (protocol, endpoint) = self.target()?;
+        let timeout = self.timeout.unwrap_or(std::time::Duration::from_secs(10));
         let (spans, metrics) = match protocol {
             OtlpProtocol::Grpc => {
                 if tokio::runtime::Handle::try_current().is_err() {
@@ -209,10 +228,12 @@ impl OtlpBuilder {
                     SpanExporter::builder()
                         .with_tonic()
                         .with_endpoint(endpoint.clone())
+                        .with_timeout(timeout)
                         .build(),
                     MetricExporter::builder()
                         .with_tonic()
                         .with_endpoint(endpoint)
+                        .with_timeout(timeout)
                         .build(),
                 )
             }
@@ -221,11 +242,13 @@ impl OtlpBuilder {
                     .with_http()
                     .with_protocol(Protocol::HttpBinary)
                     .with_endpoint(format!("{endpoint}/v1/traces"))
+                    .with_timeout(timeout)
                     .build(),
                 MetricExporter::builder()
                     .with_http()
                     .with_protocol(Protocol::HttpBinary)
                     .with_endpoint(format!("{endpoint}/v1/metrics"))
+                    .with_timeout(timeout)
                     .build(),
             ),
         };
