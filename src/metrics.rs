@@ -5,7 +5,10 @@ use std::sync::Arc;
 use opentelemetry::metrics::Meter;
 use opentelemetry::KeyValue;
 
-use crate::detector::LeakDetector;
+use crate::detector::{LeakDetector, Stats};
+
+/// Reads one gauge's value from the detector's statistics.
+type StatFn = fn(&Stats) -> Option<u64>;
 use crate::report::LeakKind;
 
 impl LeakDetector {
@@ -45,50 +48,45 @@ impl LeakDetector {
                 }
             })
             .build();
-        let s = stats.clone();
-        meter
-            .u64_observable_gauge("leakwatch.heap.live")
-            .with_unit("By")
-            .with_description("Live heap bytes of the process, from the TrackingAllocator")
-            .with_callback(move |gauge| {
-                if let Some(bytes) = s().and_then(|stats| stats.live_heap_bytes) {
-                    gauge.observe(bytes, &[]);
-                }
-            })
-            .build();
-        let s = stats.clone();
-        meter
-            .u64_observable_gauge("leakwatch.tasks.alive")
-            .with_unit("{task}")
-            .with_description("Alive tokio tasks at the last trend sample")
-            .with_callback(move |gauge| {
-                if let Some(tasks) = s().and_then(|stats| stats.alive_tasks) {
-                    gauge.observe(tasks, &[]);
-                }
-            })
-            .build();
-        let s = stats.clone();
-        meter
-            .u64_observable_gauge("leakwatch.requests.open")
-            .with_unit("{request}")
-            .with_description("Requests in flight")
-            .with_callback(move |gauge| {
-                if let Some(stats) = s() {
-                    gauge.observe(stats.open_scopes as u64, &[]);
-                }
-            })
-            .build();
-        let s = stats.clone();
-        meter
-            .u64_observable_gauge("leakwatch.registry.entries")
-            .with_unit("{entry}")
-            .with_description("Scopes and objects held by the weak-reference registry")
-            .with_callback(move |gauge| {
-                if let Some(stats) = s() {
-                    gauge.observe(stats.registry_entries as u64, &[]);
-                }
-            })
-            .build();
+        let gauges: [(&'static str, &'static str, &'static str, StatFn); 4] = [
+            (
+                "leakwatch.heap.live",
+                "By",
+                "Live heap bytes of the process, from the TrackingAllocator",
+                |s| s.live_heap_bytes,
+            ),
+            (
+                "leakwatch.tasks.alive",
+                "{task}",
+                "Alive tokio tasks at the last trend sample",
+                |s| s.alive_tasks,
+            ),
+            (
+                "leakwatch.requests.open",
+                "{request}",
+                "Requests in flight",
+                |s| Some(s.open_scopes as u64),
+            ),
+            (
+                "leakwatch.registry.entries",
+                "{entry}",
+                "Scopes and objects held by the weak-reference registry",
+                |s| Some(s.registry_entries as u64),
+            ),
+        ];
+        for (name, unit, description, value) in gauges {
+            let s = stats.clone();
+            meter
+                .u64_observable_gauge(name)
+                .with_unit(unit)
+                .with_description(description)
+                .with_callback(move |gauge| {
+                    if let Some(v) = s().as_ref().and_then(value) {
+                        gauge.observe(v, &[]);
+                    }
+                })
+                .build();
+        }
         meter
             .u64_observable_counter("leakwatch.registry.skipped")
             .with_unit("{entry}")
