@@ -103,8 +103,8 @@ mod testing;
 mod trace_context;
 pub mod trend;
 
-// The README's examples compile as doctests.
-#[cfg(all(doctest, feature = "axum"))]
+// The README's examples compile as doctests (they use axum, OpenTelemetry and OTLP).
+#[cfg(all(doctest, feature = "axum", feature = "otlp"))]
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
