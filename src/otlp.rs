@@ -36,10 +36,16 @@
 
 use std::fmt;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use opentelemetry::metrics::MeterProvider;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use opentelemetry_sdk::Resource;
 
 /// The wire protocol of the exporter.
@@ -225,7 +231,7 @@ impl OtlpBuilder {
                     ));
                 }
                 (
-                    SpanExporter::builder()
+                    opentelemetry_otlp::SpanExporter::builder()
                         .with_tonic()
                         .with_endpoint(endpoint.clone())
                         .with_timeout(timeout)
@@ -238,7 +244,7 @@ impl OtlpBuilder {
                 )
             }
             OtlpProtocol::HttpProtobuf => (
-                SpanExporter::builder()
+                opentelemetry_otlp::SpanExporter::builder()
                     .with_http()
                     .with_protocol(Protocol::HttpBinary)
                     .with_endpoint(format!("{endpoint}/v1/traces"))
@@ -253,6 +259,11 @@ impl OtlpBuilder {
             ),
         };
         let spans = spans.map_err(|e| OtlpError::build(format!("span exporter: {e}")))?;
+        let dropped = Arc::new(AtomicU64::new(0));
+        let spans = CountingSpanExporter {
+            inner: spans,
+            dropped: dropped.clone(),
+        };
         let metrics = metrics.map_err(|e| OtlpError::build(format!("metric exporter: {e}")))?;
         let resource = self.resource();
         let tracer_provider = SdkTracerProvider::builder()
@@ -263,6 +274,14 @@ impl OtlpBuilder {
             .with_periodic_exporter(metrics)
             .with_resource(resource)
             .build();
+        let observed = dropped.clone();
+        meter_provider
+            .meter(crate::sink::INSTRUMENTATION_NAME)
+            .u64_observable_counter("leakwatch.export.dropped")
+            .with_unit("{span}")
+            .with_description("Leak spans the OTLP exporter failed to deliver")
+            .with_callback(move |counter| counter.observe(observed.load(Ordering::Relaxed), &[]))
+            .build();
         opentelemetry::global::set_tracer_provider(tracer_provider.clone());
         // OTEL_PROPAGATORS' default: W3C trace context, so incoming `traceparent` headers work.
         opentelemetry::global::set_text_map_propagator(
@@ -272,6 +291,7 @@ impl OtlpBuilder {
         Ok(OtlpGuard {
             tracer_provider,
             meter_provider,
+            dropped,
         })
     }
 }
@@ -289,6 +309,7 @@ fn instance_id() -> String {
 pub struct OtlpGuard {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
+    dropped: Arc<AtomicU64>,
 }
 
 impl OtlpGuard {
@@ -300,6 +321,13 @@ impl OtlpGuard {
     /// The meter provider (also the global one).
     pub fn meter_provider(&self) -> &SdkMeterProvider {
         &self.meter_provider
+    }
+
+    /// Spans whose export failed (collector down, refusing, or too slow), since `install`. Also
+    /// exported as the counter `leakwatch.export.dropped`. (Spans the SDK's bounded batch queue
+    /// had to drop before export are not seen here.)
+    pub fn dropped_spans(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
     }
 
     /// Exports what is buffered now.
@@ -314,6 +342,36 @@ impl Drop for OtlpGuard {
         self.flush();
         let _ = self.tracer_provider.shutdown();
         let _ = self.meter_provider.shutdown();
+    }
+}
+
+/// Counts the spans of batches the inner exporter failed to deliver.
+#[derive(Debug)]
+struct CountingSpanExporter<E> {
+    inner: E,
+    dropped: Arc<AtomicU64>,
+}
+
+impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len() as u64;
+        let result = self.inner.export(batch).await;
+        if result.is_err() {
+            self.dropped.fetch_add(spans, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
     }
 }
 

@@ -178,12 +178,13 @@ async fn export_a_leak(mode: &str, protocol: OtlpProtocol) {
         .unwrap();
     support::read_body(service.oneshot(request).await.unwrap()).await;
     assert_eq!(detector.sweep_now().len(), 1);
-    tokio::task::spawn_blocking(move || {
+    let dropped = tokio::task::spawn_blocking(move || {
         otlp.flush();
-        drop(otlp);
+        otlp.dropped_spans()
     })
     .await
     .unwrap();
+    assert_eq!(dropped, 0, "the receiver took every span");
 
     let records = receiver.wait_for(|records| {
         records.iter().any(|r| r["signal"] == "span")
