@@ -231,3 +231,85 @@ async fn leaks_arrive_at_a_real_otlp_receiver_over_grpc_and_http() {
     export_a_leak("grpc", OtlpProtocol::Grpc).await;
     export_a_leak("http", OtlpProtocol::HttpProtobuf).await;
 }
+
+/// The demo's own leaks, exported by `cargo run --example demo` with the OTLP variables set.
+fn export_the_demo(mode: &str, protocol: &str) {
+    let receiver = Receiver::start(mode);
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    // The same features as this test build, so nothing is rebuilt.
+    let output = Command::new(cargo)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .args([
+            "run",
+            "--quiet",
+            "--example",
+            "demo",
+            "--all-features",
+            "--",
+        ])
+        .args([
+            "--requests",
+            "3",
+            "--clean-requests",
+            "10",
+            "--memory-requests",
+            "80",
+        ])
+        .env(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            format!("http://127.0.0.1:{}", receiver.port),
+        )
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
+        .env("OTEL_SERVICE_NAME", "leakwatch-demo")
+        .output()
+        .expect("run the demo");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "the demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains("exported over OTLP"), "{stdout}");
+
+    let kinds = [
+        "leak OrphanTask",
+        "leak UnconsumedBody",
+        "leak RetainedBody",
+        "leak WatchedObject",
+        "leak RetainedMemory",
+    ];
+    let records = receiver.wait_for(|records| {
+        kinds
+            .iter()
+            .all(|kind| records.iter().any(|r| r["name"] == *kind))
+            && records.iter().any(|r| r["name"] == "leakwatch.leaks")
+    });
+    let spans: Vec<&Value> = records.iter().filter(|r| r["signal"] == "span").collect();
+    // 3 requests on each of the five per-request leaky routes, one per memory route.
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s["name"] == "leak OrphanTask")
+            .count(),
+        9
+    );
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|s| s["name"] == "leak RetainedMemory")
+            .count(),
+        3
+    );
+    for span in &spans {
+        assert_eq!(span["resource"]["service.name"], "leakwatch-demo");
+        assert!(span["attributes"]["http.route"]
+            .as_str()
+            .is_some_and(|r| r.starts_with("/leak/")));
+    }
+}
+
+#[test]
+fn the_demos_leaks_arrive_over_grpc_and_http() {
+    export_the_demo("grpc", "grpc");
+    export_the_demo("http", "http/protobuf");
+}
