@@ -26,8 +26,13 @@ const OTELTEST: &str = "oteltest==0.49.0";
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "b7ad6b7169203331";
 
-/// The virtualenv's python, with `oteltest` installed (once).
+/// The virtualenv's python, with `oteltest` installed (once; tests of this binary that need it
+/// at the same time wait for one another).
 fn python() -> PathBuf {
+    static PROVISIONING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one_at_a_time = PROVISIONING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/otel-venv");
     let python = venv.join("bin/python");
     let ready = |python: &Path| {
