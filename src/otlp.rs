@@ -323,6 +323,13 @@ impl OtlpGuard {
         &self.meter_provider
     }
 
+    /// An [`OtelSink`](crate::sink::OtelSink) that exports through these providers (the same
+    /// as `OtelSink::new()` while they are the global ones).
+    pub fn sink(&self) -> crate::sink::OtelSink {
+        crate::sink::OtelSink::with_tracer_provider(&self.tracer_provider)
+            .with_meter_provider(&self.meter_provider)
+    }
+
     /// Spans whose export failed (collector down, refusing, or too slow), since `install`. Also
     /// exported as the counter `leakwatch.export.dropped`. (Spans the SDK's bounded batch queue
     /// had to drop before export are not seen here.)

@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use leakwatch::otlp::{OtlpBuilder, OtlpProtocol};
-use leakwatch::sink::OtelSink;
 use leakwatch::RequestBody;
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -51,10 +50,7 @@ async fn requests_complete_while_export_fails(endpoint: String, protocol: OtlpPr
         .install()
         .unwrap();
     let detector = support::builder(&leakwatch::sink::CollectingSink::new())
-        .sink(
-            OtelSink::with_tracer_provider(otlp.tracer_provider())
-                .with_meter_provider(otlp.meter_provider()),
-        )
+        .sink(otlp.sink())
         .build()
         .unwrap();
     let service = ServiceBuilder::new().layer(detector.layer()).service_fn(

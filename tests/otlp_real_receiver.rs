@@ -16,7 +16,6 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use leakwatch::otlp::{OtlpBuilder, OtlpProtocol};
-use leakwatch::sink::OtelSink;
 use leakwatch::RequestBody;
 use opentelemetry::metrics::MeterProvider;
 use serde_json::Value;
@@ -161,10 +160,7 @@ async fn export_a_leak(mode: &str, protocol: OtlpProtocol) {
         .install()
         .unwrap();
     let detector = support::builder(&leakwatch::sink::CollectingSink::new())
-        .sink(
-            OtelSink::with_tracer_provider(otlp.tracer_provider())
-                .with_meter_provider(otlp.meter_provider()),
-        )
+        .sink(otlp.sink())
         .route_fn(|_, _| Some("/jobs/{id}"))
         .build()
         .unwrap();
