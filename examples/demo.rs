@@ -350,9 +350,8 @@ async fn main() {
 /// Newer requests of a route after which an older one still holding memory counts against it.
 const MEMORY_WINDOW: u64 = 64;
 
-/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set (and the `otlp` feature), exports leak spans and
-/// metrics over OTLP — to Jaeger, for example.
-#[cfg(feature = "otlp")]
+/// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, exports leak spans and metrics over OTLP — to
+/// Jaeger, for example. (Examples build leakwatch with its `otlp` feature; see Cargo.toml.)
 fn otlp_export() -> Option<leakwatch::otlp::OtlpGuard> {
     std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
     match leakwatch::otlp::init() {
@@ -365,18 +364,6 @@ fn otlp_export() -> Option<leakwatch::otlp::OtlpGuard> {
             None
         }
     }
-}
-
-/// Without the `otlp` feature there is nothing to export with.
-#[cfg(not(feature = "otlp"))]
-fn otlp_export() -> Option<()> {
-    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
-        eprintln!(
-            "demo: OTEL_EXPORTER_OTLP_ENDPOINT is set, but export needs the `otlp` feature: \
-             cargo run --example demo --features otlp"
-        );
-    }
-    None
 }
 
 /// The demo's detector: a short grace period, confirmed one sweep after it is suspected.
@@ -431,7 +418,6 @@ async fn drive(options: Options) {
     let collected = CollectingSink::new();
     let otlp = otlp_export();
     let detector = match &otlp {
-        #[cfg(feature = "otlp")]
         Some(_) => detector(
             &options,
             leakwatch::sink::ReportSinkExt::and_then(
@@ -441,7 +427,6 @@ async fn drive(options: Options) {
         ),
         _ => detector(&options, collected.clone()),
     };
-    #[cfg(feature = "otlp")]
     if otlp.is_some() {
         detector.register_metrics(&opentelemetry::global::meter("leakwatch"));
     }
@@ -500,14 +485,11 @@ async fn drive(options: Options) {
     if let Some(heap) = stats.live_heap_bytes {
         println!("  process live heap: {heap} bytes");
     }
-    #[cfg(feature = "otlp")]
     if let Some(otlp) = otlp {
         // Export what is buffered before the process ends.
         tokio::task::spawn_blocking(move || drop(otlp)).await.ok();
         println!("\nleak spans and metrics exported over OTLP");
     }
-    #[cfg(not(feature = "otlp"))]
-    let _ = otlp;
     println!(
         "\ndetector: {} sweeps, {} open scopes, {} registry entries (capacity {}), {} skipped, \
          {} sink reports ({} released)",
