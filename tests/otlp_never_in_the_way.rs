@@ -1,7 +1,8 @@
 //! Export never gets in the way of requests: with the collector refusing connections, or
 //! accepting them and never answering, over gRPC and HTTP, every request through the layer
 //! completes, the sweeper keeps reporting, and shutting the exporter down ends within its
-//! timeout. (Latency figures are measured separately, not asserted here.)
+//! timeout; leak spans that cannot wait for the collector are dropped and counted. (Latency
+//! figures are measured separately, not asserted here.)
 #![cfg(feature = "otlp")]
 
 mod support;
@@ -42,11 +43,18 @@ async fn silent() -> String {
     format!("http://{addr}")
 }
 
-async fn requests_complete_while_export_fails(endpoint: String, protocol: OtlpProtocol) {
+/// Runs the requests and returns the leak spans the exporter counted as refused for a full
+/// queue (of `queue` spans).
+async fn requests_complete_while_export_fails(
+    endpoint: String,
+    protocol: OtlpProtocol,
+    queue: usize,
+) -> u64 {
     let otlp = OtlpBuilder::new()
         .protocol(protocol)
         .endpoint(endpoint)
         .timeout(Duration::from_millis(500))
+        .max_queue_size(queue)
         .install()
         .unwrap();
     let detector = support::builder(&leakwatch::sink::CollectingSink::new())
@@ -74,19 +82,32 @@ async fn requests_complete_while_export_fails(endpoint: String, protocol: OtlpPr
         assert_eq!(reports.len(), REQUESTS / 2, "round {round}");
     }
     assert_eq!(detector.stats().sink_panics, 0);
+    let queue_full = otlp.queue_full_spans();
+    assert!(otlp.dropped_spans() >= queue_full);
     tokio::task::spawn_blocking(move || drop(otlp))
         .await
         .unwrap();
+    queue_full
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_refusing_connections() {
-    requests_complete_while_export_fails(refusing(), OtlpProtocol::Grpc).await;
-    requests_complete_while_export_fails(refusing(), OtlpProtocol::HttpProtobuf).await;
+    requests_complete_while_export_fails(refusing(), OtlpProtocol::Grpc, 2048).await;
+    requests_complete_while_export_fails(refusing(), OtlpProtocol::HttpProtobuf, 2048).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn collector_accepting_and_never_answering() {
-    requests_complete_while_export_fails(silent().await, OtlpProtocol::Grpc).await;
-    requests_complete_while_export_fails(silent().await, OtlpProtocol::HttpProtobuf).await;
+    requests_complete_while_export_fails(silent().await, OtlpProtocol::Grpc, 2048).await;
+    requests_complete_while_export_fails(silent().await, OtlpProtocol::HttpProtobuf, 2048).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_beyond_the_queue_are_dropped_and_counted() {
+    // 450 leak spans against a collector that holds every export for 500 ms and a queue of 8:
+    // most cannot wait, and each of those is counted rather than lost unseen.
+    for protocol in [OtlpProtocol::Grpc, OtlpProtocol::HttpProtobuf] {
+        let refused = requests_complete_while_export_fails(silent().await, protocol, 8).await;
+        assert!(refused > 0, "{protocol:?}: no span counted as refused");
+    }
 }

@@ -10,6 +10,7 @@
 //! | `OTEL_SERVICE_NAME` | `service.name` | `unknown_service` |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | more resource attributes, `key=value,key=value` | none |
 //! | `OTEL_EXPORTER_OTLP_TIMEOUT` | milliseconds one export may take | 10 000 |
+//! | `OTEL_BSP_MAX_QUEUE_SIZE` | leak spans waiting for export, at most | 2 048 |
 //!
 //! It sets them as the global providers (so [`OtelSink::new`](crate::sink::OtelSink::new) uses
 //! them), sets the W3C trace-context propagator (so a request's `traceparent` is honoured), and
@@ -17,6 +18,11 @@
 //! metrics are exported in batches from background threads, never on a request's path. A
 //! malformed setting is an [`OtlpError`] from `init`, not a panic later. Each process gets a
 //! `service.instance.id`.
+//!
+//! Nothing is lost unseen: a span that cannot wait for export because the queue is full (the
+//! collector is slower than the leaks), or whose export fails, is counted in
+//! [`OtlpGuard::dropped_spans`] and in the counter `leakwatch.export.dropped` (attribute
+//! `reason`: `queue_full` or `export_failed`).
 //!
 //! ```no_run
 //! # #[tokio::main]
@@ -34,19 +40,22 @@
 //! # }
 //! ```
 
-use std::fmt;
+mod bounded;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::fmt;
 use std::sync::Arc;
 
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig};
-use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::SdkMeterProvider;
-use opentelemetry_sdk::trace::SdkTracerProvider;
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
+
+use bounded::{Accounted, Accounting, Admission};
+
+/// The SDK's default for `OTEL_BSP_MAX_QUEUE_SIZE`.
+const DEFAULT_QUEUE_SIZE: usize = 2048;
 
 /// The wire protocol of the exporter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +75,7 @@ pub struct OtlpBuilder {
     service_name: Option<String>,
     attributes: Vec<(String, String)>,
     timeout: Option<std::time::Duration>,
+    queue_size: Option<usize>,
 }
 
 /// Builds providers from the environment variables and installs them (see the module docs).
@@ -117,6 +127,14 @@ impl OtlpBuilder {
             })?;
             builder.timeout = Some(std::time::Duration::from_millis(millis));
         }
+        if let Some(size) = var("OTEL_BSP_MAX_QUEUE_SIZE").filter(|s| !s.is_empty()) {
+            builder.queue_size = Some(size.parse().ok().filter(|&n| n > 0).ok_or_else(|| {
+                OtlpError::setting(
+                    "OTEL_BSP_MAX_QUEUE_SIZE",
+                    format!("{size:?} is not a positive number of spans"),
+                )
+            })?);
+        }
         if let Some(attributes) = var("OTEL_RESOURCE_ATTRIBUTES") {
             for pair in attributes.split(',').filter(|p| !p.trim().is_empty()) {
                 let Some((key, value)) = pair.split_once('=') else {
@@ -161,6 +179,13 @@ impl OtlpBuilder {
     /// exporter's (10 s).
     pub fn timeout(mut self, timeout: std::time::Duration) -> Self {
         self.timeout = Some(timeout);
+        self
+    }
+
+    /// At most this many leak spans wait for export; more are dropped and counted. Default:
+    /// 2 048.
+    pub fn max_queue_size(mut self, spans: usize) -> Self {
+        self.queue_size = Some(spans);
         self
     }
 
@@ -222,6 +247,13 @@ impl OtlpBuilder {
     /// that could not be built.
     pub fn install(self) -> Result<OtlpGuard, OtlpError> {
         let (protocol, endpoint) = self.target()?;
+        let queue_size = self.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
+        if queue_size == 0 {
+            return Err(OtlpError::setting(
+                "OTEL_BSP_MAX_QUEUE_SIZE",
+                "a queue of 0 spans would drop every leak span",
+            ));
+        }
         let timeout = self.timeout.unwrap_or(std::time::Duration::from_secs(10));
         let (spans, metrics) = match protocol {
             OtlpProtocol::Grpc => {
@@ -259,28 +291,50 @@ impl OtlpBuilder {
             ),
         };
         let spans = spans.map_err(|e| OtlpError::build(format!("span exporter: {e}")))?;
-        let dropped = Arc::new(AtomicU64::new(0));
-        let spans = CountingSpanExporter {
+        let accounting = Arc::new(Accounting::default());
+        let spans = Accounted {
             inner: spans,
-            dropped: dropped.clone(),
+            accounting: accounting.clone(),
         };
         let metrics = metrics.map_err(|e| OtlpError::build(format!("metric exporter: {e}")))?;
         let resource = self.resource();
+        let batch = BatchSpanProcessor::builder(spans)
+            .with_batch_config(
+                BatchConfigBuilder::default()
+                    .with_max_queue_size(queue_size)
+                    .build(),
+            )
+            .build();
         let tracer_provider = SdkTracerProvider::builder()
-            .with_batch_exporter(spans)
+            .with_span_processor(Admission {
+                inner: batch,
+                limit: queue_size as u64,
+                accounting: accounting.clone(),
+            })
             .with_resource(resource.clone())
             .build();
         let meter_provider = SdkMeterProvider::builder()
             .with_periodic_exporter(metrics)
             .with_resource(resource)
             .build();
-        let observed = dropped.clone();
+        let observed = accounting.clone();
         meter_provider
             .meter(crate::sink::INSTRUMENTATION_NAME)
             .u64_observable_counter("leakwatch.export.dropped")
             .with_unit("{span}")
-            .with_description("Leak spans the OTLP exporter failed to deliver")
-            .with_callback(move |counter| counter.observe(observed.load(Ordering::Relaxed), &[]))
+            .with_description(
+                "Leak spans not delivered: the export queue was full, or the export failed",
+            )
+            .with_callback(move |counter| {
+                counter.observe(
+                    observed.queue_full(),
+                    &[KeyValue::new("reason", "queue_full")],
+                );
+                counter.observe(
+                    observed.export_failed(),
+                    &[KeyValue::new("reason", "export_failed")],
+                );
+            })
             .build();
         opentelemetry::global::set_tracer_provider(tracer_provider.clone());
         // OTEL_PROPAGATORS' default: W3C trace context, so incoming `traceparent` headers work.
@@ -291,7 +345,7 @@ impl OtlpBuilder {
         Ok(OtlpGuard {
             tracer_provider,
             meter_provider,
-            dropped,
+            accounting,
         })
     }
 }
@@ -309,7 +363,7 @@ fn instance_id() -> String {
 pub struct OtlpGuard {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
-    dropped: Arc<AtomicU64>,
+    accounting: Arc<Accounting>,
 }
 
 impl OtlpGuard {
@@ -330,11 +384,17 @@ impl OtlpGuard {
             .with_meter_provider(&self.meter_provider)
     }
 
-    /// Spans whose export failed (collector down, refusing, or too slow), since `install`. Also
-    /// exported as the counter `leakwatch.export.dropped`. (Spans the SDK's bounded batch queue
-    /// had to drop before export are not seen here.)
+    /// Spans not delivered since `install`: those refused because the export queue was full
+    /// plus those whose export failed (collector down, refusing, or too slow). Also exported as
+    /// the counter `leakwatch.export.dropped`, split by `reason`.
     pub fn dropped_spans(&self) -> u64 {
-        self.dropped.load(Ordering::Relaxed)
+        self.accounting.queue_full() + self.accounting.export_failed()
+    }
+
+    /// The spans refused because [`max_queue_size`](OtlpBuilder::max_queue_size) spans were
+    /// already waiting for export (part of [`dropped_spans`](Self::dropped_spans)).
+    pub fn queue_full_spans(&self) -> u64 {
+        self.accounting.queue_full()
     }
 
     /// Exports what is buffered now.
@@ -349,36 +409,6 @@ impl Drop for OtlpGuard {
         self.flush();
         let _ = self.tracer_provider.shutdown();
         let _ = self.meter_provider.shutdown();
-    }
-}
-
-/// Counts the spans of batches the inner exporter failed to deliver.
-#[derive(Debug)]
-struct CountingSpanExporter<E> {
-    inner: E,
-    dropped: Arc<AtomicU64>,
-}
-
-impl<E: SpanExporter> SpanExporter for CountingSpanExporter<E> {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let spans = batch.len() as u64;
-        let result = self.inner.export(batch).await;
-        if result.is_err() {
-            self.dropped.fetch_add(spans, Ordering::Relaxed);
-        }
-        result
-    }
-
-    fn shutdown_with_timeout(&self, timeout: std::time::Duration) -> OTelSdkResult {
-        self.inner.shutdown_with_timeout(timeout)
-    }
-
-    fn force_flush(&self) -> OTelSdkResult {
-        self.inner.force_flush()
-    }
-
-    fn set_resource(&mut self, resource: &Resource) {
-        self.inner.set_resource(resource);
     }
 }
 
@@ -483,6 +513,20 @@ mod tests {
         let err =
             OtlpBuilder::from_env(env(&[("OTEL_RESOURCE_ATTRIBUTES", "novalue")])).unwrap_err();
         assert_eq!(err.setting_name(), Some("OTEL_RESOURCE_ATTRIBUTES"));
+        for size in ["0", "-1", "lots"] {
+            let err = OtlpBuilder::from_env(env(&[("OTEL_BSP_MAX_QUEUE_SIZE", size)])).unwrap_err();
+            assert_eq!(
+                err.setting_name(),
+                Some("OTEL_BSP_MAX_QUEUE_SIZE"),
+                "{size}"
+            );
+        }
+        let err = OtlpBuilder::new()
+            .protocol(OtlpProtocol::HttpProtobuf)
+            .max_queue_size(0)
+            .install()
+            .unwrap_err();
+        assert_eq!(err.setting_name(), Some("OTEL_BSP_MAX_QUEUE_SIZE"));
         for endpoint in ["not a url", "ftp://host:21", "localhost:4317", "http://"] {
             let err = OtlpBuilder::new().endpoint(endpoint).install().unwrap_err();
             assert_eq!(
