@@ -29,7 +29,13 @@ pub fn routes() -> Router {
 }
 
 /// Serves `app` on `127.0.0.1:<first argument>` (default 8099) until killed.
+#[allow(dead_code)] // not every load server uses both
 pub fn serve(app: Router) {
+    serve_with(move || app);
+}
+
+/// Serves the router `make_app` returns, calling it inside the server's runtime.
+pub fn serve_with(make_app: impl FnOnce() -> Router) {
     let port: u16 = std::env::args()
         .nth(1)
         .and_then(|p| p.parse().ok())
@@ -39,6 +45,7 @@ pub fn serve(app: Router) {
         .build()
         .expect("runtime");
     runtime.block_on(async move {
+        let app = make_app();
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .expect("bind 127.0.0.1");
