@@ -182,88 +182,81 @@ fn add_unrouted(local: Option<&Local>, bytes: i64) {
     );
 }
 
-/// Runs `f` with this thread's state, or with `None` while thread-locals are torn down.
+/// This thread's state, or `None` while thread-locals are torn down.
+///
+/// A plain reference rather than a closure run inside `LOCAL.with`: values such as a [`Tag`]
+/// then stay in registers across the hot path instead of being passed through memory (where a
+/// tag stored as 32-bit fields and reloaded as a 64-bit word defeats store forwarding).
 #[inline(always)]
-fn with_local<R>(f: impl FnOnce(Option<&Local>) -> R) -> R {
+fn local<'a>() -> Option<&'a Local> {
     let local = LOCAL.try_with(|local| local as *const Local).ok();
-    // SAFETY: `LOCAL` has no destructor, so it stays valid for as long as this thread runs; the
-    // reference is used only by `f`, on this thread, and does not escape it. (Taking the
-    // address instead of running `f` inside `try_with` lets `f` be inlined into the hot path.)
-    f(local.map(|local| unsafe { &*local }))
+    // SAFETY: `LOCAL` has no destructor, so it stays valid for as long as this thread runs.
+    // Every caller is a function of this module that uses the reference on this thread, within
+    // its own body, and lets no reference escape (the lifetime is chosen by, and bounded to,
+    // that call).
+    local.map(|local| unsafe { &*local })
 }
 
-/// Enters the allocator: returns the tag to stamp the new block with (`NONE` while the
-/// allocator is busy with itself) and marks the thread busy until [`leave`], so that whatever
-/// the inner allocator allocates through the global allocator in turn is not attributed to the
-/// request (and cannot recurse into this counting).
+/// The tag to stamp a new block with, and the thread's allocator flags.
+///
+/// While the allocator is busy with itself (sampling a call stack, which may allocate), new
+/// blocks are stamped `NONE` and nothing is sampled again, so that code can neither be charged
+/// to the request nor recurse into itself. Nothing else here takes a lock or allocates, so
+/// what the inner allocator allocates through the global allocator in turn is simply counted
+/// like any other block.
 #[inline(always)]
-pub(crate) fn enter() -> (Tag, u8) {
-    with_local(|local| {
-        let Some(local) = local else {
-            return (Tag::NONE, FLAG_BUSY);
-        };
-        let flags = local.flags.get();
-        local.flags.set(flags | FLAG_BUSY);
-        if flags == 0 {
-            return (local.tag.get(), flags);
-        }
-        if flags & FLAG_PROBE != 0 {
-            INSTALLED.store(true, Ordering::Relaxed);
-        }
-        let tag = if flags & FLAG_BUSY != 0 {
-            Tag::NONE
-        } else {
-            local.tag.get()
-        };
-        (tag, flags)
-    })
+pub(crate) fn current() -> (Tag, u8) {
+    let local = local();
+    let Some(local) = local else {
+        return (Tag::NONE, FLAG_BUSY);
+    };
+    let flags = local.flags.get();
+    if flags == 0 {
+        return (local.tag.get(), 0);
+    }
+    if flags & FLAG_PROBE != 0 {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+    let busy = flags & FLAG_BUSY != 0;
+    (if busy { Tag::NONE } else { local.tag.get() }, flags)
 }
 
-/// Leaves the allocator after [`enter`], counting the new block of `size` bytes (if any) under
-/// `tag`; returns its header.
+/// Counts a new block of `size` bytes under `tag` (from [`current`]) and returns the allocation
+/// site for its header (0: not sampled).
+///
+/// Only the site is returned, in a register: the caller builds the header from `tag` itself.
+/// (A header returned through memory is written as 32-bit fields and read back as 64-bit words,
+/// and such a load cannot be forwarded from the stores, which stalls every allocation.)
 #[inline(always)]
-pub(crate) fn leave(flags: u8, tag: Tag, size: Option<usize>) -> Header {
-    with_local(|local| {
-        if let Some(local) = local {
-            local.flags.set(flags);
-        }
-        if let Some(size) = size {
-            count_alloc(local, tag, size as u64);
-        }
-    });
-    Header {
-        slot: tag.slot,
-        generation: tag.generation,
-        route: tag.route,
-        site: 0,
+pub(crate) fn allocated(tag: Tag, flags: u8, size: usize) -> u32 {
+    let local = local();
+    count_alloc(local, tag, size as u64);
+    match local {
+        Some(local) if tag.route != 0 && flags == 0 => sample_site(local, tag, size),
+        _ => 0,
     }
 }
 
 /// Samples the call stack of a new block of a request, when allocation sites are on; returns
 /// the site to put in its header (0: not sampled).
 #[inline(always)]
-pub(crate) fn sample_site(tag: Tag, flags: u8, size: usize) -> u32 {
-    if tag.route == 0 || flags != 0 || !sites::enabled() {
+fn sample_site(local: &Local, tag: Tag, size: usize) -> u32 {
+    if !sites::enabled() {
         return 0;
     }
-    with_local(|local| {
-        let Some(local) = local else {
-            return 0;
-        };
-        let mut countdown = local.countdown.get();
-        let mut rng = local.rng.get();
-        let weight = sites::should_sample(size as u64, &mut countdown, &mut rng);
-        local.countdown.set(countdown);
-        local.rng.set(rng);
-        let Some(weight) = weight else {
-            return 0;
-        };
-        // Unwinding may allocate on some platforms: such allocations are not sampled again.
-        local.flags.set(FLAG_BUSY);
-        let site = sites::record(tag.route, weight);
-        local.flags.set(flags);
-        site
-    })
+    let mut countdown = local.countdown.get();
+    let mut rng = local.rng.get();
+    let weight = sites::should_sample(size as u64, &mut countdown, &mut rng);
+    local.countdown.set(countdown);
+    local.rng.set(rng);
+    let Some(weight) = weight else {
+        return 0;
+    };
+    // Unwinding may allocate on some platforms: such allocations are not sampled again.
+    local.flags.set(FLAG_BUSY);
+    let site = sites::record(tag.route, weight);
+    local.flags.set(0);
+    site
 }
 
 #[inline(always)]
@@ -290,39 +283,38 @@ fn count_alloc(local: Option<&Local>, tag: Tag, size: u64) {
 /// `bytes` for growth).
 #[inline(always)]
 pub(crate) fn on_free(header: Header, bytes: i64, blocks: i64) {
-    with_local(|local| {
-        if header.slot == 0 && header.route == 0 {
-            // Allocated outside any request: the common case.
-            add_unrouted(local, -bytes);
-            return;
-        }
-        let tag = local.map_or(Tag::NONE, |l| l.tag.get());
-        let own_scope =
-            header.slot != 0 && header.slot == tag.slot && header.generation == tag.generation;
-        let own_route = header.route != 0 && header.route == tag.route;
-        match local {
-            Some(local) if own_route => {
-                let mut pending = local.pending.get();
-                if own_scope {
-                    if bytes >= 0 {
-                        pending.freed_bytes += bytes as u64;
-                    } else {
-                        pending.alloc_bytes += bytes.unsigned_abs();
-                    }
-                    pending.freed_blocks += blocks as u64;
+    let local = local();
+    if header.slot == 0 && header.route == 0 {
+        // Allocated outside any request: the common case.
+        add_unrouted(local, -bytes);
+        return;
+    }
+    let tag = local.map_or(Tag::NONE, |l| l.tag.get());
+    let own_scope =
+        header.slot != 0 && header.slot == tag.slot && header.generation == tag.generation;
+    let own_route = header.route != 0 && header.route == tag.route;
+    match local {
+        Some(local) if own_route => {
+            let mut pending = local.pending.get();
+            if own_scope {
+                if bytes >= 0 {
+                    pending.freed_bytes += bytes as u64;
                 } else {
-                    slots::charge_free(header, bytes, blocks);
+                    pending.alloc_bytes += bytes.unsigned_abs();
                 }
-                pending.route_bytes -= bytes;
-                pending.route_blocks -= blocks;
-                local.pending.set(pending);
-            }
-            _ => {
+                pending.freed_blocks += blocks as u64;
+            } else {
                 slots::charge_free(header, bytes, blocks);
-                add_route(local, header.route, -bytes, -blocks);
             }
+            pending.route_bytes -= bytes;
+            pending.route_blocks -= blocks;
+            local.pending.set(pending);
         }
-    })
+        _ => {
+            slots::charge_free(header, bytes, blocks);
+            add_route(local, header.route, -bytes, -blocks);
+        }
+    }
 }
 
 #[inline]
@@ -337,31 +329,30 @@ fn add_route(local: Option<&Local>, route: u32, bytes: i64, blocks: i64) {
 /// Makes `tag` the thread's tag, flushing what the previous one counted; returns the previous.
 #[inline]
 pub(crate) fn swap_tag(tag: Tag) -> Tag {
-    with_local(|local| {
-        let Some(local) = local else {
-            return Tag::NONE;
-        };
-        let previous = local.tag.replace(tag);
-        let pending = local.pending.replace(Pending::ZERO);
-        if pending != Pending::ZERO {
-            if previous.slot != 0 {
-                ScopeSlot::get(previous.slot).add(
-                    previous.generation,
-                    pending.alloc_bytes,
-                    pending.alloc_blocks,
-                    pending.freed_bytes,
-                    pending.freed_blocks,
-                );
-            }
-            add_route(
-                Some(local),
-                previous.route,
-                pending.route_bytes,
-                pending.route_blocks,
+    let local = local();
+    let Some(local) = local else {
+        return Tag::NONE;
+    };
+    let previous = local.tag.replace(tag);
+    let pending = local.pending.replace(Pending::ZERO);
+    if pending != Pending::ZERO {
+        if previous.slot != 0 {
+            ScopeSlot::get(previous.slot).add(
+                previous.generation,
+                pending.alloc_bytes,
+                pending.alloc_blocks,
+                pending.freed_bytes,
+                pending.freed_blocks,
             );
         }
-        previous
-    })
+        add_route(
+            Some(local),
+            previous.route,
+            pending.route_bytes,
+            pending.route_blocks,
+        );
+    }
+    previous
 }
 
 /// Whether the allocator is the process's global allocator (checked by allocating a probe).

@@ -27,7 +27,7 @@ mod counters;
 mod sites;
 mod slots;
 
-use self::counters::{enter, leave, on_free, sample_site};
+use self::counters::{allocated, current, on_free};
 pub(crate) use self::counters::{
     is_installed, new_route_slot, process_live_bytes, route_live, swap_tag, Tag,
 };
@@ -220,14 +220,18 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let Some((outer, offset)) = outer(layout) else {
             return std::ptr::null_mut();
         };
-        let (tag, flags) = enter();
+        let (tag, flags) = current();
         let base = inner_alloc(&self.inner, outer);
         if base.is_null() {
-            leave(flags, tag, None);
             return base;
         }
-        let mut header = leave(flags, tag, Some(layout.size()));
-        header.site = sample_site(tag, flags, layout.size());
+        let site = allocated(tag, flags, layout.size());
+        let header = Header {
+            slot: tag.slot,
+            generation: tag.generation,
+            route: tag.route,
+            site,
+        };
         // SAFETY: `base` is a non-null block of `outer`'s layout and `offset < outer.size()`;
         // see the comment on the `GlobalAlloc` impl.
         unsafe { finish(base, offset, header) }
@@ -243,13 +247,16 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 #[inline]
 unsafe fn finish(base: *mut u8, offset: usize, header: Header) -> *mut u8 {
     // SAFETY: guaranteed by the caller; the header's bytes lie in [base, base + offset) and are
-    // aligned to 16, more than `Header` needs.
+    // aligned to 16, more than `Header` needs. The words are written one at a time (volatile,
+    // so that they are not merged into one 16-byte store): `read_header` loads them one word at
+    // a time, and a word load from the upper half of a 16-byte store is not always forwarded
+    // from it, which stalls a block freed soon after its allocation.
     unsafe {
         let ptr = base.add(offset);
         let words = ptr.sub(HEADER_SIZE).cast::<u64>();
         let [first, second] = header.to_words();
-        words.write(first);
-        words.add(1).write(second);
+        words.write_volatile(first);
+        words.add(1).write_volatile(second);
         ptr
     }
 }
