@@ -3,7 +3,11 @@
 //! The raw path is never used: it carries ids and personal data, and as a metric label its
 //! cardinality is unbounded.
 
+#[cfg(feature = "axum")]
+use std::cell::RefCell;
 use std::fmt;
+#[cfg(feature = "axum")]
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use dashmap::DashMap;
@@ -46,6 +50,35 @@ impl fmt::Display for Route {
 pub(crate) struct Interner {
     routes: DashMap<Arc<str>, u32>,
     memory: bool,
+    /// Tells this interner's entries apart in the per-thread [`RECENT`] cache.
+    #[cfg(feature = "axum")]
+    id: u64,
+}
+
+#[cfg(feature = "axum")]
+/// Source of [`Interner::id`].
+static NEXT_INTERNER: AtomicU64 = AtomicU64::new(1);
+
+#[cfg(feature = "axum")]
+/// Slots in each thread's cache of recently resolved templates.
+const RECENT_SLOTS: usize = 8;
+
+#[cfg(feature = "axum")]
+/// A template this thread resolved recently, keyed by the address of the caller's string.
+struct Recent {
+    interner: u64,
+    address: usize,
+    route: Arc<str>,
+    slot: u32,
+}
+
+#[cfg(feature = "axum")]
+thread_local! {
+    /// axum's `MatchedPath` hands out the same string for every request to a route, so its
+    /// address finds the interned route without hashing the template or locking a shard.
+    static RECENT: RefCell<[Option<Recent>; RECENT_SLOTS]> = const {
+        RefCell::new([const { None }; RECENT_SLOTS])
+    };
 }
 
 impl Interner {
@@ -54,7 +87,44 @@ impl Interner {
         Interner {
             routes: DashMap::new(),
             memory,
+            #[cfg(feature = "axum")]
+            id: NEXT_INTERNER.fetch_add(1, Ordering::Relaxed),
         }
+    }
+
+    #[cfg(feature = "axum")]
+    /// As [`intern`](Self::intern), first asking this thread's cache of recent templates. A
+    /// hit needs the same interner, the same string address and the same text, so a string
+    /// freed and another allocated at its address can never be taken for it.
+    pub(crate) fn intern_cached(&self, template: &str) -> (Route, u32) {
+        let address = template.as_ptr() as usize;
+        let index = (address >> 4) % RECENT_SLOTS;
+        let hit = RECENT
+            .try_with(|recent| {
+                let recent = recent.try_borrow().ok()?;
+                let entry = recent[index].as_ref()?;
+                (entry.interner == self.id && entry.address == address && *entry.route == *template)
+                    .then(|| (Route::Interned(entry.route.clone()), entry.slot))
+            })
+            .ok()
+            .flatten();
+        if let Some(hit) = hit {
+            return hit;
+        }
+        let (route, slot) = self.intern(template);
+        if let Route::Interned(shared) = &route {
+            let _ = RECENT.try_with(|recent| {
+                if let Ok(mut recent) = recent.try_borrow_mut() {
+                    recent[index] = Some(Recent {
+                        interner: self.id,
+                        address,
+                        route: shared.clone(),
+                        slot,
+                    });
+                }
+            });
+        }
+        (route, slot)
     }
 
     /// The shared name of a template and its route slot (0 when memory is not tracked).
@@ -101,7 +171,7 @@ pub(crate) fn resolve<B>(
 ) -> (Route, u32) {
     #[cfg(feature = "axum")]
     if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
-        return interner.intern(matched.as_str());
+        return interner.intern_cached(matched.as_str());
     }
     if let Some(route_fn) = &config.route_fn {
         if let Some(route) = route_fn(request.method(), request.uri()) {
@@ -124,6 +194,25 @@ mod tests {
             (Route::Interned(a), Route::Interned(b)) => assert!(Arc::ptr_eq(&a, &b)),
             other => panic!("expected interned routes, got {other:?}"),
         }
+    }
+
+    #[cfg(feature = "axum")]
+    #[test]
+    fn the_cache_answers_only_for_the_same_interner_and_text() {
+        let memory = Interner::new(true);
+        let other = Interner::new(true);
+        let template = String::from("/users/{id}");
+        let (a, slot_a) = memory.intern_cached(&template);
+        let (b, slot_b) = memory.intern_cached(&template);
+        assert_eq!((a.as_str(), slot_a), (b.as_str(), slot_b));
+        // Another detector's interner has its own slots, even for the same string.
+        let (_, slot_other) = other.intern_cached(&template);
+        assert_eq!(other.intern("/users/{id}").1, slot_other);
+        // A different text at the same address (the string rewritten in place) is not a hit.
+        let mut reused = template;
+        reused.replace_range(1..6, "posts");
+        let (c, _) = memory.intern_cached(&reused);
+        assert_eq!(c.as_str(), "/posts/{id}");
     }
 
     #[test]

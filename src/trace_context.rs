@@ -55,7 +55,7 @@ pub(crate) fn capture(headers: &http::HeaderMap) -> Option<TraceParent> {
             return Some(parent);
         }
     }
-    headers.get("traceparent")?;
+    headers.get(&TRACEPARENT)?;
     let cx =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     valid(&cx)
@@ -66,6 +66,10 @@ pub(crate) fn capture(headers: &http::HeaderMap) -> Option<TraceParent> {
 pub(crate) fn capture(_headers: &http::HeaderMap) -> Option<TraceParent> {
     None
 }
+
+/// W3C trace context's header, named once (not parsed from a string on every request).
+#[cfg(feature = "otel")]
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 #[cfg(feature = "otel")]
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
