@@ -10,6 +10,7 @@
 # thread), wrk to core 1; variants alternated within each round; the median of ROUNDS rounds.
 #
 #   bash benches/load.sh            # ROUNDS=5 DURATION=5 CONNECTIONS=32 by default
+#   ROUTES=/alloc bash benches/load.sh   # one route only
 #
 # Everything listens on and is sent to 127.0.0.1 only; every server is stopped at the end.
 set -euo pipefail
@@ -19,6 +20,7 @@ ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-8099}
+ROUTES=${ROUTES:-/hello /alloc}
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
 command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 1; }
 
@@ -48,7 +50,7 @@ run() { # variant binary env route
 
 for round in $(seq "$ROUNDS"); do
   echo "round $round/$ROUNDS"
-  for route in /hello /alloc; do
+  for route in $ROUTES; do
     run baseline load_baseline "LEAKWATCH_LAYER=off" "$route"
     run layer load_baseline "LEAKWATCH_LAYER=on" "$route"
     run allocator load_leakwatch "LEAKWATCH_LAYER=off" "$route"
@@ -65,7 +67,7 @@ med = {}
 for variant, route, rps in rows:
     med.setdefault((variant, route), []).append(float(rps))
 print(f"\n{'variant':<20} {'route':<8} {'median req/s':>12} {'vs baseline':>12}")
-for route in ("/hello", "/alloc"):
+for route in dict.fromkeys(r for _, r in med):
     base = statistics.median(med[("baseline", route)])
     for variant in ("baseline", "layer", "allocator", "leakwatch", "leakwatch+sites", "tracking-allocator"):
         m = statistics.median(med[(variant, route)])
