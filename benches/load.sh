@@ -21,29 +21,19 @@ DURATION=${DURATION:-5}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-8099}
 ROUTES=${ROUTES:-/hello /alloc}
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 1; }
+# shellcheck source=benches/wrk_common.sh
+. benches/wrk_common.sh
 
 cargo build --release --quiet --example load_baseline --example load_leakwatch --example load_tracking_allocator
 
-results=$(mktemp)
-server=""
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -f "$results"; }
-trap cleanup EXIT
-
 run() { # variant binary env route
   local variant=$1 bin=$2 env=$3 route=$4
-  env $env taskset -c 0 "target/release/examples/$bin" "$PORT" &
-  server=$!
-  for _ in $(seq 100); do
-    (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-    sleep 0.05
-  done
+  start_server "$bin" "$env"
   taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$PORT$route" >/dev/null # warm-up
   local rps
   rps=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" "http://127.0.0.1:$PORT$route" \
     | awk '/Requests\/sec/ {print $2}')
-  kill "$server"; wait "$server" 2>/dev/null || true; server=""
+  stop_server
   echo "$variant $route $rps" >> "$results"
   echo "  $variant $route: $rps req/s"
 }

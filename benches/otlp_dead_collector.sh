@@ -18,32 +18,22 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 PORT=${PORT:-8098}
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 1; }
-command -v taskset >/dev/null || { echo "taskset is needed (util-linux)" >&2; exit 1; }
+# shellcheck source=benches/wrk_common.sh
+. benches/wrk_common.sh
 
 cargo build --release --quiet --example load_otlp
 
-results=$(mktemp)
-server=""
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -f "$results"; }
-trap cleanup EXIT
-
 run() { # variant mode protocol
   local variant=$1 mode=$2 protocol=$3
-  LEAKWATCH_OTLP=$mode OTEL_EXPORTER_OTLP_PROTOCOL=$protocol OTEL_EXPORTER_OTLP_TIMEOUT=2000 \
-    taskset -c 0 target/release/examples/load_otlp "$PORT" &
-  server=$!
-  for _ in $(seq 100); do
-    (echo > /dev/tcp/127.0.0.1/$PORT) 2>/dev/null && break
-    sleep 0.05
-  done
+  start_server load_otlp LEAKWATCH_OTLP="$mode" OTEL_EXPORTER_OTLP_PROTOCOL="$protocol" \
+    OTEL_EXPORTER_OTLP_TIMEOUT=2000
   local out rps p50 p99 rss
   out=$(taskset -c 1 wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" --latency "http://127.0.0.1:$PORT/leaky")
   rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
   p50=$(awk '$1 == "50%" {print $2}' <<<"$out")
   p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
   rss=$(awk '/VmRSS/ {print $2}' "/proc/$server/status")
-  kill "$server"; wait "$server" 2>/dev/null || true; server=""
+  stop_server
   echo "$variant $rps $p50 $p99 $rss" >> "$results"
   echo "  $variant: $rps req/s, p50 $p50, p99 $p99, RSS ${rss} kB"
 }
