@@ -234,6 +234,36 @@ mod tests {
     }
 
     #[test]
+    fn threads_take_distinct_neighbouring_slots() {
+        let taken: Vec<Vec<u32>> = std::thread::scope(|s| {
+            let threads: Vec<_> = (0..4)
+                .map(|_| {
+                    s.spawn(|| {
+                        let guards: Vec<SlotGuard> =
+                            (0..200).map(|_| SlotGuard::acquire(0).unwrap()).collect();
+                        let slots = guards.iter().map(|g| g.tag().slot).collect();
+                        for guard in &guards {
+                            guard.release();
+                        }
+                        slots
+                    })
+                })
+                .collect();
+            threads.into_iter().map(|t| t.join().unwrap()).collect()
+        });
+        let mut all: Vec<u32> = taken.iter().flatten().copied().collect();
+        all.sort_unstable();
+        let before = all.len();
+        all.dedup();
+        assert_eq!(all.len(), before, "a slot was handed out twice");
+        for slots in &taken {
+            // Mostly consecutive within a thread: one page of slots, not one page per request.
+            let adjacent = slots.windows(2).filter(|w| w[1] == w[0] + 1).count();
+            assert!(adjacent > slots.len() / 2, "{slots:?}");
+        }
+    }
+
+    #[test]
     fn usage_saturates() {
         let usage = Usage {
             alloc_bytes: 10,
