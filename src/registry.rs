@@ -144,6 +144,12 @@ type IdMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 /// rarely meet on one lock.
 const SCOPE_QUEUES: usize = 16;
 
+/// The most finished scopes kept for reuse per queue.
+const POOLED_PER_QUEUE: usize = 256;
+
+/// A spare queue keeps at least this much room however quiet the traffic gets.
+const MIN_SPARE_ROOM: usize = 1024;
+
 /// Scopes and objects, bounded by one capacity.
 ///
 /// New scopes are appended to short queues — a push under an uncontended lock, no hashing —
@@ -151,6 +157,13 @@ const SCOPE_QUEUES: usize = 16;
 /// judges.
 pub(crate) struct Registry {
     new_scopes: [Mutex<Vec<Arc<Scope>>>; SCOPE_QUEUES],
+    /// Emptied queues kept by the sweeper to swap in for full ones, so that requests push into
+    /// vectors that already have room (and memory already paged in) instead of regrowing one
+    /// from nothing after every sweep.
+    spare_queues: Mutex<Vec<Vec<Arc<Scope>>>>,
+    /// Scopes the sweeper is done with and nothing else holds, for new requests to reuse
+    /// (spread over queues by id like new scopes; at most [`POOLED_PER_QUEUE`] each).
+    pool: [Mutex<Vec<Arc<Scope>>>; SCOPE_QUEUES],
     /// Scopes taken over by the sweeper; only the sweeper changes it.
     pub(crate) scopes: Mutex<Vec<ScopeEntry>>,
     pub(crate) objects: IdMap<Entry>,
@@ -164,6 +177,8 @@ impl Registry {
     pub(crate) fn new(capacity: usize) -> Self {
         Registry {
             new_scopes: [const { Mutex::new(Vec::new()) }; SCOPE_QUEUES],
+            spare_queues: Mutex::new(Vec::new()),
+            pool: [const { Mutex::new(Vec::new()) }; SCOPE_QUEUES],
             scopes: Mutex::new(Vec::new()),
             objects: IdMap::default(),
             len: AtomicUsize::new(0),
@@ -207,15 +222,53 @@ impl Registry {
         true
     }
 
+    /// A finished scope to reuse for the request numbered `id`, if one is pooled. (The caller
+    /// checks with `Arc::get_mut` that it is still the only holder.)
+    pub(crate) fn recycled(&self, id: u64) -> Option<Arc<Scope>> {
+        self.pool[id as usize % SCOPE_QUEUES]
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop()
+    }
+
+    /// Pools the scopes that nothing but `finished` holds any more, spread evenly over the
+    /// queues; drops the rest.
+    pub(crate) fn recycle(&self, finished: Vec<Arc<Scope>>) {
+        let share = finished.len().div_ceil(SCOPE_QUEUES);
+        // A scope still held — by a task, a tracked object or the memory judge — is not reused.
+        let mut unused = finished
+            .into_iter()
+            .filter(|scope| Arc::strong_count(scope) == 1 && Arc::weak_count(scope) == 0);
+        for queue in &self.pool {
+            let mut pool = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            let room = POOLED_PER_QUEUE.saturating_sub(pool.len());
+            pool.extend(unused.by_ref().take(share.min(room)));
+        }
+    }
+
     /// Moves the scopes opened since the last call into the sweeper's list; returns the list.
     pub(crate) fn take_scopes(&self) -> MutexGuard<'_, Vec<ScopeEntry>> {
         let mut scopes = self.scopes.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut spares = self
+            .spare_queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         for queue in &self.new_scopes {
-            let new = std::mem::take(&mut *queue.lock().unwrap_or_else(PoisonError::into_inner));
-            scopes.extend(new.into_iter().map(|scope| ScopeEntry {
+            let mut taken = spares.pop().unwrap_or_default();
+            std::mem::swap(
+                &mut taken,
+                &mut *queue.lock().unwrap_or_else(PoisonError::into_inner),
+            );
+            let n = taken.len();
+            scopes.extend(taken.drain(..).map(|scope| ScopeEntry {
                 scope,
                 tracker: Tracker::default(),
             }));
+            // Keep the room the traffic needs, not what one burst once needed.
+            if taken.capacity() > MIN_SPARE_ROOM && taken.capacity() > 4 * n {
+                taken.shrink_to(MIN_SPARE_ROOM.max(2 * n));
+            }
+            spares.push(taken);
         }
         scopes
     }
@@ -316,6 +369,42 @@ mod tests {
         registry.released(1);
         assert!(registry.insert_scope(&scope()));
         assert_eq!(registry.len(), 3);
+    }
+
+    #[test]
+    fn only_scopes_nothing_else_holds_are_reused() {
+        let registry = Registry::new(8);
+        let unused = scope();
+        let address = Arc::as_ptr(&unused);
+        let held = scope();
+        let holder = held.clone(); // say, a task the request spawned
+        registry.recycle(vec![unused, held]);
+        let pooled: Vec<Arc<Scope>> = (0..SCOPE_QUEUES as u64)
+            .filter_map(|id| registry.recycled(id))
+            .collect();
+        assert_eq!(pooled.len(), 1);
+        assert_eq!(Arc::as_ptr(&pooled[0]), address);
+        assert_eq!(
+            Arc::strong_count(&holder),
+            1,
+            "the held scope was dropped, not pooled"
+        );
+    }
+
+    #[test]
+    fn the_pool_is_bounded_and_spread_over_the_queues() {
+        let registry = Registry::new(8);
+        let many = SCOPE_QUEUES * POOLED_PER_QUEUE + 100;
+        registry.recycle((0..many).map(|_| scope()).collect());
+        for queue in &registry.pool {
+            assert_eq!(queue.lock().unwrap().len(), POOLED_PER_QUEUE);
+        }
+        let few = Registry::new(8);
+        few.recycle((0..SCOPE_QUEUES).map(|_| scope()).collect());
+        assert!(few
+            .pool
+            .iter()
+            .all(|queue| queue.lock().unwrap().len() == 1));
     }
 
     #[test]

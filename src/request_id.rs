@@ -10,6 +10,21 @@ use std::hash::{BuildHasher, Hasher};
 /// The header read for an incoming request id.
 pub(crate) const HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
+/// The first value of header `name`. A request usually has a handful of headers, and for those a
+/// scan comparing names is cheaper than hashing the name for a lookup (most names are standard
+/// ones, which differ from a custom name at the first comparison).
+pub(crate) fn find<'a>(
+    headers: &'a http::HeaderMap,
+    name: &http::HeaderName,
+) -> Option<&'a http::HeaderValue> {
+    const SCAN_UP_TO: usize = 12;
+    if headers.keys_len() <= SCAN_UP_TO {
+        headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    } else {
+        headers.get(name)
+    }
+}
+
 /// The longest incoming request id that is kept.
 pub(crate) const MAX_LEN: usize = 128;
 
@@ -25,7 +40,7 @@ pub(crate) enum RequestId {
 impl RequestId {
     /// Takes the request id from the headers when it is well formed, else generates one.
     pub(crate) fn from_headers(headers: &http::HeaderMap, prefix: u32, number: u64) -> Self {
-        match headers.get(&HEADER) {
+        match find(headers, &HEADER) {
             Some(value) if is_well_formed(value.as_bytes()) => {
                 // The bytes are checked ASCII, so this conversion cannot fail.
                 match std::str::from_utf8(value.as_bytes()) {
@@ -79,6 +94,25 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER, HeaderValue::from_bytes(value).unwrap());
         RequestId::from_headers(&headers, 0xabcd, 9)
+    }
+
+    #[test]
+    fn find_agrees_with_get_for_small_and_large_maps() {
+        for extra in [0, 3, 40] {
+            let mut headers = http::HeaderMap::new();
+            for i in 0..extra {
+                headers.insert(
+                    http::HeaderName::from_bytes(format!("x-filler-{i}").as_bytes()).unwrap(),
+                    http::HeaderValue::from_static("v"),
+                );
+            }
+            headers.insert(http::header::HOST, http::HeaderValue::from_static("h"));
+            assert_eq!(find(&headers, &HEADER), None);
+            headers.append(&HEADER, http::HeaderValue::from_static("first"));
+            headers.append(&HEADER, http::HeaderValue::from_static("second"));
+            assert_eq!(find(&headers, &HEADER), headers.get(&HEADER), "{extra}");
+            assert_eq!(find(&headers, &HEADER).unwrap(), "first");
+        }
     }
 
     #[test]

@@ -83,6 +83,9 @@ pub(crate) struct Outcome {
     pub(crate) memory_judged: Vec<Arc<Scope>>,
     /// Requests still open.
     pub(crate) open_scopes: u64,
+    /// Scopes of removed entries, offered back to the registry for reuse once nothing else
+    /// holds them.
+    pub(crate) finished: Vec<Arc<Scope>>,
 }
 
 /// Judges one object entry. Returns whether to keep it.
@@ -187,6 +190,7 @@ pub(crate) fn judge_scope(
             }
             out.memory_judged.push(entry.scope.clone());
         }
+        out.finished.push(entry.scope.clone());
         out.removed += 1;
         return false;
     }

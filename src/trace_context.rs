@@ -55,7 +55,7 @@ pub(crate) fn capture(headers: &http::HeaderMap) -> Option<TraceParent> {
             return Some(parent);
         }
     }
-    headers.get(&TRACEPARENT)?;
+    crate::request_id::find(headers, &TRACEPARENT)?;
     let cx =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     valid(&cx)

@@ -100,3 +100,51 @@ async fn unconsumed_and_retained_bodies_through_oneshot() {
     assert_eq!(released[0].kind, LeakKind::RetainedBody);
     assert_eq!(released[0].state, LeakState::Released);
 }
+
+#[tokio::test]
+async fn reused_scopes_report_their_own_request() {
+    // Scopes of finished requests are pooled by the sweeper and reused by later requests: a
+    // leak must still carry the route and request id of the request that made it.
+    let sink = leakwatch::sink::CollectingSink::new();
+    let detector = support::builder(&sink).route_fn(route).build().unwrap();
+    let service = ServiceBuilder::new().layer(detector.layer()).service_fn(
+        |req: Request<RequestBody<Full<Bytes>>>| async move {
+            if req.uri().path().starts_with("/jobs/") {
+                leakwatch::spawn(std::future::pending::<()>());
+            }
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        },
+    );
+    let send = |path: String, id: String| {
+        let service = service.clone();
+        async move {
+            let request = Request::get(path)
+                .header("x-request-id", id)
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            support::read_body(service.oneshot(request).await.unwrap()).await;
+        }
+    };
+    for round in 0..3 {
+        for i in 0..100 {
+            send(format!("/clean/{i}"), format!("clean-{round}-{i}")).await;
+        }
+        // Finished scopes go to the pool here; the next requests reuse them.
+        assert!(detector.sweep_now().is_empty());
+        for i in 0..20 {
+            send(format!("/jobs/{i}"), format!("job-{round}-{i}")).await;
+        }
+        let mut ids: Vec<String> = support::of_kind(&detector.sweep_now(), LeakKind::OrphanTask)
+            .into_iter()
+            .map(|report| {
+                assert_eq!(report.route, "/jobs/{id}");
+                assert_eq!(report.state, LeakState::Confirmed);
+                report.request_id
+            })
+            .collect();
+        ids.sort();
+        let mut expected: Vec<String> = (0..20).map(|i| format!("job-{round}-{i}")).collect();
+        expected.sort();
+        assert_eq!(ids, expected, "round {round}");
+    }
+}
