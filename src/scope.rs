@@ -74,10 +74,7 @@ impl Scope {
         } = head;
         let tag = match &memory {
             Some(slot) => slot.tag(),
-            None => Tag {
-                route: route_slot,
-                ..Tag::NONE
-            },
+            None => Tag::route_only(route_slot),
         };
         Scope {
             memory,
@@ -133,7 +130,7 @@ impl Scope {
 
     /// The allocator's route slot (0 when memory is not tracked).
     pub(crate) fn route_slot(&self) -> u32 {
-        self.tag.route
+        self.tag.route()
     }
 
     /// What the request allocated and freed so far, while its slot is held.

@@ -14,30 +14,15 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 
+use super::header::{Header, Tag};
 use super::sites;
 use super::slots::{self, ScopeSlot};
-use super::{Header, ROUTE_SLOTS};
+use super::ROUTE_SLOTS;
 
 const SHARDS: usize = 16;
 
 /// How many threads get a cell of their own for memory of no route.
 const THREAD_CELLS: usize = 1024;
-
-/// Identifies who allocates on this thread: a scope slot and its generation, and a route slot.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Tag {
-    pub(crate) slot: u32,
-    pub(crate) generation: u32,
-    pub(crate) route: u32,
-}
-
-impl Tag {
-    pub(crate) const NONE: Tag = Tag {
-        slot: 0,
-        generation: 0,
-        route: 0,
-    };
-}
 
 /// Counts of the current request not yet flushed to its slot and route.
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -232,7 +217,7 @@ pub(crate) fn allocated(tag: Tag, flags: u8, size: usize) -> u32 {
     let local = local();
     count_alloc(local, tag, size as u64);
     match local {
-        Some(local) if tag.route != 0 && flags == 0 => sample_site(local, tag, size),
+        Some(local) if tag.route() != 0 && flags == 0 => sample_site(local, tag, size),
         _ => 0,
     }
 }
@@ -254,7 +239,7 @@ fn sample_site(local: &Local, tag: Tag, size: usize) -> u32 {
     };
     // Unwinding may allocate on some platforms: such allocations are not sampled again.
     local.flags.set(FLAG_BUSY);
-    let site = sites::record(tag.route, weight);
+    let site = sites::record(tag.route(), weight);
     local.flags.set(0);
     site
 }
@@ -266,11 +251,11 @@ fn count_alloc(local: Option<&Local>, tag: Tag, size: u64) {
         return;
     }
     let Some(local) = local else {
-        add_shared(None, tag.route, size as i64, 1);
+        add_shared(None, tag.route(), size as i64, 1);
         return;
     };
     let mut pending = local.pending.get();
-    if tag.slot != 0 {
+    if tag.slot() != 0 {
         pending.alloc_bytes += size;
         pending.alloc_blocks += 1;
     }
@@ -284,15 +269,14 @@ fn count_alloc(local: Option<&Local>, tag: Tag, size: u64) {
 #[inline(always)]
 pub(crate) fn on_free(header: Header, bytes: i64, blocks: i64) {
     let local = local();
-    if header.slot == 0 && header.route == 0 {
+    if header.is_unattributed() {
         // Allocated outside any request: the common case.
         add_unrouted(local, -bytes);
         return;
     }
     let tag = local.map_or(Tag::NONE, |l| l.tag.get());
-    let own_scope =
-        header.slot != 0 && header.slot == tag.slot && header.generation == tag.generation;
-    let own_route = header.route != 0 && header.route == tag.route;
+    let own_scope = header.is_of_scope(tag);
+    let own_route = header.is_of_route(tag);
     match local {
         Some(local) if own_route => {
             let mut pending = local.pending.get();
@@ -312,7 +296,7 @@ pub(crate) fn on_free(header: Header, bytes: i64, blocks: i64) {
         }
         _ => {
             slots::charge_free(header, bytes, blocks);
-            add_route(local, header.route, -bytes, -blocks);
+            add_route(local, header.tag().route(), -bytes, -blocks);
         }
     }
 }
@@ -336,9 +320,9 @@ pub(crate) fn swap_tag(tag: Tag) -> Tag {
     let previous = local.tag.replace(tag);
     let pending = local.pending.replace(Pending::ZERO);
     if pending != Pending::ZERO {
-        if previous.slot != 0 {
-            ScopeSlot::get(previous.slot).add(
-                previous.generation,
+        if previous.slot() != 0 {
+            ScopeSlot::get(previous.slot()).add(
+                previous.generation(),
                 pending.alloc_bytes,
                 pending.alloc_blocks,
                 pending.freed_bytes,
@@ -347,7 +331,7 @@ pub(crate) fn swap_tag(tag: Tag) -> Tag {
         }
         add_route(
             Some(local),
-            previous.route,
+            previous.route(),
             pending.route_bytes,
             pending.route_blocks,
         );

@@ -1,8 +1,9 @@
 //! [`TrackingAllocator`]: a global allocator wrapper that attributes heap memory to requests.
 //!
-//! Every block gets a 16-byte header (or `align` bytes, for alignments above 16) in front of the
+//! Every block gets an 8-byte header (or `align` bytes, for alignments above 8) in front of the
 //! pointer handed out. The header names the request scope that allocated the block (a slot in a
-//! static slab, with the slot's generation) and the request's route (a slot in a static table).
+//! static slab, with the slot's generation) and the request's route (a slot in a static table);
+//! see the `header` module for its layout.
 //! Freeing a block reads its header and decrements the right counters, whichever thread or
 //! request frees it, however long after.
 //!
@@ -24,13 +25,16 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 
 mod counters;
+mod header;
 mod sites;
 mod slots;
 
 use self::counters::{allocated, current, on_free};
 pub(crate) use self::counters::{
-    is_installed, new_route_slot, process_live_bytes, route_live, swap_tag, Tag,
+    is_installed, new_route_slot, process_live_bytes, route_live, swap_tag,
 };
+use self::header::Header;
+pub(crate) use self::header::Tag;
 pub use self::sites::AllocationSites;
 pub(crate) use self::sites::{
     configure as configure_sites, dropped as sites_dropped, top as top_sites, RawSite,
@@ -38,7 +42,11 @@ pub(crate) use self::sites::{
 pub(crate) use self::slots::{slots_exhausted, SlotGuard, Usage};
 
 /// Bytes in front of every block (more for alignments above it).
-pub const HEADER_SIZE: usize = 16;
+///
+/// With glibc's `malloc`, whose chunks grow in steps of 16 bytes and carry 8 bytes of their
+/// own, a request of `16k + 9` to `16k + 16` bytes still fits its chunk with the header: only
+/// the other half of the sizes pay 16 more bytes.
+pub const HEADER_SIZE: usize = 8;
 
 /// How many request scopes can be tracked at once. Past it, new requests go untracked and
 /// [`Stats::untracked_scopes`](crate::Stats::untracked_scopes) counts them.
@@ -47,39 +55,6 @@ pub const SCOPE_SLOTS: usize = 1 << 16;
 /// How many distinct routes can be tracked, over all detectors of the process (slot 0 is "no
 /// route"). Past it, further routes are counted under slot 0.
 pub const ROUTE_SLOTS: usize = 4096;
-
-/// The header stored in front of each block.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub(crate) struct Header {
-    pub(crate) slot: u32,
-    pub(crate) generation: u32,
-    pub(crate) route: u32,
-    /// The allocation-site table entry plus one, for a sampled block (0: not sampled).
-    pub(crate) site: u32,
-}
-
-const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
-
-impl Header {
-    #[inline]
-    fn to_words(self) -> [u64; 2] {
-        [
-            u64::from(self.slot) | (u64::from(self.generation) << 32),
-            u64::from(self.route) | (u64::from(self.site) << 32),
-        ]
-    }
-
-    #[inline]
-    fn from_words([first, second]: [u64; 2]) -> Header {
-        Header {
-            slot: first as u32,
-            generation: (first >> 32) as u32,
-            route: second as u32,
-            site: (second >> 32) as u32,
-        }
-    }
-}
 
 /// A [`GlobalAlloc`] that attributes every block to the request (and route) that allocated it.
 ///
@@ -101,8 +76,9 @@ impl Header {
 /// ```
 ///
 /// Each block costs [`HEADER_SIZE`] extra bytes (or its alignment, when that is larger than
-/// 16). Outside a request the cost is the header and one uncontended atomic update; inside a
-/// request, four more. Nothing is locked and nothing is allocated on these paths.
+/// 8). Outside a request the cost is the header and one uncontended counter update; inside a
+/// request, thread-local additions flushed once per poll. Nothing is locked and nothing is
+/// allocated on these paths.
 ///
 /// Without it, everything else in the crate works and reports say memory is not tracked.
 #[derive(Debug, Default)]
@@ -136,7 +112,7 @@ fn outer(layout: Layout) -> Option<(Layout, usize)> {
 // SAFETY: every method forwards to the inner allocator with a layout derived from the caller's
 // by `outer`, which only grows the size and the alignment, and hands back a pointer `offset`
 // bytes into that block — inside it (offset < outer size) and aligned to the caller's alignment
-// (the block is aligned to max(align, 16) and offset is a multiple of align and of 16). The
+// (the block is aligned to max(align, 8) and offset is a multiple of align and of 8). The
 // header lives in the `HEADER_SIZE` bytes just before the returned pointer, which belong to the
 // block. `dealloc` and `realloc` recompute the same layout and offset from the caller's layout,
 // which the `GlobalAlloc` contract guarantees is the one the block was allocated with.
@@ -163,9 +139,9 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         unsafe {
             let header = read_header(ptr);
             on_free(header, layout.size() as i64, 1);
-            if header.site != 0 {
+            if header.site() != 0 {
                 let weight = sites::weight_of(layout.size() as u64);
-                sites::release(header.site, weight as i64, 1);
+                sites::release(header.site(), weight as i64, 1);
             }
             self.inner.dealloc(ptr.sub(offset), outer);
         }
@@ -195,10 +171,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             let shrunk_by = layout.size() as i64 - new_size as i64;
             let header = read_header(new_ptr);
             on_free(header, shrunk_by, 0);
-            if header.site != 0 {
+            if header.site() != 0 {
                 let old = sites::weight_of(layout.size() as u64) as i64;
                 let new = sites::weight_of(new_size as u64) as i64;
-                sites::release(header.site, old - new, 0);
+                sites::release(header.site(), old - new, 0);
             }
             new_ptr
         }
@@ -226,12 +202,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
             return base;
         }
         let site = allocated(tag, flags, layout.size());
-        let header = Header {
-            slot: tag.slot,
-            generation: tag.generation,
-            route: tag.route,
-            site,
-        };
+        let header = Header::new(tag, site);
         // SAFETY: `base` is a non-null block of `outer`'s layout and `offset < outer.size()`;
         // see the comment on the `GlobalAlloc` impl.
         unsafe { finish(base, offset, header) }
@@ -242,21 +213,15 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
 ///
 /// # Safety
 ///
-/// `base` points to a live block of more than `offset` bytes, aligned to at least 16,
-/// and `offset` is a multiple of 16 no smaller than `HEADER_SIZE`.
+/// `base` points to a live block of more than `offset` bytes, aligned to at least 8, and
+/// `offset` is a multiple of 8 no smaller than `HEADER_SIZE`.
 #[inline]
 unsafe fn finish(base: *mut u8, offset: usize, header: Header) -> *mut u8 {
-    // SAFETY: guaranteed by the caller; the header's bytes lie in [base, base + offset) and are
-    // aligned to 16, more than `Header` needs. The words are written one at a time (volatile,
-    // so that they are not merged into one 16-byte store): `read_header` loads them one word at
-    // a time, and a word load from the upper half of a 16-byte store is not always forwarded
-    // from it, which stalls a block freed soon after its allocation.
+    // SAFETY: guaranteed by the caller: the header's word lies in [base, base + offset), at
+    // `base + offset - 8`, which is aligned to 8.
     unsafe {
         let ptr = base.add(offset);
-        let words = ptr.sub(HEADER_SIZE).cast::<u64>();
-        let [first, second] = header.to_words();
-        words.write_volatile(first);
-        words.add(1).write_volatile(second);
+        ptr.sub(HEADER_SIZE).cast::<u64>().write(header.word());
         ptr
     }
 }
@@ -266,14 +231,9 @@ unsafe fn finish(base: *mut u8, offset: usize, header: Header) -> *mut u8 {
 /// `ptr` was returned by this allocator and not freed.
 #[inline]
 unsafe fn read_header(ptr: *mut u8) -> Header {
-    // SAFETY: a header was written `HEADER_SIZE` bytes before every pointer handed out, as two
-    // aligned words. They are read back one word at a time (volatile, so that the compiler does
-    // not merge them into one 16-byte load): a load that spans two recent stores cannot be
-    // forwarded from them, and a block freed right after its allocation would stall on it.
-    unsafe {
-        let words = ptr.sub(HEADER_SIZE).cast::<u64>();
-        Header::from_words([words.read_volatile(), words.add(1).read_volatile()])
-    }
+    // SAFETY: a header word was written, aligned, `HEADER_SIZE` bytes before every pointer
+    // handed out, inside the block.
+    unsafe { Header::from_word(ptr.sub(HEADER_SIZE).cast::<u64>().read()) }
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize
 /// Return addresses kept per sampled stack.
 pub(crate) const MAX_FRAMES: usize = 24;
 
-/// Distinct (route, stack) pairs the table holds; further new stacks are not recorded.
-pub(crate) const MAX_SITES: usize = 4096;
+/// Distinct (route, stack) pairs the table holds; further new stacks are not recorded. (A
+/// header has 12 bits for the entry plus one.)
+pub(crate) const MAX_SITES: usize = 4095;
 
 /// How allocation sites are sampled (process-wide: the allocator is one static).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

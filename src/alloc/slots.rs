@@ -7,8 +7,8 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-use super::counters::Tag;
-use super::{Header, SCOPE_SLOTS};
+use super::header::{generation_of, Header, Tag};
+use super::SCOPE_SLOTS;
 
 const WORDS: usize = SCOPE_SLOTS / 64;
 
@@ -36,7 +36,8 @@ impl ScopeSlot {
         &SCOPES[slot as usize % SCOPE_SLOTS]
     }
 
-    /// Adds counts for the request of `generation`, if it still holds the slot.
+    /// Adds counts for the request of `generation` (as a header keeps it), if it still holds
+    /// the slot.
     pub(crate) fn add(
         &self,
         generation: u32,
@@ -45,7 +46,7 @@ impl ScopeSlot {
         freed_bytes: u64,
         freed_blocks: u64,
     ) {
-        if self.generation.load(Ordering::Acquire) != generation {
+        if generation_of(self.generation.load(Ordering::Acquire)) != generation {
             return;
         }
         for (counter, n) in [
@@ -77,14 +78,15 @@ static SLOTS_EXHAUSTED: AtomicU64 = AtomicU64::new(0);
 /// still holds its slot.
 #[inline]
 pub(crate) fn charge_free(header: Header, bytes: i64, blocks: i64) {
-    if header.slot == 0 {
+    let tag = header.tag();
+    if tag.slot() == 0 {
         return;
     }
-    let slot = ScopeSlot::get(header.slot);
+    let slot = ScopeSlot::get(tag.slot());
     if bytes >= 0 {
-        slot.add(header.generation, 0, 0, bytes as u64, blocks as u64);
+        slot.add(tag.generation(), 0, 0, bytes as u64, blocks as u64);
     } else {
-        slot.add(header.generation, bytes.unsigned_abs(), 0, 0, blocks as u64);
+        slot.add(tag.generation(), bytes.unsigned_abs(), 0, 0, blocks as u64);
     }
 }
 
@@ -133,11 +135,7 @@ impl SlotGuard {
                 s.freed_blocks.store(0, Ordering::Relaxed);
                 let generation = s.generation.fetch_add(1, Ordering::AcqRel).wrapping_add(1);
                 return Some(SlotGuard {
-                    tag: Tag {
-                        slot: slot as u32,
-                        generation,
-                        route,
-                    },
+                    tag: Tag::new(slot as u32, generation, route),
                     released: AtomicBool::new(false),
                 });
             }
@@ -156,7 +154,7 @@ impl SlotGuard {
         if self.released.load(Ordering::Acquire) {
             return None;
         }
-        let s = &SCOPES[self.tag.slot as usize];
+        let s = &SCOPES[self.tag.slot() as usize];
         Some(Usage {
             alloc_bytes: s.alloc_bytes.load(Ordering::Relaxed),
             freed_bytes: s.freed_bytes.load(Ordering::Relaxed),
@@ -170,7 +168,7 @@ impl SlotGuard {
         if self.released.swap(true, Ordering::AcqRel) {
             return;
         }
-        let slot = self.tag.slot as usize;
+        let slot = self.tag.slot() as usize;
         SCOPES[slot].generation.fetch_add(1, Ordering::AcqRel);
         SLOTS_USED[slot / 64].fetch_and(!(1u64 << (slot % 64)), Ordering::AcqRel);
     }
@@ -216,19 +214,19 @@ mod tests {
     fn slots_are_handed_out_once_and_retired_by_generation() {
         let a = SlotGuard::acquire(0).unwrap();
         let b = SlotGuard::acquire(0).unwrap();
-        assert_ne!(a.tag().slot, b.tag().slot);
-        assert_ne!(a.tag().slot, 0);
-        let generation = SCOPES[a.tag().slot as usize]
+        assert_ne!(a.tag().slot(), b.tag().slot());
+        assert_ne!(a.tag().slot(), 0);
+        let generation = SCOPES[a.tag().slot() as usize]
             .generation
             .load(Ordering::Relaxed);
-        assert_eq!(generation, a.tag().generation);
+        assert_eq!(generation_of(generation), a.tag().generation());
         assert_eq!(a.usage().unwrap(), Usage::default());
-        ScopeSlot::get(a.tag().slot).add(a.tag().generation, 100, 1, 40, 0);
+        ScopeSlot::get(a.tag().slot()).add(a.tag().generation(), 100, 1, 40, 0);
         assert_eq!(a.usage().unwrap().retained_bytes(), 60);
         a.release();
         assert!(a.usage().is_none());
         // A stale generation is ignored.
-        ScopeSlot::get(a.tag().slot).add(a.tag().generation, 100, 1, 0, 0);
+        ScopeSlot::get(a.tag().slot()).add(a.tag().generation(), 100, 1, 0, 0);
         let c = SlotGuard::acquire(0).unwrap();
         assert_eq!(c.usage().unwrap(), Usage::default());
     }
@@ -241,7 +239,7 @@ mod tests {
                     s.spawn(|| {
                         let guards: Vec<SlotGuard> =
                             (0..200).map(|_| SlotGuard::acquire(0).unwrap()).collect();
-                        let slots = guards.iter().map(|g| g.tag().slot).collect();
+                        let slots = guards.iter().map(|g| g.tag().slot()).collect();
                         for guard in &guards {
                             guard.release();
                         }
