@@ -24,9 +24,24 @@ const SHARDS: usize = 16;
 /// How many threads get a cell of their own for memory of no route.
 const THREAD_CELLS: usize = 1024;
 
-/// Counts of the current request not yet flushed to its slot and route.
-#[derive(Clone, Copy, Default, PartialEq, Eq)]
+/// Counts of the current request not yet flushed to its slot and route, one cell per count so
+/// that an update reads and writes only its own.
+///
+/// The route's change is implied by the scope's counts (what the request allocated, less what
+/// it freed of its own) plus `route_bytes` / `route_blocks`: what does not go through the
+/// scope's counts (a request holding no slot, a free of another request's block of the route).
 struct Pending {
+    alloc_bytes: Cell<u64>,
+    alloc_blocks: Cell<u64>,
+    freed_bytes: Cell<u64>,
+    freed_blocks: Cell<u64>,
+    route_bytes: Cell<i64>,
+    route_blocks: Cell<i64>,
+}
+
+/// What [`Pending`] held when it was taken.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Taken {
     alloc_bytes: u64,
     alloc_blocks: u64,
     freed_bytes: u64,
@@ -36,14 +51,51 @@ struct Pending {
 }
 
 impl Pending {
-    const ZERO: Pending = Pending {
-        alloc_bytes: 0,
-        alloc_blocks: 0,
-        freed_bytes: 0,
-        freed_blocks: 0,
-        route_bytes: 0,
-        route_blocks: 0,
-    };
+    const fn new() -> Pending {
+        Pending {
+            alloc_bytes: Cell::new(0),
+            alloc_blocks: Cell::new(0),
+            freed_bytes: Cell::new(0),
+            freed_blocks: Cell::new(0),
+            route_bytes: Cell::new(0),
+            route_blocks: Cell::new(0),
+        }
+    }
+
+    #[inline(always)]
+    fn add(cell: &Cell<u64>, n: u64) {
+        cell.set(cell.get().wrapping_add(n));
+    }
+
+    #[inline(always)]
+    fn add_route(&self, bytes: i64, blocks: i64) {
+        self.route_bytes
+            .set(self.route_bytes.get().wrapping_add(bytes));
+        self.route_blocks
+            .set(self.route_blocks.get().wrapping_add(blocks));
+    }
+
+    fn take(&self) -> Taken {
+        Taken {
+            alloc_bytes: self.alloc_bytes.take(),
+            alloc_blocks: self.alloc_blocks.take(),
+            freed_bytes: self.freed_bytes.take(),
+            freed_blocks: self.freed_blocks.take(),
+            route_bytes: self.route_bytes.take(),
+            route_blocks: self.route_blocks.take(),
+        }
+    }
+}
+
+impl Taken {
+    /// The route's change: the scope's net plus the rest.
+    fn route_delta(&self) -> (i64, i64) {
+        let bytes =
+            (self.alloc_bytes.wrapping_sub(self.freed_bytes) as i64).wrapping_add(self.route_bytes);
+        let blocks = (self.alloc_blocks.wrapping_sub(self.freed_blocks) as i64)
+            .wrapping_add(self.route_blocks);
+        (bytes, blocks)
+    }
 }
 
 #[repr(align(64))]
@@ -100,7 +152,7 @@ struct Local {
     /// The sampler's random state.
     rng: Cell<u64>,
     flags: Cell<u8>,
-    pending: Cell<Pending>,
+    pending: Pending,
     shard: Cell<usize>,
     own_cell: Cell<usize>,
 }
@@ -112,7 +164,7 @@ thread_local! {
             countdown: Cell::new(0),
             rng: Cell::new(0),
             flags: Cell::new(0),
-            pending: Cell::new(Pending::ZERO),
+            pending: Pending::new(),
             shard: Cell::new(UNASSIGNED),
             own_cell: Cell::new(UNASSIGNED),
         }
@@ -254,14 +306,13 @@ fn count_alloc(local: Option<&Local>, tag: Tag, size: u64) {
         add_shared(None, tag.route(), size as i64, 1);
         return;
     };
-    let mut pending = local.pending.get();
+    let pending = &local.pending;
     if tag.slot() != 0 {
-        pending.alloc_bytes += size;
-        pending.alloc_blocks += 1;
+        Pending::add(&pending.alloc_bytes, size);
+        Pending::add(&pending.alloc_blocks, 1);
+    } else {
+        pending.add_route(size as i64, 1);
     }
-    pending.route_bytes += size as i64;
-    pending.route_blocks += 1;
-    local.pending.set(pending);
 }
 
 /// Counts a freed block (`blocks == 1`) or a size change by `realloc` (`blocks == 0`; negative
@@ -278,26 +329,29 @@ pub(crate) fn on_free(header: Header, bytes: i64, blocks: i64) {
     let own_scope = header.is_of_scope(tag);
     let own_route = header.is_of_route(tag);
     match local {
-        Some(local) if own_route => {
-            let mut pending = local.pending.get();
-            if own_scope {
-                if bytes >= 0 {
-                    pending.freed_bytes += bytes as u64;
-                } else {
-                    pending.alloc_bytes += bytes.unsigned_abs();
-                }
-                pending.freed_blocks += blocks as u64;
+        Some(local) if own_scope => {
+            // The route's change is implied by the scope's counts.
+            let pending = &local.pending;
+            if bytes >= 0 {
+                Pending::add(&pending.freed_bytes, bytes as u64);
             } else {
-                slots::charge_free(header, bytes, blocks);
+                Pending::add(&pending.alloc_bytes, bytes.unsigned_abs());
             }
-            pending.route_bytes -= bytes;
-            pending.route_blocks -= blocks;
-            local.pending.set(pending);
+            Pending::add(&pending.freed_blocks, blocks as u64);
         }
-        _ => {
-            slots::charge_free(header, bytes, blocks);
-            add_route(local, header.tag().route(), -bytes, -blocks);
-        }
+        _ => free_elsewhere(local, header, own_route, bytes, blocks),
+    }
+}
+
+/// [`on_free`] of a block of another request: charged to its scope (if it still holds its
+/// slot) and to its route (in the pending counts when the route is the current request's).
+#[cold]
+#[inline(never)]
+fn free_elsewhere(local: Option<&Local>, header: Header, own_route: bool, bytes: i64, blocks: i64) {
+    slots::charge_free(header, bytes, blocks);
+    match local {
+        Some(local) if own_route => local.pending.add_route(-bytes, -blocks),
+        _ => add_route(local, header.tag().route(), -bytes, -blocks),
     }
 }
 
@@ -318,8 +372,8 @@ pub(crate) fn swap_tag(tag: Tag) -> Tag {
         return Tag::NONE;
     };
     let previous = local.tag.replace(tag);
-    let pending = local.pending.replace(Pending::ZERO);
-    if pending != Pending::ZERO {
+    let pending = local.pending.take();
+    if pending != Taken::default() {
         if previous.slot() != 0 {
             ScopeSlot::get(previous.slot()).add(
                 previous.generation(),
@@ -329,12 +383,8 @@ pub(crate) fn swap_tag(tag: Tag) -> Tag {
                 pending.freed_blocks,
             );
         }
-        add_route(
-            Some(local),
-            previous.route(),
-            pending.route_bytes,
-            pending.route_blocks,
-        );
+        let (bytes, blocks) = pending.route_delta();
+        add_route(Some(local), previous.route(), bytes, blocks);
     }
     previous
 }

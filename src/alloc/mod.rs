@@ -100,10 +100,16 @@ impl<A> TrackingAllocator<A> {
     }
 }
 
+/// The offset of the user's pointer in the block allocated for `layout`.
+#[inline(always)]
+fn offset_of(layout: Layout) -> usize {
+    layout.align().max(HEADER_SIZE)
+}
+
 /// The layout asked of the inner allocator for `layout`, and the offset of the user's pointer.
 #[inline]
 fn outer(layout: Layout) -> Option<(Layout, usize)> {
-    let offset = layout.align().max(HEADER_SIZE);
+    let offset = offset_of(layout);
     let size = layout.size().checked_add(offset)?;
     let outer = Layout::from_size_align(size, layout.align().max(HEADER_SIZE)).ok()?;
     Some((outer, offset))
@@ -131,17 +137,19 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let Some((outer, offset)) = outer(layout) else {
-            return; // unreachable: this layout was allocated, so `outer` succeeded then
-        };
-        // SAFETY: `ptr` came from `alloc` with this layout, so a header precedes it and the
-        // block starts `offset` bytes before it.
+        let offset = offset_of(layout);
+        // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then
+        // and gave this size and alignment (so they are valid), a header precedes `ptr` and
+        // the block starts `offset` bytes before it.
         unsafe {
+            let outer = Layout::from_size_align_unchecked(
+                layout.size() + offset,
+                layout.align().max(HEADER_SIZE),
+            );
             let header = read_header(ptr);
             on_free(header, layout.size() as i64, 1);
             if header.site() != 0 {
-                let weight = sites::weight_of(layout.size() as u64);
-                sites::release(header.site(), weight as i64, 1);
+                release_site(header, layout.size());
             }
             self.inner.dealloc(ptr.sub(offset), outer);
         }
@@ -207,6 +215,14 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         // see the comment on the `GlobalAlloc` impl.
         unsafe { finish(base, offset, header) }
     }
+}
+
+/// Takes a sampled block's weight back from its allocation site.
+#[cold]
+#[inline(never)]
+fn release_site(header: Header, size: usize) {
+    let weight = sites::weight_of(size as u64);
+    sites::release(header.site(), weight as i64, 1);
 }
 
 /// Writes the header of a fresh block and returns the user's pointer.
