@@ -193,30 +193,41 @@ fn add_shared(local: Option<&Local>, route: u32, bytes: i64, blocks: i64) {
 /// process's live heap is what is read from it.)
 #[inline(always)]
 fn add_unrouted(local: Option<&Local>, bytes: i64) {
+    match local {
+        Some(local) if local.own_cell.get() < THREAD_CELLS => {
+            let cell = &OWN_CELLS[local.own_cell.get()];
+            // Only this thread writes this cell: a load and a store cannot lose an update.
+            cell.bytes.store(
+                cell.bytes.load(Ordering::Relaxed) + bytes,
+                Ordering::Relaxed,
+            );
+        }
+        _ => add_unrouted_slow(local, bytes),
+    }
+}
+
+/// [`add_unrouted`] for a thread without its own cell: assigns one on first use, or counts in
+/// the shared cells once they are all taken (or while thread-locals are torn down).
+#[cold]
+#[inline(never)]
+fn add_unrouted_slow(local: Option<&Local>, bytes: i64) {
     let Some(local) = local else {
         add_shared(None, 0, bytes, 0);
         return;
     };
-    let mut own = local.own_cell.get();
-    if own == UNASSIGNED {
+    if local.own_cell.get() == UNASSIGNED {
         let next = NEXT_OWN_CELL.fetch_add(1, Ordering::Relaxed);
-        own = if next < THREAD_CELLS {
+        local.own_cell.set(if next < THREAD_CELLS {
             next
         } else {
             NO_OWN_CELL
-        };
-        local.own_cell.set(own);
+        });
+        if next < THREAD_CELLS {
+            add_unrouted(Some(local), bytes);
+            return;
+        }
     }
-    if own == NO_OWN_CELL {
-        add_shared(Some(local), 0, bytes, 0);
-        return;
-    }
-    let cell = &OWN_CELLS[own];
-    // Only this thread writes this cell: a load and a store cannot lose an update.
-    cell.bytes.store(
-        cell.bytes.load(Ordering::Relaxed) + bytes,
-        Ordering::Relaxed,
-    );
+    add_shared(Some(local), 0, bytes, 0);
 }
 
 /// This thread's state, or `None` while thread-locals are torn down.
@@ -243,14 +254,20 @@ fn local<'a>() -> Option<&'a Local> {
 /// like any other block.
 #[inline(always)]
 pub(crate) fn current() -> (Tag, u8) {
-    let local = local();
+    match local() {
+        Some(local) if local.flags.get() == 0 => (local.tag.get(), 0),
+        local => flagged(local),
+    }
+}
+
+/// [`current`] while the thread is busy or probing (or its thread-locals are torn down).
+#[cold]
+#[inline(never)]
+fn flagged(local: Option<&Local>) -> (Tag, u8) {
     let Some(local) = local else {
         return (Tag::NONE, FLAG_BUSY);
     };
     let flags = local.flags.get();
-    if flags == 0 {
-        return (local.tag.get(), 0);
-    }
     if flags & FLAG_PROBE != 0 {
         INSTALLED.store(true, Ordering::Relaxed);
     }
@@ -281,6 +298,12 @@ fn sample_site(local: &Local, tag: Tag, size: usize) -> u32 {
     if !sites::enabled() {
         return 0;
     }
+    count_down(local, tag, size)
+}
+
+/// [`sample_site`] with sites on: counts the bytes down to the next sample, and takes it.
+#[inline(never)]
+fn count_down(local: &Local, tag: Tag, size: usize) -> u32 {
     let mut countdown = local.countdown.get();
     let mut rng = local.rng.get();
     let weight = sites::should_sample(size as u64, &mut countdown, &mut rng);

@@ -106,12 +106,22 @@ fn offset_of(layout: Layout) -> usize {
     layout.align().max(HEADER_SIZE)
 }
 
-/// The layout asked of the inner allocator for `layout`, and the offset of the user's pointer.
+/// The layout asked of the inner allocator for `layout`, and the offset of the user's pointer;
+/// `None` when the size with the offset would overflow a `Layout`.
 #[inline]
 fn outer(layout: Layout) -> Option<(Layout, usize)> {
     let offset = offset_of(layout);
-    let size = layout.size().checked_add(offset)?;
-    let outer = Layout::from_size_align(size, layout.align().max(HEADER_SIZE)).ok()?;
+    let align = layout.align().max(HEADER_SIZE);
+    // A layout's size rounded up to its alignment must not exceed `isize::MAX`.
+    let limit = (isize::MAX as usize)
+        .checked_sub(align - 1)?
+        .checked_sub(offset)?;
+    if layout.size() > limit {
+        return None;
+    }
+    // SAFETY: `align` is a power of two (the larger of two), and `size + offset` rounded up to
+    // it is at most `isize::MAX` (checked above).
+    let outer = unsafe { Layout::from_size_align_unchecked(layout.size() + offset, align) };
     Some((outer, offset))
 }
 
@@ -269,5 +279,10 @@ mod tests {
             }
         }
         assert!(outer(Layout::from_size_align(isize::MAX as usize - 8, 8).unwrap()).is_none());
+        // The largest alignment a layout may have: only size 0, which is still too large here.
+        let huge = Layout::from_size_align(0, 1 << (usize::BITS - 1)).unwrap();
+        assert!(outer(huge).is_none());
+        let big = Layout::from_size_align(1 << 40, 1 << 20).unwrap();
+        assert_eq!(outer(big).unwrap().0.size(), (1 << 40) + (1 << 20));
     }
 }
