@@ -1,7 +1,8 @@
 //! Load-benchmark server with leakwatch: `TrackingAllocator` and the layer; with
 //! `LEAKWATCH_SITES=sampled`, allocation sites sampled every 512 KiB on average; with
-//! `LEAKWATCH_LAYER=off`, the allocator without the layer. See
-//! `benches/load.sh`.
+//! `LEAKWATCH_LAYER=off`, the allocator without the layer; with `LOAD_STATS=1`, the registry's
+//! entries, skipped requests and requests whose memory went untracked printed every 2 s (to
+//! check that every request was tracked). See `benches/load.sh`.
 
 #[path = "load/common.rs"]
 mod common;
@@ -28,6 +29,17 @@ fn main() {
         .allocation_sites(sites)
         .build()
         .expect("valid configuration");
+    if std::env::var("LOAD_STATS").is_ok() {
+        let detector = detector.clone();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(std::time::Duration::from_secs(2));
+            let stats = detector.stats();
+            eprintln!(
+                "registry entries {}, skipped {}, memory untracked {}",
+                stats.registry_entries, stats.skipped, stats.untracked_scopes
+            );
+        });
+    }
     if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("off") {
         // The allocator alone, for telling its cost from the layer's.
         common::serve(common::routes());

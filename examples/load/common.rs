@@ -35,7 +35,17 @@ pub fn serve(app: Router) {
 }
 
 /// Serves the router `make_app` returns, calling it inside the server's runtime.
+///
+/// With `LOAD_IDLE_THREAD=1` the process first starts a thread that only sleeps. A process that
+/// never started a thread lets glibc's `malloc` skip its arena locks; any other thread ends
+/// that for good (leakwatch's sweeper, a multi-threaded runtime, a blocking pool). This tells
+/// that cost apart from leakwatch's own.
 pub fn serve_with(make_app: impl FnOnce() -> Router) {
+    if std::env::var("LOAD_IDLE_THREAD").as_deref() == Ok("1") {
+        std::thread::spawn(|| loop {
+            std::thread::park();
+        });
+    }
     let port: u16 = std::env::args()
         .nth(1)
         .and_then(|p| p.parse().ok())
