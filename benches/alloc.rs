@@ -25,7 +25,19 @@ static ALLOC: TrackingAllocator = TrackingAllocator::system();
 const SIZES: [usize; 4] = [16, 256, 4096, 64 * 1024];
 
 /// `iters` allocations and frees of `layout` through `alloc`, timed.
+///
+/// A block is allocated and freed first with another one kept after it, so that the timed
+/// blocks reuse a freed chunk rather than merging into and splitting off the top of the heap,
+/// which for blocks too large for glibc's per-thread cache depends on whatever the process
+/// allocated before (and made the 4 KiB and 64 KiB figures swing by ±50 % between runs).
 fn churn<A: GlobalAlloc>(alloc: &A, layout: Layout, iters: u64) -> Duration {
+    // SAFETY: `layout` has a non-zero size; both blocks are freed with it.
+    let fence = unsafe {
+        let first = alloc.alloc(layout);
+        let fence = alloc.alloc(layout);
+        alloc.dealloc(first, layout);
+        fence
+    };
     let start = Instant::now();
     for _ in 0..iters {
         // SAFETY: `layout` has a non-zero size; the block is freed at once with it.
@@ -35,7 +47,10 @@ fn churn<A: GlobalAlloc>(alloc: &A, layout: Layout, iters: u64) -> Duration {
             alloc.dealloc(ptr, layout);
         }
     }
-    start.elapsed()
+    let elapsed = start.elapsed();
+    // SAFETY: allocated above with `layout`, not freed yet.
+    unsafe { alloc.dealloc(fence, layout) };
+    elapsed
 }
 
 fn alloc_free(c: &mut Criterion) {

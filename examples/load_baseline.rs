@@ -1,8 +1,14 @@
 //! Load-benchmark server without the tracking allocator: the system allocator, and no layer —
 //! or, with `LEAKWATCH_LAYER=on`, the layer alone (memory not tracked). See `benches/load.sh`.
+//!
+//! With `LOAD_BUSY_NS=<ns>` (and no leakwatch) every request first busy-waits that long in a
+//! layer of its own: a known cost per request, for seeing how much a given per-request cost
+//! lowers the requests per second on the machine at hand.
 
 #[path = "load/common.rs"]
 mod common;
+
+use std::time::{Duration, Instant};
 
 fn main() {
     if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("on") {
@@ -10,6 +16,20 @@ fn main() {
             .build()
             .expect("valid configuration");
         common::serve(common::routes().layer(detector.layer()));
+    } else if let Some(busy) = std::env::var("LOAD_BUSY_NS")
+        .ok()
+        .and_then(|ns| ns.parse().ok())
+    {
+        let busy = Duration::from_nanos(busy);
+        common::serve(common::routes().layer(tower::util::MapRequestLayer::new(
+            move |request: axum::extract::Request| {
+                let start = Instant::now();
+                while start.elapsed() < busy {
+                    std::hint::spin_loop();
+                }
+                request
+            },
+        )));
     } else {
         common::serve(common::routes());
     }
