@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
@@ -139,4 +140,100 @@ fn the_detectors_own_allocations_are_not_charged_to_requests() {
     let route = stats.routes.iter().find(|r| r.route == "/watch").unwrap();
     assert_eq!(route.judged_requests, 10);
     assert_eq!((route.live_bytes, route.live_blocks), (0, 0), "{route:?}");
+}
+
+/// What one request does with the blocks in the shared stash, by name.
+#[derive(Clone, Copy)]
+enum Step {
+    /// Keeps a new block of this many bytes.
+    Keep(&'static str, usize),
+    /// Frees a block, then keeps a vector grown and shrunk in place: its block is reallocated
+    /// twice and ends at 500 bytes.
+    FreeAndResize(&'static str, &'static str),
+    /// Frees a block.
+    Free(&'static str),
+}
+
+/// A block freed by another request — of the same route or of another one, judged already or
+/// not — is taken off the route that allocated it, not the route of the request that frees
+/// it; a block reallocated by its request is charged its final size.
+#[test]
+fn blocks_freed_by_other_requests_leave_the_route_that_allocated_them() {
+    let detector = support::builder(&leakwatch::sink::CollectingSink::new())
+        .route_fn(|_, uri| ["/a", "/b"].into_iter().find(|r| *r == uri.path()))
+        .build()
+        .unwrap();
+    // Reserved outside any request: inserting and removing never allocates or frees inside one.
+    let stash: Arc<Mutex<HashMap<&'static str, Vec<u8>>>> =
+        Arc::new(Mutex::new(HashMap::with_capacity(16)));
+    let steps: Arc<Mutex<VecDeque<Step>>> = Arc::new(Mutex::new(VecDeque::with_capacity(16)));
+    let service = {
+        let (stash, steps) = (stash.clone(), steps.clone());
+        ServiceBuilder::new().layer(detector.layer()).service_fn(
+            move |_req: Request<RequestBody<Full<Bytes>>>| {
+                let step = steps.lock().unwrap().pop_front().unwrap();
+                let stash = stash.clone();
+                async move {
+                    let mut stash = stash.lock().unwrap();
+                    match step {
+                        Step::Keep(name, n) => {
+                            stash.insert(name, vec![1u8; n]);
+                        }
+                        Step::FreeAndResize(freed, kept) => {
+                            drop(stash.remove(freed).unwrap());
+                            let mut v = vec![2u8; 100];
+                            v.reserve_exact(900);
+                            v.shrink_to(500);
+                            assert_eq!(v.capacity(), 500);
+                            stash.insert(kept, v);
+                        }
+                        Step::Free(name) => drop(stash.remove(name).unwrap()),
+                    }
+                    Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            },
+        )
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    let send = |route: &'static str, step: Step| {
+        steps.lock().unwrap().push_back(step);
+        rt.block_on(async {
+            let request = Request::get(route).body(Full::new(Bytes::new())).unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            support::read_body(response).await;
+        });
+    };
+    let live = || {
+        let stats = detector.stats();
+        let of = |route: &str| {
+            let r = stats.routes.iter().find(|r| r.route == route).unwrap();
+            (r.live_bytes, r.live_blocks)
+        };
+        (of("/a"), of("/b"))
+    };
+
+    send("/a", Step::Keep("a1", 3000));
+    send("/b", Step::Keep("b1", 7000));
+    detector.sweep_now(); // a1's and b1's requests are judged; their slots retired
+    assert_eq!(live(), ((3000, 1), (7000, 1)));
+    // Not judged yet: their requests still hold their slots.
+    send("/a", Step::Keep("a2", 4000));
+    assert_eq!(live(), ((7000, 2), (7000, 1)));
+    // Same route, another request: a2 leaves /a; a3 is charged its final 500 bytes.
+    send("/a", Step::FreeAndResize("a2", "a3"));
+    assert_eq!(live(), ((3500, 2), (7000, 1)));
+    // Another route's request frees a3: /a is charged, not /b.
+    send("/b", Step::Free("a3"));
+    assert_eq!(live(), ((3000, 1), (7000, 1)));
+    // Blocks of judged requests, freed by other routes' requests.
+    send("/a", Step::Free("b1"));
+    assert_eq!(live(), ((3000, 1), (0, 0)));
+    send("/b", Step::Free("a1"));
+    assert_eq!(live(), ((0, 0), (0, 0)));
+
+    detector.sweep_now();
+    assert_eq!(live(), ((0, 0), (0, 0)));
+    assert!(stash.lock().unwrap().is_empty());
 }
