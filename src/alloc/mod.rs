@@ -100,9 +100,10 @@ impl<A> TrackingAllocator<A> {
     }
 }
 
-/// The offset of the user's pointer in the block allocated for `layout`.
+/// The alignment of the block allocated for `layout`, which is also the offset of the user's
+/// pointer in it: the header takes the last `HEADER_SIZE` bytes before that pointer.
 #[inline(always)]
-fn offset_of(layout: Layout) -> usize {
+fn block_align(layout: Layout) -> usize {
     layout.align().max(HEADER_SIZE)
 }
 
@@ -110,19 +111,32 @@ fn offset_of(layout: Layout) -> usize {
 /// `None` when the size with the offset would overflow a `Layout`.
 #[inline]
 fn outer(layout: Layout) -> Option<(Layout, usize)> {
-    let offset = offset_of(layout);
-    let align = layout.align().max(HEADER_SIZE);
-    // A layout's size rounded up to its alignment must not exceed `isize::MAX`.
+    let align = block_align(layout);
+    // A layout's size rounded up to its alignment must not exceed `isize::MAX`; the offset is
+    // the alignment.
     let limit = (isize::MAX as usize)
         .checked_sub(align - 1)?
-        .checked_sub(offset)?;
+        .checked_sub(align)?;
     if layout.size() > limit {
         return None;
     }
-    // SAFETY: `align` is a power of two (the larger of two), and `size + offset` rounded up to
-    // it is at most `isize::MAX` (checked above).
+    // SAFETY: just checked.
+    Some(unsafe { outer_unchecked(layout) })
+}
+
+/// [`outer`] without its check.
+///
+/// # Safety
+///
+/// `outer(layout)` returns `Some`, as it did when a block of `layout` was allocated.
+#[inline(always)]
+unsafe fn outer_unchecked(layout: Layout) -> (Layout, usize) {
+    let align = block_align(layout);
+    let offset = align;
+    // SAFETY: `align` is a power of two (the larger of two); that `size + offset` rounded up to
+    // it is at most `isize::MAX` is the caller's guarantee.
     let outer = unsafe { Layout::from_size_align_unchecked(layout.size() + offset, align) };
-    Some((outer, offset))
+    (outer, offset)
 }
 
 // SAFETY: every method forwards to the inner allocator with a layout derived from the caller's
@@ -147,15 +161,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        let offset = offset_of(layout);
-        // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then
-        // and gave this size and alignment (so they are valid), a header precedes `ptr` and
-        // the block starts `offset` bytes before it.
+        // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then;
+        // a header precedes `ptr` and the block starts `offset` bytes before it.
         unsafe {
-            let outer = Layout::from_size_align_unchecked(
-                layout.size() + offset,
-                layout.align().max(HEADER_SIZE),
-            );
+            let (outer, offset) = outer_unchecked(layout);
             let header = read_header(ptr);
             on_free(header, layout.size() as i64, 1);
             if header.site() != 0 {
@@ -167,9 +176,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let Some((outer, offset)) = outer(layout) else {
-            return std::ptr::null_mut();
-        };
+        // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then.
+        let (outer, offset) = unsafe { outer_unchecked(layout) };
         let Some(new_outer_size) = new_size.checked_add(offset) else {
             return std::ptr::null_mut();
         };
