@@ -231,19 +231,7 @@ impl Shared {
                 trace: trace_context::capture(request.headers()),
             };
             let fresh = Scope::new(id, head, Arc::downgrade(self), memory);
-            // A scope the sweeper is done with is reused: no allocation on the request's
-            // thread, and none freed in bulk on the sweeper's.
-            let scope = match self.registry.recycled(id) {
-                Some(mut reused) => match Arc::get_mut(&mut reused) {
-                    Some(place) => {
-                        *place = fresh;
-                        reused
-                    }
-                    None => Arc::new(fresh),
-                },
-                None => Arc::new(fresh),
-            };
-            self.registry.insert_scope(&scope).then_some(scope)
+            self.registry.open(fresh)
         })
     }
 

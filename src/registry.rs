@@ -150,20 +150,37 @@ const POOLED_PER_QUEUE: usize = 256;
 /// A spare queue keeps at least this much room however quiet the traffic gets.
 const MIN_SPARE_ROOM: usize = 1024;
 
+/// One shard of the scopes' intake.
+#[derive(Default)]
+struct Shard {
+    /// Scopes opened since the sweeper last took them.
+    queue: Vec<Arc<Scope>>,
+    /// Scopes the sweeper is done with and nothing else holds, for new requests to reuse (at
+    /// most [`POOLED_PER_QUEUE`]).
+    pool: Vec<Arc<Scope>>,
+}
+
+impl Shard {
+    const fn new() -> Self {
+        Shard {
+            queue: Vec::new(),
+            pool: Vec::new(),
+        }
+    }
+}
+
 /// Scopes and objects, bounded by one capacity.
 ///
 /// New scopes are appended to short queues — a push under an uncontended lock, no hashing —
 /// which the sweeper drains into its own list: it never holds a lock a request needs while it
 /// judges.
 pub(crate) struct Registry {
-    new_scopes: [Mutex<Vec<Arc<Scope>>>; SCOPE_QUEUES],
+    /// New scopes and pooled ones, spread over shards by id: a request takes one lock.
+    shards: [Mutex<Shard>; SCOPE_QUEUES],
     /// Emptied queues kept by the sweeper to swap in for full ones, so that requests push into
     /// vectors that already have room (and memory already paged in) instead of regrowing one
     /// from nothing after every sweep.
     spare_queues: Mutex<Vec<Vec<Arc<Scope>>>>,
-    /// Scopes the sweeper is done with and nothing else holds, for new requests to reuse
-    /// (spread over queues by id like new scopes; at most [`POOLED_PER_QUEUE`] each).
-    pool: [Mutex<Vec<Arc<Scope>>>; SCOPE_QUEUES],
     /// Scopes taken over by the sweeper; only the sweeper changes it.
     pub(crate) scopes: Mutex<Vec<ScopeEntry>>,
     pub(crate) objects: IdMap<Entry>,
@@ -176,9 +193,8 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new(capacity: usize) -> Self {
         Registry {
-            new_scopes: [const { Mutex::new(Vec::new()) }; SCOPE_QUEUES],
+            shards: [const { Mutex::new(Shard::new()) }; SCOPE_QUEUES],
             spare_queues: Mutex::new(Vec::new()),
-            pool: [const { Mutex::new(Vec::new()) }; SCOPE_QUEUES],
             scopes: Mutex::new(Vec::new()),
             objects: IdMap::default(),
             len: AtomicUsize::new(0),
@@ -209,26 +225,30 @@ impl Registry {
         self.len.fetch_sub(n, Ordering::Relaxed);
     }
 
-    /// Tracks an open scope; `false` when the registry is full.
-    pub(crate) fn insert_scope(&self, scope: &Arc<Scope>) -> bool {
+    /// Tracks a new scope and returns it, or `None` when the registry is full.
+    ///
+    /// A pooled scope the sweeper is done with is overwritten in place when nothing else holds
+    /// it: no allocation on the request's thread, and none freed in bulk on the sweeper's. The
+    /// pool and the queue share one lock.
+    pub(crate) fn open(&self, fresh: Scope) -> Option<Arc<Scope>> {
         if !self.reserve() {
-            return false;
+            return None;
         }
-        let queue = &self.new_scopes[scope.id as usize % SCOPE_QUEUES];
-        queue
+        let mut shard = self.shards[fresh.id as usize % SCOPE_QUEUES]
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(scope.clone());
-        true
-    }
-
-    /// A finished scope to reuse for the request numbered `id`, if one is pooled. (The caller
-    /// checks with `Arc::get_mut` that it is still the only holder.)
-    pub(crate) fn recycled(&self, id: u64) -> Option<Arc<Scope>> {
-        self.pool[id as usize % SCOPE_QUEUES]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop()
+            .unwrap_or_else(PoisonError::into_inner);
+        let scope = match shard.pool.pop() {
+            Some(mut reused) => match Arc::get_mut(&mut reused) {
+                Some(place) => {
+                    *place = fresh;
+                    reused
+                }
+                None => Arc::new(fresh),
+            },
+            None => Arc::new(fresh),
+        };
+        shard.queue.push(scope.clone());
+        Some(scope)
     }
 
     /// Pools the scopes that nothing but `finished` holds any more, spread evenly over the
@@ -239,8 +259,8 @@ impl Registry {
         let mut unused = finished
             .into_iter()
             .filter(|scope| Arc::strong_count(scope) == 1 && Arc::weak_count(scope) == 0);
-        for queue in &self.pool {
-            let mut pool = queue.lock().unwrap_or_else(PoisonError::into_inner);
+        for shard in &self.shards {
+            let pool = &mut shard.lock().unwrap_or_else(PoisonError::into_inner).pool;
             let room = POOLED_PER_QUEUE.saturating_sub(pool.len());
             pool.extend(unused.by_ref().take(share.min(room)));
         }
@@ -253,11 +273,11 @@ impl Registry {
             .spare_queues
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        for queue in &self.new_scopes {
+        for shard in &self.shards {
             let mut taken = spares.pop().unwrap_or_default();
             std::mem::swap(
                 &mut taken,
-                &mut *queue.lock().unwrap_or_else(PoisonError::into_inner),
+                &mut shard.lock().unwrap_or_else(PoisonError::into_inner).queue,
             );
             let n = taken.len();
             scopes.extend(taken.drain(..).map(|scope| ScopeEntry {
@@ -283,8 +303,13 @@ impl Registry {
         {
             f(&entry.scope);
         }
-        for queue in &self.new_scopes {
-            for scope in queue.lock().unwrap_or_else(PoisonError::into_inner).iter() {
+        for shard in &self.shards {
+            for scope in shard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .queue
+                .iter()
+            {
                 f(scope);
             }
         }
@@ -336,8 +361,12 @@ mod tests {
     use crate::route::Route;
 
     fn scope() -> Arc<Scope> {
-        Arc::new(Scope::new(
-            1,
+        Arc::new(fresh(1))
+    }
+
+    fn fresh(id: u64) -> Scope {
+        Scope::new(
+            id,
             crate::scope::RequestHead {
                 request_id: RequestId::Given("r".into()),
                 method: http::Method::POST,
@@ -348,42 +377,49 @@ mod tests {
             },
             Weak::new(),
             None,
-        ))
+        )
     }
 
     #[test]
     fn capacity_bounds_scopes_and_objects_together() {
         let registry = Registry::new(3);
-        let s = scope();
-        assert!(registry.insert_scope(&s));
+        let s = registry.open(fresh(1)).unwrap();
         assert_eq!(registry.take_scopes().len(), 1);
         let token = Arc::new(TaskToken);
         assert!(registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
         assert!(registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
         assert!(!registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
-        assert!(!registry.insert_scope(&s));
+        assert!(registry.open(fresh(2)).is_none());
         assert_eq!(registry.len(), 3);
         assert_eq!(registry.skipped(), 2);
         assert_eq!(registry.objects.len(), 2);
 
         registry.released(1);
-        assert!(registry.insert_scope(&scope()));
+        assert!(registry.open(fresh(3)).is_some());
         assert_eq!(registry.len(), 3);
     }
 
     #[test]
     fn only_scopes_nothing_else_holds_are_reused() {
-        let registry = Registry::new(8);
+        let registry = Registry::new(64);
         let unused = scope();
         let address = Arc::as_ptr(&unused);
         let held = scope();
         let holder = held.clone(); // say, a task the request spawned
         registry.recycle(vec![unused, held]);
-        let pooled: Vec<Arc<Scope>> = (0..SCOPE_QUEUES as u64)
-            .filter_map(|id| registry.recycled(id))
+        // One new scope per shard: exactly one of them is the pooled scope, overwritten.
+        let opened: Vec<Arc<Scope>> = (0..SCOPE_QUEUES as u64)
+            .map(|id| registry.open(fresh(100 + id)).unwrap())
             .collect();
-        assert_eq!(pooled.len(), 1);
-        assert_eq!(Arc::as_ptr(&pooled[0]), address);
+        let reused: Vec<&Arc<Scope>> = opened
+            .iter()
+            .filter(|s| Arc::as_ptr(s) == address)
+            .collect();
+        assert_eq!(reused.len(), 1);
+        assert!(
+            reused[0].id >= 100,
+            "the reused scope carries its new request"
+        );
         assert_eq!(
             Arc::strong_count(&holder),
             1,
@@ -396,15 +432,15 @@ mod tests {
         let registry = Registry::new(8);
         let many = SCOPE_QUEUES * POOLED_PER_QUEUE + 100;
         registry.recycle((0..many).map(|_| scope()).collect());
-        for queue in &registry.pool {
-            assert_eq!(queue.lock().unwrap().len(), POOLED_PER_QUEUE);
+        for shard in &registry.shards {
+            assert_eq!(shard.lock().unwrap().pool.len(), POOLED_PER_QUEUE);
         }
         let few = Registry::new(8);
         few.recycle((0..SCOPE_QUEUES).map(|_| scope()).collect());
         assert!(few
-            .pool
+            .shards
             .iter()
-            .all(|queue| queue.lock().unwrap().len() == 1));
+            .all(|shard| shard.lock().unwrap().pool.len() == 1));
     }
 
     #[test]
