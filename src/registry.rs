@@ -151,7 +151,6 @@ const POOLED_PER_QUEUE: usize = 256;
 const MIN_SPARE_ROOM: usize = 1024;
 
 /// One shard of the scopes' intake.
-#[derive(Default)]
 struct Shard {
     /// Scopes opened since the sweeper last took them.
     queue: Vec<Arc<Scope>>,
