@@ -141,7 +141,6 @@ static INSTALLED: AtomicBool = AtomicBool::new(false);
 const FLAG_BUSY: u8 = 1;
 const FLAG_PROBE: u8 = 2;
 const UNASSIGNED: usize = usize::MAX;
-const NO_OWN_CELL: usize = usize::MAX - 1;
 
 /// Everything the allocator keeps per thread, in one const-initialised thread-local (one address
 /// computation per access, no lazy initialisation, no destructor).
@@ -154,7 +153,10 @@ struct Local {
     flags: Cell<u8>,
     pending: Pending,
     shard: Cell<usize>,
-    own_cell: Cell<usize>,
+    /// This thread's cell for memory of no route, once assigned.
+    own_cell: Cell<Option<&'static Cell64>>,
+    /// Whether a cell was asked for (and none was left when `own_cell` is still `None`).
+    own_cell_asked: Cell<bool>,
 }
 
 thread_local! {
@@ -166,7 +168,8 @@ thread_local! {
             flags: Cell::new(0),
             pending: Pending::new(),
             shard: Cell::new(UNASSIGNED),
-            own_cell: Cell::new(UNASSIGNED),
+            own_cell: Cell::new(None),
+            own_cell_asked: Cell::new(false),
         }
     };
 }
@@ -193,17 +196,20 @@ fn add_shared(local: Option<&Local>, route: u32, bytes: i64, blocks: i64) {
 /// process's live heap is what is read from it.)
 #[inline(always)]
 fn add_unrouted(local: Option<&Local>, bytes: i64) {
-    match local {
-        Some(local) if local.own_cell.get() < THREAD_CELLS => {
-            let cell = &OWN_CELLS[local.own_cell.get()];
-            // Only this thread writes this cell: a load and a store cannot lose an update.
-            cell.bytes.store(
-                cell.bytes.load(Ordering::Relaxed) + bytes,
-                Ordering::Relaxed,
-            );
-        }
-        _ => add_unrouted_slow(local, bytes),
+    match local.and_then(|local| local.own_cell.get()) {
+        Some(cell) => add_own(cell, bytes),
+        None => add_unrouted_slow(local, bytes),
     }
+}
+
+/// Adds to this thread's own cell.
+#[inline(always)]
+fn add_own(cell: &Cell64, bytes: i64) {
+    // Only this thread writes its cell: a load and a store cannot lose an update.
+    cell.bytes.store(
+        cell.bytes.load(Ordering::Relaxed) + bytes,
+        Ordering::Relaxed,
+    );
 }
 
 /// [`add_unrouted`] for a thread without its own cell: assigns one on first use, or counts in
@@ -211,23 +217,17 @@ fn add_unrouted(local: Option<&Local>, bytes: i64) {
 #[cold]
 #[inline(never)]
 fn add_unrouted_slow(local: Option<&Local>, bytes: i64) {
-    let Some(local) = local else {
-        add_shared(None, 0, bytes, 0);
-        return;
-    };
-    if local.own_cell.get() == UNASSIGNED {
-        let next = NEXT_OWN_CELL.fetch_add(1, Ordering::Relaxed);
-        local.own_cell.set(if next < THREAD_CELLS {
-            next
-        } else {
-            NO_OWN_CELL
-        });
-        if next < THREAD_CELLS {
-            add_unrouted(Some(local), bytes);
-            return;
+    if let Some(local) = local {
+        if !local.own_cell_asked.replace(true) {
+            let next = NEXT_OWN_CELL.fetch_add(1, Ordering::Relaxed);
+            if let Some(cell) = OWN_CELLS.get(next) {
+                local.own_cell.set(Some(cell));
+                add_unrouted(Some(local), bytes);
+                return;
+            }
         }
     }
-    add_shared(Some(local), 0, bytes, 0);
+    add_shared(local, 0, bytes, 0);
 }
 
 /// This thread's state, or `None` while thread-locals are torn down.
@@ -245,63 +245,66 @@ fn local<'a>() -> Option<&'a Local> {
     local.map(|local| unsafe { &*local })
 }
 
-/// The tag to stamp a new block with, and the thread's allocator flags.
+/// Counts a new block of `size` bytes for whoever allocates on this thread (after the inner
+/// allocator returned it) and returns the block's header.
 ///
-/// While the allocator is busy with itself (sampling a call stack, which may allocate), new
-/// blocks are stamped `NONE` and nothing is sampled again, so that code can neither be charged
-/// to the request nor recurse into itself. Nothing else here takes a lock or allocates, so
-/// what the inner allocator allocates through the global allocator in turn is simply counted
-/// like any other block.
+/// Outside any request this is one test and one thread-local addition. While the allocator is
+/// busy with itself (sampling a call stack, which may allocate) or probing, see
+/// [`alloc_flagged`].
 #[inline(always)]
-pub(crate) fn current() -> (Tag, u8) {
-    match local() {
-        Some(local) if local.flags.get() == 0 => (local.tag.get(), 0),
-        local => flagged(local),
+pub(crate) fn on_alloc(size: usize) -> Header {
+    let Some(local) = local() else {
+        return alloc_flagged(None, size);
+    };
+    if local.flags.get() != 0 {
+        return alloc_flagged(Some(local), size);
     }
+    let tag = local.tag.get();
+    if tag == Tag::NONE {
+        add_unrouted(Some(local), size as i64);
+        return Header::new(Tag::NONE, 0);
+    }
+    count_in_request(local, tag, size as u64);
+    let site = if tag.route() != 0 && sites::enabled() {
+        count_down(local, tag, size)
+    } else {
+        0
+    };
+    Header::new(tag, site)
 }
 
-/// [`current`] while the thread is busy or probing (or its thread-locals are torn down).
+/// [`on_alloc`] while the thread is busy or probing (or its thread-locals are torn down).
+///
+/// A busy thread's new blocks are stamped `NONE` and never sampled, so that the allocator's
+/// own work can neither be charged to the request nor recurse into itself. Nothing else here
+/// takes a lock or allocates, so what the inner allocator allocates through the global
+/// allocator in turn is simply counted like any other block.
 #[cold]
 #[inline(never)]
-fn flagged(local: Option<&Local>) -> (Tag, u8) {
+fn alloc_flagged(local: Option<&Local>, size: usize) -> Header {
     let Some(local) = local else {
-        return (Tag::NONE, FLAG_BUSY);
+        add_shared(None, 0, size as i64, 0);
+        return Header::new(Tag::NONE, 0);
     };
     let flags = local.flags.get();
     if flags & FLAG_PROBE != 0 {
         INSTALLED.store(true, Ordering::Relaxed);
     }
-    let busy = flags & FLAG_BUSY != 0;
-    (if busy { Tag::NONE } else { local.tag.get() }, flags)
-}
-
-/// Counts a new block of `size` bytes under `tag` (from [`current`]) and returns the allocation
-/// site for its header (0: not sampled).
-///
-/// Only the site is returned, in a register: the caller builds the header from `tag` itself.
-/// (A header returned through memory is written as 32-bit fields and read back as 64-bit words,
-/// and such a load cannot be forwarded from the stores, which stalls every allocation.)
-#[inline(always)]
-pub(crate) fn allocated(tag: Tag, flags: u8, size: usize) -> u32 {
-    let local = local();
-    count_alloc(local, tag, size as u64);
-    match local {
-        Some(local) if tag.route() != 0 && flags == 0 => sample_site(local, tag, size),
-        _ => 0,
+    let tag = if flags & FLAG_BUSY != 0 {
+        Tag::NONE
+    } else {
+        local.tag.get()
+    };
+    if tag == Tag::NONE {
+        add_unrouted(Some(local), size as i64);
+    } else {
+        count_in_request(local, tag, size as u64);
     }
+    Header::new(tag, 0)
 }
 
-/// Samples the call stack of a new block of a request, when allocation sites are on; returns
-/// the site to put in its header (0: not sampled).
-#[inline(always)]
-fn sample_site(local: &Local, tag: Tag, size: usize) -> u32 {
-    if !sites::enabled() {
-        return 0;
-    }
-    count_down(local, tag, size)
-}
-
-/// [`sample_site`] with sites on: counts the bytes down to the next sample, and takes it.
+/// Samples the call stack of a new block of a request (sites are on): counts the bytes down to
+/// the next sample, and takes it; returns the site for the block's header (0: not sampled).
 #[inline(never)]
 fn count_down(local: &Local, tag: Tag, size: usize) -> u32 {
     let mut countdown = local.countdown.get();
@@ -319,16 +322,9 @@ fn count_down(local: &Local, tag: Tag, size: usize) -> u32 {
     site
 }
 
+/// Counts a new block of the current request in the pending counts.
 #[inline(always)]
-fn count_alloc(local: Option<&Local>, tag: Tag, size: u64) {
-    if tag == Tag::NONE {
-        add_unrouted(local, size as i64);
-        return;
-    }
-    let Some(local) = local else {
-        add_shared(None, tag.route(), size as i64, 1);
-        return;
-    };
+fn count_in_request(local: &Local, tag: Tag, size: u64) {
     let pending = &local.pending;
     if tag.slot() != 0 {
         Pending::add(&pending.alloc_bytes, size);
@@ -338,21 +334,50 @@ fn count_alloc(local: Option<&Local>, tag: Tag, size: u64) {
     }
 }
 
-/// Counts a freed block (`blocks == 1`) or a size change by `realloc` (`blocks == 0`; negative
-/// `bytes` for growth).
+/// Counts a freed block of `size` bytes in the two common cases — a block of no request, a
+/// block of the current request — and returns whether it did; the caller hands every other
+/// case to [`on_free`].
 #[inline(always)]
+pub(crate) fn on_dealloc(header: Header, size: usize) -> bool {
+    let Some(local) = local() else {
+        return false;
+    };
+    if header.is_unattributed() {
+        // A thread yet without its own cell goes the long way, once.
+        let Some(cell) = local.own_cell.get() else {
+            return false;
+        };
+        add_own(cell, -(size as i64));
+        true
+    } else if header.is_of_scope(local.tag.get()) {
+        let pending = &local.pending;
+        Pending::add(&pending.freed_bytes, size as u64);
+        Pending::add(&pending.freed_blocks, 1);
+        true
+    } else {
+        false
+    }
+}
+
+/// Counts a block's change of size by `realloc` (it keeps its attribution).
+#[inline]
+pub(crate) fn on_resize(header: Header, old_size: usize, new_size: usize) {
+    on_free(header, old_size as i64 - new_size as i64, 0);
+}
+
+/// Counts a freed block (`blocks == 1`) or a size change by `realloc` (`blocks == 0`; negative
+/// `bytes` for growth), whoever allocated it.
+#[inline(never)]
 pub(crate) fn on_free(header: Header, bytes: i64, blocks: i64) {
     let local = local();
     if header.is_unattributed() {
-        // Allocated outside any request: the common case.
         add_unrouted(local, -bytes);
         return;
     }
     let tag = local.map_or(Tag::NONE, |l| l.tag.get());
-    let own_scope = header.is_of_scope(tag);
     let own_route = header.is_of_route(tag);
     match local {
-        Some(local) if own_scope => {
+        Some(local) if header.is_of_scope(tag) => {
             // The route's change is implied by the scope's counts.
             let pending = &local.pending;
             if bytes >= 0 {

@@ -29,10 +29,10 @@ mod header;
 mod sites;
 mod slots;
 
-use self::counters::{allocated, current, on_free};
 pub(crate) use self::counters::{
     is_installed, new_route_slot, process_live_bytes, route_live, swap_tag,
 };
+use self::counters::{on_alloc, on_dealloc, on_free, on_resize};
 use self::header::Header;
 pub(crate) use self::header::Tag;
 pub use self::sites::AllocationSites;
@@ -107,10 +107,27 @@ fn block_align(layout: Layout) -> usize {
     layout.align().max(HEADER_SIZE)
 }
 
+/// Sizes and alignments below this need no overflow check: the outer size is then at most
+/// 2⁵⁰, far below `isize::MAX`.
+const UNCHECKED_BELOW: usize = 1 << 48;
+
 /// The layout asked of the inner allocator for `layout`, and the offset of the user's pointer;
 /// `None` when the size with the offset would overflow a `Layout`.
-#[inline]
+#[inline(always)]
 fn outer(layout: Layout) -> Option<(Layout, usize)> {
+    if (layout.size() | layout.align()) < UNCHECKED_BELOW {
+        // SAFETY: both are below 2⁴⁸, so the outer size rounded up to the alignment is at
+        // most 2⁵⁰ ≤ `isize::MAX`.
+        Some(unsafe { outer_unchecked(layout) })
+    } else {
+        outer_checked(layout)
+    }
+}
+
+/// [`outer`] for sizes or alignments of 2⁴⁸ and more, with the exact check.
+#[cold]
+#[inline(never)]
+fn outer_checked(layout: Layout) -> Option<(Layout, usize)> {
     let align = block_align(layout);
     // A layout's size rounded up to its alignment must not exceed `isize::MAX`; the offset is
     // the alignment.
@@ -164,12 +181,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
         // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then;
         // a header precedes `ptr` and the block starts `offset` bytes before it.
         unsafe {
-            let (outer, offset) = outer_unchecked(layout);
             let header = read_header(ptr);
-            on_free(header, layout.size() as i64, 1);
-            if header.site() != 0 {
-                release_site(header, layout.size());
+            if header.site() != 0 || !on_dealloc(header, layout.size()) {
+                return self.dealloc_slow(ptr, layout, header);
             }
+            let (outer, offset) = outer_unchecked(layout);
             self.inner.dealloc(ptr.sub(offset), outer);
         }
     }
@@ -194,9 +210,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             }
             let new_ptr = base.add(offset);
             // The block keeps its original attribution; only its size changed.
-            let shrunk_by = layout.size() as i64 - new_size as i64;
             let header = read_header(new_ptr);
-            on_free(header, shrunk_by, 0);
+            on_resize(header, layout.size(), new_size);
             if header.site() != 0 {
                 let old = sites::weight_of(layout.size() as u64) as i64;
                 let new = sites::weight_of(new_size as u64) as i64;
@@ -222,25 +237,40 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
         let Some((outer, offset)) = outer(layout) else {
             return std::ptr::null_mut();
         };
-        let (tag, flags) = current();
         let base = inner_alloc(&self.inner, outer);
         if base.is_null() {
             return base;
         }
-        let site = allocated(tag, flags, layout.size());
-        let header = Header::new(tag, site);
+        // Counted only now, so that the call above keeps as little as possible alive across it
+        // (the inner allocator never changes who allocates on this thread).
+        let header = on_alloc(layout.size());
         // SAFETY: `base` is a non-null block of `outer`'s layout and `offset < outer.size()`;
         // see the comment on the `GlobalAlloc` impl.
         unsafe { finish(base, offset, header) }
     }
 }
 
-/// Takes a sampled block's weight back from its allocation site.
-#[cold]
-#[inline(never)]
-fn release_site(header: Header, size: usize) {
-    let weight = sites::weight_of(size as u64);
-    sites::release(header.site(), weight as i64, 1);
+impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// `dealloc` of a block whose free is not one of the two common cases [`on_dealloc`]
+    /// counts inline (a sampled block, a block of another request or route), out of line so
+    /// that those cases need no stack frame.
+    ///
+    /// # Safety
+    ///
+    /// As for `dealloc`; `header` is the block's header.
+    #[inline(never)]
+    unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout, header: Header) {
+        if header.site() != 0 {
+            let weight = sites::weight_of(layout.size() as u64);
+            sites::release(header.site(), weight as i64, 1);
+        }
+        on_free(header, layout.size() as i64, 1);
+        // SAFETY: as in `dealloc`.
+        unsafe {
+            let (outer, offset) = outer_unchecked(layout);
+            self.inner.dealloc(ptr.sub(offset), outer);
+        }
+    }
 }
 
 /// Writes the header of a fresh block and returns the user's pointer.
@@ -290,6 +320,14 @@ mod tests {
         // The largest alignment a layout may have: only size 0, which is still too large here.
         let huge = Layout::from_size_align(0, 1 << (usize::BITS - 1)).unwrap();
         assert!(outer(huge).is_none());
+        // Either side of the size up to which no check is made.
+        for size in [UNCHECKED_BELOW - 1, UNCHECKED_BELOW] {
+            let layout = Layout::from_size_align(size, 8).unwrap();
+            assert_eq!(
+                outer(layout).unwrap(),
+                (Layout::from_size_align(size + 8, 8).unwrap(), 8)
+            );
+        }
         let big = Layout::from_size_align(1 << 40, 1 << 20).unwrap();
         assert_eq!(outer(big).unwrap().0.size(), (1 << 40) + (1 << 20));
     }
