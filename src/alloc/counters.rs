@@ -265,8 +265,15 @@ pub(crate) fn on_alloc(size: usize) -> Header {
         return Header::new(Tag::NONE, 0);
     }
     count_in_request(local, tag, size as u64);
-    let site = if tag.route() != 0 && sites::enabled() {
-        count_down(local, tag, size)
+    let mean = sites::mean();
+    if mean == 0 || tag.route() == 0 {
+        return Header::new(tag, 0);
+    }
+    let mut countdown = local.countdown.get();
+    let due = sites::due(mean, size as u64, &mut countdown);
+    local.countdown.set(countdown);
+    let site = if due {
+        sample(local, tag, mean, size)
     } else {
         0
     };
@@ -303,18 +310,16 @@ fn alloc_flagged(local: Option<&Local>, size: usize) -> Header {
     Header::new(tag, 0)
 }
 
-/// Samples the call stack of a new block of a request (sites are on): counts the bytes down to
-/// the next sample, and takes it; returns the site for the block's header (0: not sampled).
+/// Samples the call stack of a new block of a request that [`sites::due`] picked; returns the
+/// site for the block's header (0: the table is full).
+#[cold]
 #[inline(never)]
-fn count_down(local: &Local, tag: Tag, size: usize) -> u32 {
+fn sample(local: &Local, tag: Tag, mean: u64, size: usize) -> u32 {
     let mut countdown = local.countdown.get();
     let mut rng = local.rng.get();
-    let weight = sites::should_sample(size as u64, &mut countdown, &mut rng);
+    let weight = sites::draw(mean, size as u64, &mut countdown, &mut rng);
     local.countdown.set(countdown);
     local.rng.set(rng);
-    let Some(weight) = weight else {
-        return 0;
-    };
     // Unwinding may allocate on some platforms: such allocations are not sampled again.
     local.flags.set(FLAG_BUSY);
     let site = sites::record(tag.route(), weight);

@@ -66,41 +66,45 @@ static SEED: AtomicU64 = AtomicU64::new(0x9E37_79B9_7F4A_7C15);
 pub(crate) fn configure(mode: AllocationSites) {
     let mean = match mode {
         AllocationSites::Off => 0,
-        AllocationSites::Exact => 1,
+        AllocationSites::Exact => EXACT,
         AllocationSites::Sampled { mean_bytes } => mean_bytes.max(2),
     };
     MEAN.store(mean, Ordering::Relaxed);
 }
 
-/// Whether any sampling is on (one relaxed load).
+/// The sampling mode as one word (one relaxed load): 0 off, [`EXACT`] every allocation,
+/// otherwise the mean bytes between samples.
 #[inline(always)]
-pub(crate) fn enabled() -> bool {
-    MEAN.load(Ordering::Relaxed) != 0
+pub(crate) fn mean() -> u64 {
+    MEAN.load(Ordering::Relaxed)
 }
 
-/// Decides whether an allocation of `size` bytes is sampled, given this thread's countdown of
-/// bytes to the next sample and its random state; returns the sample's weight in bytes.
-#[inline]
-pub(crate) fn should_sample(size: u64, countdown: &mut i64, rng: &mut u64) -> Option<u64> {
-    let mean = MEAN.load(Ordering::Relaxed);
-    match mean {
-        0 => None,
-        1 => Some(size),
-        _ => {
-            *countdown -= size as i64;
-            if *countdown > 0 {
-                return None;
-            }
-            *countdown = next_interval(mean, rng) as i64;
-            Some(weight(size, mean))
-        }
+/// [`mean`] in exact mode.
+pub(crate) const EXACT: u64 = 1;
+
+/// Whether a new block of `size` bytes is due for a sample, given the sampling `mean` (not 0)
+/// and this thread's countdown of bytes to the next sample, which it counts down. Inline: the
+/// common answer is "no" after one subtraction.
+#[inline(always)]
+pub(crate) fn due(mean: u64, size: u64, countdown: &mut i64) -> bool {
+    *countdown = countdown.wrapping_sub(size as i64);
+    *countdown <= 0 || mean == EXACT
+}
+
+/// For a block [`due`] for a sample: sets the countdown to the next sample and returns the
+/// sample's weight in bytes.
+pub(crate) fn draw(mean: u64, size: u64, countdown: &mut i64, rng: &mut u64) -> u64 {
+    if mean == EXACT {
+        return size;
     }
+    *countdown = next_interval(mean, rng) as i64;
+    weight(size, mean)
 }
 
 /// The bytes a sampled block of `size` stands for (exact mode: itself).
 pub(crate) fn weight_of(size: u64) -> u64 {
     match MEAN.load(Ordering::Relaxed) {
-        0 | 1 => size,
+        0 | EXACT => size,
         mean => weight(size, mean),
     }
 }
@@ -261,6 +265,19 @@ mod tests {
         let total: u64 = (0..n).map(|_| next_interval(4096, &mut rng)).sum();
         let average = total as f64 / n as f64;
         assert!((average - 4096.0).abs() < 4096.0 * 0.05, "{average}");
+    }
+
+    #[test]
+    fn a_block_is_due_once_the_countdown_runs_out_and_always_in_exact_mode() {
+        let (mut countdown, mut rng) = (100, 0);
+        assert!(!due(4096, 60, &mut countdown));
+        assert!(due(4096, 60, &mut countdown));
+        let weight = draw(4096, 60, &mut countdown, &mut rng);
+        assert!(countdown > 0 && weight >= 60);
+        // A countdown left over from sampled mode does not delay exact mode.
+        let mut countdown = 1 << 20;
+        assert!(due(EXACT, 8, &mut countdown));
+        assert_eq!(draw(EXACT, 8, &mut countdown, &mut rng), 8);
     }
 
     #[test]
