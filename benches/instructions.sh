@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# Instructions per request, counted by valgrind's callgrind: the same variants and routes as
+# benches/load.sh, but deterministic — the count does not depend on the machine's load, so a
+# change of a few hundred instructions per request shows (requests per second on a shared VM
+# move by several per cent from one run to the next).
+#
+# Each variant runs twice under callgrind: once serving WARMUP requests, once WARMUP + COUNT;
+# the difference over COUNT is the cost of one request, start-up and shutdown excluded. The
+# requests come one at a time over one keep-alive connection (Python's http.client).
+#
+#   bash benches/instructions.sh                 # COUNT=1000 WARMUP=200 ROUTES="/hello /alloc"
+#   ROUTES=/alloc COUNT=2000 bash benches/instructions.sh
+#
+# Counts are of user-space instructions only (no kernel, no cache misses); they track, not
+# replace, the requests per second of benches/load.sh. Everything listens on and is sent to
+# 127.0.0.1 only; every server is stopped before the next starts.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+COUNT=${COUNT:-1000}
+WARMUP=${WARMUP:-200}
+PORT=${PORT:-8098}
+ROUTES=${ROUTES:-/hello /alloc}
+
+for tool in valgrind callgrind_annotate python3; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is needed (apt-get install valgrind python3)" >&2; exit 1; }
+done
+
+cargo build --release --quiet --example load_baseline --example load_leakwatch --example load_tracking_allocator
+
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+
+# Sends `n` GET requests for `route`, one after the other, on one connection.
+client() { # n route
+  python3 - "$PORT" "$2" "$1" <<'PY'
+import http.client, sys
+port, route, n = int(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+conn = http.client.HTTPConnection("127.0.0.1", port)
+for _ in range(n):
+    conn.request("GET", route)
+    response = conn.getresponse()
+    response.read()
+    assert response.status == 200, response.status
+PY
+}
+
+# Total instructions of one server run that served `n` requests.
+run() { # binary env route n
+  local file="$out/callgrind.out"
+  env "$2" valgrind --tool=callgrind --callgrind-out-file="$file" \
+    "target/release/examples/$1" "$PORT" 2>/dev/null &
+  local pid=$!
+  for _ in $(seq 300); do
+    (echo > "/dev/tcp/127.0.0.1/$PORT") 2>/dev/null && break
+    sleep 0.1
+  done
+  client "$4" "$3"
+  kill -TERM "$pid"
+  wait "$pid" 2>/dev/null || true
+  callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
+}
+
+printf '%-20s %-8s %16s %12s\n' variant route "instr/request" "vs baseline"
+for route in $ROUTES; do
+  base=""
+  while read -r variant bin env; do
+    short=$(run "$bin" "$env" "$route" "$WARMUP")
+    long=$(run "$bin" "$env" "$route" $((WARMUP + COUNT)))
+    per=$(( (long - short) / COUNT ))
+    [ -z "$base" ] && base=$per
+    printf '%-20s %-8s %16d %11.3fx\n' "$variant" "$route" "$per" \
+      "$(python3 -c "print($per / $base)")"
+  done <<'VARIANTS'
+baseline load_baseline LEAKWATCH_LAYER=off
+baseline+thread load_baseline LOAD_IDLE_THREAD=1
+layer load_baseline LEAKWATCH_LAYER=on
+allocator load_leakwatch LEAKWATCH_LAYER=off
+leakwatch load_leakwatch LEAKWATCH_SITES=off
+leakwatch+sites load_leakwatch LEAKWATCH_SITES=sampled
+tracking-allocator load_tracking_allocator X=1
+VARIANTS
+done
