@@ -354,7 +354,8 @@ pub(crate) fn on_dealloc(header: Header, size: usize) -> bool {
         };
         add_own(cell, -(size as i64));
         true
-    } else if header.is_of_scope(local.tag.get()) {
+    } else if header.is_own_unsampled(local.tag.get()) {
+        // The route's change is implied by the pending counts, also for a slotless request.
         let pending = &local.pending;
         Pending::add(&pending.freed_bytes, size as u64);
         Pending::add(&pending.freed_blocks, 1);

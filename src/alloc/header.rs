@@ -124,6 +124,15 @@ impl Header {
         self.0 & SLOT_MASK != 0 && (self.0 ^ tag.0) & (SLOT_MASK | GENERATION_MASK) == 0
     }
 
+    /// Allocated, and not sampled, under exactly `tag`: by the request `tag` names or, for a
+    /// tag without a scope slot, by a request of the same route that held no slot either. One
+    /// comparison; either way the block's route is the tag's, and the free can be counted
+    /// with the current request's pending counts (a slotless tag's are its route's).
+    #[inline(always)]
+    pub(crate) const fn is_own_unsampled(self, tag: Tag) -> bool {
+        self.0 == tag.0
+    }
+
     /// Allocated under the route `tag` names (and a route).
     #[inline(always)]
     pub(crate) const fn is_of_route(self, tag: Tag) -> bool {
@@ -186,6 +195,15 @@ mod tests {
         // Another route.
         assert!(!own.is_of_route(Tag::new(8, 1, 4)));
         assert!(!own.is_of_scope(Tag::new(8, 1, 4)));
+        // Exactly the tag, without a site: the free's fast path.
+        assert!(Header::new(tag, 0).is_own_unsampled(tag));
+        assert!(
+            !own.is_own_unsampled(tag),
+            "a sampled block takes the long way"
+        );
+        assert!(!Header::new(tag, 0).is_own_unsampled(later));
+        assert!(!Header::new(tag, 0).is_own_unsampled(Tag::new(7, 1, 4)));
+        assert!(!Header::new(Tag::route_only(3), 0).is_own_unsampled(Tag::route_only(4)));
         // No slot or no route is never "the same".
         let route_only = Header::new(Tag::route_only(3), 0);
         assert!(!route_only.is_of_scope(Tag::route_only(3)));

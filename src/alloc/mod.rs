@@ -304,6 +304,32 @@ unsafe fn read_header(ptr: *mut u8) -> Header {
 mod tests {
     use super::*;
 
+    /// Requests that hold no scope slot (all taken) are still counted exactly for their route,
+    /// also when one frees another's block. (Called directly: this allocator is not the
+    /// global one in unit tests, so only these blocks are counted.)
+    #[test]
+    fn requests_without_a_slot_are_counted_exactly_for_their_routes() {
+        let (route, other) = (new_route_slot(), new_route_slot());
+        assert!(route != 0 && other != 0);
+        let alloc = TrackingAllocator::system();
+        let layout = Layout::from_size_align(100, 8).unwrap();
+        let previous = swap_tag(Tag::route_only(route));
+        // SAFETY: every block is allocated with `layout` and freed once with it.
+        unsafe {
+            let kept = alloc.alloc(layout);
+            let temporary = alloc.alloc(layout);
+            alloc.dealloc(temporary, layout);
+            swap_tag(Tag::route_only(other));
+            let other_block = alloc.alloc(layout);
+            alloc.dealloc(kept, layout);
+            swap_tag(previous);
+            assert_eq!(route_live(route), (0, 0));
+            assert_eq!(route_live(other), (100, 1));
+            alloc.dealloc(other_block, layout);
+        }
+        assert_eq!(route_live(other), (0, 0));
+    }
+
     #[test]
     fn outer_layout_keeps_alignment_and_room_for_the_header() {
         for align in (0..=12).map(|p| 1usize << p) {
