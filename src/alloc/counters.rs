@@ -260,11 +260,10 @@ pub(crate) fn on_alloc(size: usize) -> Header {
         return alloc_flagged(Some(local), size);
     }
     let tag = local.tag.get();
+    count_new(local, tag, size);
     if tag == Tag::NONE {
-        add_unrouted(Some(local), size as i64);
-        return Header::new(Tag::NONE, 0);
+        return Header::new(tag, 0);
     }
-    count_in_request(local, tag, size as u64);
     let mean = sites::mean();
     if mean == 0 || tag.route() == 0 {
         return Header::new(tag, 0);
@@ -302,11 +301,7 @@ fn alloc_flagged(local: Option<&Local>, size: usize) -> Header {
     } else {
         local.tag.get()
     };
-    if tag == Tag::NONE {
-        add_unrouted(Some(local), size as i64);
-    } else {
-        count_in_request(local, tag, size as u64);
-    }
+    count_new(local, tag, size);
     Header::new(tag, 0)
 }
 
@@ -327,9 +322,15 @@ fn sample(local: &Local, tag: Tag, mean: u64, size: usize) -> u32 {
     site
 }
 
-/// Counts a new block of the current request in the pending counts.
+/// Counts a new block allocated under `tag`: outside requests in this thread's cell, inside one
+/// in the pending counts.
 #[inline(always)]
-fn count_in_request(local: &Local, tag: Tag, size: u64) {
+fn count_new(local: &Local, tag: Tag, size: usize) {
+    if tag == Tag::NONE {
+        add_unrouted(Some(local), size as i64);
+        return;
+    }
+    let size = size as u64;
     let pending = &local.pending;
     if tag.slot() != 0 {
         Pending::add(&pending.alloc_bytes, size);
