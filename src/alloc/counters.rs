@@ -349,7 +349,8 @@ pub(crate) fn on_dealloc(header: Header, size: usize) -> bool {
         return false;
     };
     if header.is_unattributed() {
-        // A thread yet without its own cell goes the long way, once.
+        // A thread yet without its own cell goes the long way: once, or always when every
+        // cell was taken (more than `THREAD_CELLS` threads).
         let Some(cell) = local.own_cell.get() else {
             return false;
         };
