@@ -62,7 +62,9 @@ fn layer_overhead(c: &mut Criterion) {
     });
     let layered = ServiceBuilder::new()
         .layer(detector.layer())
-        .service(service_fn(hello::<leakwatch::RequestBody<Full<Bytes>>>));
+        .service(service_fn(
+            hello::<leakwatch::layer::RequestBody<Full<Bytes>>>,
+        ));
     group.bench_function("with layer", |b| {
         b.to_async(&rt)
             .iter(|| async { drop(layered.clone().oneshot(request()).await.unwrap()) })

@@ -340,6 +340,9 @@ async fn main() {
             std::process::exit(2);
         }
     };
+    // Sample the call stacks of about one allocation per 32 KiB allocated in requests.
+    let mean_bytes = std::num::NonZeroU64::new(32 * 1024).expect("not zero");
+    ALLOC.set_allocation_sites(leakwatch::AllocationSites::Sampled { mean_bytes });
     if options.serve {
         serve(options).await;
     } else {
@@ -371,10 +374,6 @@ fn detector(options: &Options, sink: impl leakwatch::ReportSink) -> LeakDetector
     LeakDetector::builder()
         .grace(options.grace)
         .memory_window(MEMORY_WINDOW)
-        // Sample the call stacks of about one allocation per 32 KiB allocated in requests.
-        .allocation_sites(leakwatch::AllocationSites::Sampled {
-            mean_bytes: 32 * 1024,
-        })
         .sweep_interval(Duration::from_millis(100))
         .confirm_sweeps(1)
         .sink(sink)
@@ -420,7 +419,7 @@ async fn drive(options: Options) {
     let detector = match &otlp {
         Some(_) => detector(
             &options,
-            leakwatch::sink::ReportSinkExt::and_then(
+            leakwatch::sink::ReportSinkExt::chain(
                 collected.clone(),
                 leakwatch::sink::OtelSink::new(),
             ),

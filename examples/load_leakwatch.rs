@@ -15,7 +15,7 @@ static ALLOC: TrackingAllocator = TrackingAllocator::system();
 fn main() {
     let sites = match std::env::var("LEAKWATCH_SITES").as_deref() {
         Ok("sampled") => AllocationSites::Sampled {
-            mean_bytes: 512 * 1024,
+            mean_bytes: std::num::NonZeroU64::new(512 * 1024).unwrap(),
         },
         _ => AllocationSites::Off,
     };
@@ -23,10 +23,10 @@ fn main() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
+    ALLOC.set_allocation_sites(sites);
     let detector = LeakDetector::builder()
         .sweep_interval(std::time::Duration::from_millis(sweep_ms))
         .registry_capacity(1 << 20)
-        .allocation_sites(sites)
         .build()
         .expect("valid configuration");
     if std::env::var("LOAD_STATS").is_ok() {

@@ -52,21 +52,79 @@
 //!     .unwrap();
 //! let service = ServiceBuilder::new()
 //!     .layer(detector.layer())
-//!     .service_fn(|_req: http::Request<leakwatch::RequestBody<hyper::body::Incoming>>| async {
+//!     .service_fn(|_req: http::Request<leakwatch::layer::RequestBody<hyper::body::Incoming>>| async {
 //!         Ok::<_, Infallible>(http::Response::new(String::from("ok")))
 //!     });
 //! // serve `service` with hyper-util's `TowerToHyperService` and `auto::Builder`.
 //! # drop(service);
 //! ```
 //!
+//! # Retained memory
+//!
+//! With the [`TrackingAllocator`] installed, every request knows the bytes it allocated and
+//! freed, and every route the bytes its requests still hold. Retained memory is not a leak by
+//! itself: a lazily initialised `OnceLock` retains once, a bounded cache retains its newest
+//! entries. What marks a leak is memory that *old* requests still hold after many newer requests
+//! of the same route have come and gone.
+//!
+//! So once a request has finished and its grace period passed, its retained bytes are read. A
+//! request retaining at least [`memory_threshold`](LeakDetectorBuilder::memory_threshold) bytes
+//! may become one of its route's *witnesses* (eight at most). Each sweep re-reads them: one that
+//! has let go of its memory (an evicted cache entry) is dropped. A witness is *old* once
+//! [`memory_window`](LeakDetectorBuilder::memory_window) newer requests of the route have been
+//! judged after it. A route with three old witnesses still holding memory is reported as
+//! [`RetainedMemory`](LeakKind::RetainedMemory), with the bytes they hold per request and the
+//! route's total; once none of its old witnesses holds memory, the report is released. The
+//! criterion counts requests, not seconds: it holds whether a route's requests arrive in one
+//! burst between two sweeps or spread over many.
+//!
+//! # Trend alerts
+//!
+//! Per-request attribution finds what a request leaves behind; a trend catches what it cannot
+//! see (a leak outside any request, tasks spawned with plain `tokio::spawn`). Every
+//! [`trend_interval`](LeakDetectorBuilder::trend_interval) the sweeper samples the live heap
+//! (from the [`TrackingAllocator`] when installed, else the resident set size), the runtime's
+//! alive tasks and the requests in flight. When the growth from the oldest to the newest sample
+//! of the window exceeds *both* the relative and the absolute threshold, it raises
+//! [`HeapGrowth`](LeakKind::HeapGrowth) or [`TaskGrowth`](LeakKind::TaskGrowth) on the route
+//! [`route::PROCESS`]; once growth over the window falls back under them, the alert is released.
+//!
 //! # Feature flags
 //!
 //! - `tracing` (default): the [`TracingSink`](sink::TracingSink), used when no sink is set.
 //! - `axum` (default): route templates from axum's `MatchedPath`.
 //! - `serde`: `serde::Serialize` for [`LeakReport`] and its parts.
-//! - `otel`: `sink::OtelSink` (leak spans and metrics) and trace ids in reports.
+//! - `otel`: `sink::OtelSink` (leak spans and metrics), `LeakDetector::register_metrics`, and
+//!   trace ids in reports.
 //! - `otlp`: `otlp::init`, OTLP exporters from the standard environment variables.
 //! - `full`: all of the above.
+//!
+//! Items that need a feature say so on docs.rs.
+//!
+//! # Architecture
+//!
+//! Each module depends only on modules above it in this list (no import cycles; the crate's
+//! `module-cycles` check runs before every commit).
+//!
+//! | layer | module | role |
+//! |---|---|---|
+//! | leaf | `report` | [`LeakReport`], [`LeakKind`], [`LeakState`]: what is found |
+//! | | `sync`, `clock` | the one lock helper; the one monotonic → wall-clock conversion |
+//! | | `lifecycle` | Suspected → Confirmed → Released, and the standing alert built on it |
+//! | | `alloc` | [`TrackingAllocator`]: counters per request and route, allocation sites |
+//! | | `symbolize` | sampled return addresses → `file:line` |
+//! | | `request_id`, `trace_context`, [`route`] | what a request is known by |
+//! | | `liveness` | how the sweeper knows a task, body or object is still alive |
+//! | | [`sink`], `stats`, `config` | report consumers; stats data; the builder and its checks |
+//! | state | `scope` | a request's record and the thread's current scope |
+//! | | `registry` | scopes and tracked objects: bounded, ids, scope reuse |
+//! | judges | `judge::objects`, `judge::memory`, `judge::trend` | state in, reports out |
+//! | engine | `engine`, `sweeper` | opens scopes, runs a sweep, delivers; the background thread |
+//! | API | `detector`, [`layer`], `task`, `assertions`, `metrics`, [`otlp`] | what users call |
+//!
+//! A request goes `layer` → `engine::open_scope` → `registry`; its tasks, body and watched
+//! objects go through `scope::Scope::track` to the registry; the sweeper thread calls
+//! `engine::sweep`, which runs the judges and hands their reports to the sinks.
 
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unreachable_pub)]
@@ -78,30 +136,39 @@
 mod macros;
 
 mod alloc;
-mod body;
+mod assertions;
+mod clock;
 mod config;
 mod detector;
+mod engine;
+mod judge;
 pub mod layer;
-pub mod memory;
-#[cfg(feature = "otel")]
-mod metrics;
-#[cfg(feature = "otlp")]
-#[cfg_attr(docsrs, doc(cfg(feature = "otlp")))]
-pub mod otlp;
+mod lifecycle;
+mod liveness;
 mod registry;
 mod report;
 mod request_id;
-mod route;
+pub mod route;
 mod scope;
 pub mod sink;
-mod sweep;
+mod stats;
+mod sweeper;
 mod symbolize;
+mod sync;
 mod task;
 #[cfg(test)]
 mod test_helpers;
-mod testing;
 mod trace_context;
-pub mod trend;
+
+cfg_feature! {
+    "otel",
+    mod metrics;
+}
+
+cfg_feature! {
+    "otlp",
+    pub mod otlp;
+}
 
 // The README's examples compile as doctests (they use axum, OpenTelemetry and OTLP).
 #[cfg(all(doctest, feature = "axum", feature = "otlp"))]
@@ -109,11 +176,10 @@ pub mod trend;
 struct ReadmeDoctests;
 
 pub use crate::alloc::{AllocationSites, TrackingAllocator, HEADER_SIZE, ROUTE_SLOTS, SCOPE_SLOTS};
-pub use crate::body::RequestBody;
-pub use crate::config::{ConfigError, LeakDetectorBuilder, MAX_CONFIRM_SWEEPS};
-pub use crate::detector::{KindCounts, LeakDetector, Stats, FINDINGS_CAPACITY};
+pub use crate::config::{ConfigError, LeakDetectorBuilder};
+pub use crate::detector::LeakDetector;
 pub use crate::layer::{LeakLayer, LeakService};
 pub use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
-pub use crate::route::UNMATCHED;
 pub use crate::sink::ReportSink;
+pub use crate::stats::{KindCounts, RouteMemoryStats, Stats};
 pub use crate::task::{scoped, spawn, watch, Scoped};

@@ -1,101 +1,124 @@
 //! Gauges of a detector's state for OpenTelemetry (feature `otel`).
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use opentelemetry::metrics::Meter;
 use opentelemetry::KeyValue;
 
-use crate::detector::{LeakDetector, Stats};
-
-/// Reads one gauge's value from the detector's statistics.
-type StatFn = fn(&Stats) -> Option<u64>;
+use crate::detector::LeakDetector;
+use crate::engine::Engine;
 use crate::report::LeakKind;
 
-impl LeakDetector {
-    /// Registers observable instruments on `meter`, read at each collection:
-    ///
-    /// | name | unit | what |
-    /// |---|---|---|
-    /// | `leakwatch.leaks.active` | `{leak}` | active reports, by `leak.kind` |
-    /// | `leakwatch.heap.live` | `By` | the process's live heap (only with the `TrackingAllocator`) |
-    /// | `leakwatch.tasks.alive` | `{task}` | alive tokio tasks at the last trend sample |
-    /// | `leakwatch.requests.open` | `{request}` | requests in flight |
-    /// | `leakwatch.registry.entries` | `{entry}` | scopes and objects held by the registry |
-    /// | `leakwatch.registry.skipped` | `{entry}` | entries not tracked because the registry was full (counter) |
-    ///
-    /// The callbacks hold only a weak reference: once the detector is gone they report nothing.
-    ///
-    /// ```
-    /// let detector = leakwatch::LeakDetector::builder().build().unwrap();
-    /// detector.register_metrics(&opentelemetry::global::meter("my-service"));
-    /// ```
-    pub fn register_metrics(&self, meter: &Meter) {
-        let weak = Arc::downgrade(&self.shared);
-        let stats = move || weak.upgrade().map(|shared| LeakDetector { shared }.stats());
-        let s = stats.clone();
-        meter
-            .u64_observable_gauge("leakwatch.leaks.active")
-            .with_unit("{leak}")
-            .with_description("Active leak reports (suspected or confirmed)")
-            .with_callback(move |gauge| {
-                if let Some(stats) = s() {
-                    for kind in LeakKind::ALL {
-                        gauge.observe(
-                            stats.active.get(kind),
-                            &[KeyValue::new("leak.kind", kind.as_str())],
-                        );
-                    }
-                }
-            })
-            .build();
-        let gauges: [(&'static str, &'static str, &'static str, StatFn); 4] = [
-            (
-                "leakwatch.heap.live",
-                "By",
-                "Live heap bytes of the process, from the TrackingAllocator",
-                |s| s.live_heap_bytes,
-            ),
-            (
-                "leakwatch.tasks.alive",
-                "{task}",
-                "Alive tokio tasks at the last trend sample",
-                |s| s.alive_tasks,
-            ),
-            (
-                "leakwatch.requests.open",
-                "{request}",
-                "Requests in flight",
-                |s| Some(s.open_scopes as u64),
-            ),
-            (
-                "leakwatch.registry.entries",
-                "{entry}",
-                "Scopes and objects held by the weak-reference registry",
-                |s| Some(s.registry_entries as u64),
-            ),
-        ];
-        for (name, unit, description, value) in gauges {
-            let s = stats.clone();
+/// One single-valued instrument: name, unit, description and how to read it.
+struct Reading {
+    name: &'static str,
+    unit: &'static str,
+    description: &'static str,
+    read: fn(&Engine) -> Option<u64>,
+}
+
+/// The gauges with one value each.
+const GAUGES: [Reading; 4] = [
+    Reading {
+        name: "leakwatch.heap.live",
+        unit: "By",
+        description: "Live heap bytes of the process, from the TrackingAllocator",
+        read: Engine::live_heap_bytes,
+    },
+    Reading {
+        name: "leakwatch.tasks.alive",
+        unit: "{task}",
+        description: "Alive tokio tasks at the last trend sample",
+        read: Engine::alive_tasks,
+    },
+    Reading {
+        name: "leakwatch.requests.open",
+        unit: "{request}",
+        description: "Requests in flight",
+        read: |engine| Some(engine.registry().open_scopes() as u64),
+    },
+    Reading {
+        name: "leakwatch.registry.entries",
+        unit: "{entry}",
+        description: "Scopes and objects held by the weak-reference registry",
+        read: |engine| Some(engine.registry().len() as u64),
+    },
+];
+
+/// The counter of entries the registry could not take.
+const SKIPPED: Reading = Reading {
+    name: "leakwatch.registry.skipped",
+    unit: "{entry}",
+    description: "Scopes and objects not tracked because the registry was full",
+    read: |engine| Some(engine.registry().skipped()),
+};
+
+cfg_feature! {
+    "otel",
+    impl LeakDetector {
+        /// Registers observable instruments on `meter`, read at each collection:
+        ///
+        /// | name | unit | what |
+        /// |---|---|---|
+        /// | `leakwatch.leaks.active` | `{leak}` | active reports, by `leak.kind` |
+        /// | `leakwatch.heap.live` | `By` | the process's live heap (only with the `TrackingAllocator`) |
+        /// | `leakwatch.tasks.alive` | `{task}` | alive tokio tasks at the last trend sample |
+        /// | `leakwatch.requests.open` | `{request}` | requests in flight |
+        /// | `leakwatch.registry.entries` | `{entry}` | scopes and objects held by the registry |
+        /// | `leakwatch.registry.skipped` | `{entry}` | entries not tracked because the registry was full (counter) |
+        ///
+        /// Each instrument reads only its own figure; none builds a report. The callbacks hold
+        /// only a weak reference: once the detector is gone they report nothing.
+        ///
+        /// ```
+        /// let detector = leakwatch::LeakDetector::builder().build().unwrap();
+        /// detector.register_metrics(&opentelemetry::global::meter("my-service"));
+        /// ```
+        pub fn register_metrics(&self, meter: &Meter) {
+            let engine = Arc::downgrade(&self.engine);
+            let weak = engine.clone();
             meter
-                .u64_observable_gauge(name)
-                .with_unit(unit)
-                .with_description(description)
+                .u64_observable_gauge("leakwatch.leaks.active")
+                .with_unit("{leak}")
+                .with_description("Active leak reports (suspected or confirmed)")
                 .with_callback(move |gauge| {
-                    if let Some(v) = s().as_ref().and_then(value) {
-                        gauge.observe(v, &[]);
+                    if let Some(engine) = weak.upgrade() {
+                        let counts = engine.active_counts();
+                        for &kind in LeakKind::ALL {
+                            let kind_label = KeyValue::new("leak.kind", kind.as_str());
+                            gauge.observe(counts.get(kind), &[kind_label]);
+                        }
+                    }
+                })
+                .build();
+            for reading in GAUGES {
+                let weak = engine.clone();
+                meter
+                    .u64_observable_gauge(reading.name)
+                    .with_unit(reading.unit)
+                    .with_description(reading.description)
+                    .with_callback(move |gauge| {
+                        if let Some(value) = read(&weak, reading.read) {
+                            gauge.observe(value, &[]);
+                        }
+                    })
+                    .build();
+            }
+            meter
+                .u64_observable_counter(SKIPPED.name)
+                .with_unit(SKIPPED.unit)
+                .with_description(SKIPPED.description)
+                .with_callback(move |counter| {
+                    if let Some(value) = read(&engine, SKIPPED.read) {
+                        counter.observe(value, &[]);
                     }
                 })
                 .build();
         }
-        meter
-            .u64_observable_counter("leakwatch.registry.skipped")
-            .with_unit("{entry}")
-            .with_description("Scopes and objects not tracked because the registry was full")
-            .with_callback(move |counter| {
-                if let Some(stats) = stats() {
-                    counter.observe(stats.skipped, &[]);
-                }
-            })
-            .build();
     }
+}
+
+/// Reads one figure from the engine, while it lives.
+fn read(engine: &Weak<Engine>, read: fn(&Engine) -> Option<u64>) -> Option<u64> {
+    engine.upgrade().and_then(|engine| read(&engine))
 }

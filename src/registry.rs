@@ -1,126 +1,43 @@
-//! The weak-reference registry: open scopes and the objects requests left behind.
+//! The weak-reference registry: the scopes of requests and the objects they left behind.
 //!
 //! Entries hold only `Weak` references, liveness tokens or the detector's own small state — never
 //! the request or the user's object — so tracking never extends a lifetime. The registry is
 //! bounded: past its capacity, new scopes and objects are not tracked and a counter says how many
-//! were skipped.
+//! were skipped. It owns that count, hands out the ids of everything it tracks, and keeps a small
+//! pool of finished scopes for new requests to reuse.
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use dashmap::DashMap;
 
-use crate::body::BodyState;
-use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
-use crate::scope::{self, Scope};
-use crate::sweep::Tracker;
+use crate::lifecycle::Lifecycle;
+use crate::liveness::Liveness;
+use crate::scope::{Owner, Scope};
+use crate::sync::lock;
 
-/// Held by a spawned task's future; the task has ended once it is gone.
-#[derive(Debug)]
-pub(crate) struct TaskToken;
-
-/// Tells whether a watched object is still alive.
-pub(crate) trait Probe: Send + Sync {
-    fn is_alive(&self) -> bool;
-}
-
-impl<T: ?Sized + Send + Sync> Probe for Weak<T> {
-    fn is_alive(&self) -> bool {
-        self.strong_count() > 0
-    }
-}
-
-/// How the sweeper learns whether a tracked object is still alive.
-pub(crate) enum Liveness {
-    Task(Weak<TaskToken>),
-    Body(Arc<BodyState>),
-    Object(Box<dyn Probe>),
-}
-
-impl Liveness {
-    pub(crate) fn is_alive(&self) -> bool {
-        match self {
-            Liveness::Task(token) => token.strong_count() > 0,
-            Liveness::Body(state) => state.is_alive(),
-            Liveness::Object(probe) => probe.is_alive(),
-        }
-    }
-
-    /// The kind of leak this object is when it outlives its request.
-    pub(crate) fn leak_kind(&self) -> LeakKind {
-        match self {
-            Liveness::Task(_) => LeakKind::OrphanTask,
-            Liveness::Body(_) => LeakKind::RetainedBody,
-            Liveness::Object(_) => LeakKind::WatchedObject,
-        }
-    }
-}
-
-/// An object a request left behind.
-pub(crate) struct Entry {
+/// An object a request left behind: a task, a request body or a watched object.
+pub(crate) struct TrackedObject {
     pub(crate) scope: Arc<Scope>,
     pub(crate) liveness: Liveness,
     pub(crate) location: Option<&'static Location<'static>>,
     pub(crate) type_name: Option<&'static str>,
     pub(crate) created_at: Instant,
-    pub(crate) tracker: Tracker,
+    pub(crate) lifecycle: Lifecycle,
 }
 
-/// An open (or just closed) request.
-pub(crate) struct ScopeEntry {
-    pub(crate) scope: Arc<Scope>,
-    pub(crate) tracker: Tracker,
-}
-
-/// Builds a report about `scope` (shared by object and scope entries).
-pub(crate) struct ReportParts<'a> {
-    pub(crate) id: u64,
-    pub(crate) kind: LeakKind,
-    pub(crate) state: LeakState,
-    pub(crate) scope: &'a Scope,
-    pub(crate) location: Option<&'static Location<'static>>,
-    pub(crate) type_name: Option<&'static str>,
-    pub(crate) detail: String,
-}
-
-impl ReportParts<'_> {
-    pub(crate) fn build(self, now: Instant) -> LeakReport {
-        let scope = self.scope;
-        let closed_at = scope.closed_at();
-        let usage = scope.usage();
-        // A stuck request's age runs from when it opened; anything else's from the close.
-        let since = closed_at.unwrap_or(scope.opened_at);
-        LeakReport {
-            id: self.id,
-            kind: self.kind,
-            state: self.state,
-            route: scope.route.as_str().to_owned(),
-            method: scope.method.as_str().to_owned(),
-            request_id: scope.request_id.to_string(),
-            trace_id: scope.trace.map(|t| t.trace_id_hex()),
-            span_id: scope.trace.map(|t| t.span_id_hex()),
-            scope_id: scope.id,
-            opened_at: scope.opened_wall(),
-            closed_at: closed_at.map(scope::wall),
-            detected_at: scope::wall(now),
-            age: now.saturating_duration_since(since),
-            location: self.location.map(SourceLocation::from_std),
-            type_name: self.type_name,
-            bytes: usage.map(|u| u.retained_bytes()),
-            allocations: usage.map(|u| u.retained_blocks()),
-            bytes_per_request: None,
-            sites: Vec::new(),
-            detail: self.detail,
-        }
-    }
+/// A request the sweeper has taken over, with the life cycle of its `StuckRequest` finding.
+struct ScopeEntry {
+    scope: Arc<Scope>,
+    lifecycle: Lifecycle,
 }
 
 /// Hashes the registry's sequential `u64` ids with one multiplication (Fibonacci hashing): the
 /// ids are not attacker-controlled, and SipHash would cost more than the rest of an insert.
 #[derive(Clone, Copy, Default)]
-pub(crate) struct IdHasher(u64);
+struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -140,22 +57,22 @@ impl std::hash::Hasher for IdHasher {
 
 type IdMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// How many queues new scopes are spread over (by id), so that requests on different threads
+/// How many shards new scopes are spread over (by id), so that requests on different threads
 /// rarely meet on one lock.
-const SCOPE_QUEUES: usize = 16;
+const SHARDS: usize = 16;
 
-/// The most finished scopes kept for reuse per queue.
-const POOLED_PER_QUEUE: usize = 256;
+/// The most finished scopes kept for reuse per shard.
+const POOLED_PER_SHARD: usize = 256;
 
-/// A spare queue keeps at least this much room however quiet the traffic gets.
+/// A spare intake queue keeps at least this much room however quiet the traffic gets.
 const MIN_SPARE_ROOM: usize = 1024;
 
 /// One shard of the scopes' intake.
 struct Shard {
     /// Scopes opened since the sweeper last took them.
     queue: Vec<Arc<Scope>>,
-    /// Scopes the sweeper is done with and nothing else holds, for new requests to reuse (at
-    /// most [`POOLED_PER_QUEUE`]).
+    /// Finished scopes nothing else holds, for new requests to reuse (at most
+    /// [`POOLED_PER_SHARD`]).
     pool: Vec<Arc<Scope>>,
 }
 
@@ -175,14 +92,14 @@ impl Shard {
 /// judges.
 pub(crate) struct Registry {
     /// New scopes and pooled ones, spread over shards by id: a request takes one lock.
-    shards: [Mutex<Shard>; SCOPE_QUEUES],
+    shards: [Mutex<Shard>; SHARDS],
     /// Emptied queues kept by the sweeper to swap in for full ones, so that requests push into
     /// vectors that already have room (and memory already paged in) instead of regrowing one
     /// from nothing after every sweep.
     spare_queues: Mutex<Vec<Vec<Arc<Scope>>>>,
     /// Scopes taken over by the sweeper; only the sweeper changes it.
-    pub(crate) scopes: Mutex<Vec<ScopeEntry>>,
-    pub(crate) objects: IdMap<Entry>,
+    taken: Mutex<Vec<ScopeEntry>>,
+    objects: IdMap<TrackedObject>,
     len: AtomicUsize,
     capacity: usize,
     skipped: AtomicU64,
@@ -192,9 +109,9 @@ pub(crate) struct Registry {
 impl Registry {
     pub(crate) fn new(capacity: usize) -> Self {
         Registry {
-            shards: [const { Mutex::new(Shard::new()) }; SCOPE_QUEUES],
+            shards: [const { Mutex::new(Shard::new()) }; SHARDS],
             spare_queues: Mutex::new(Vec::new()),
-            scopes: Mutex::new(Vec::new()),
+            taken: Mutex::new(Vec::new()),
             objects: IdMap::default(),
             len: AtomicUsize::new(0),
             capacity,
@@ -203,7 +120,8 @@ impl Registry {
         }
     }
 
-    /// A fresh id for a scope or an object: one sequence, so report ids never collide.
+    /// A fresh id for a scope, an object or a standing alert: one sequence, so report ids never
+    /// collide.
     pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
@@ -219,23 +137,16 @@ impl Registry {
         }
     }
 
-    /// Gives back the room of `n` removed entries.
-    pub(crate) fn released(&self, n: usize) {
-        self.len.fetch_sub(n, Ordering::Relaxed);
-    }
-
     /// Tracks a new scope and returns it, or `None` when the registry is full.
     ///
-    /// A pooled scope the sweeper is done with is overwritten in place when nothing else holds
-    /// it: no allocation on the request's thread, and none freed in bulk on the sweeper's. The
-    /// pool and the queue share one lock.
+    /// A pooled scope is overwritten in place when nothing else holds it: no allocation on the
+    /// request's thread, and none freed in bulk on the sweeper's. The pool and the queue share
+    /// one lock.
     pub(crate) fn open(&self, fresh: Scope) -> Option<Arc<Scope>> {
         if !self.reserve() {
             return None;
         }
-        let mut shard = self.shards[fresh.id as usize % SCOPE_QUEUES]
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut shard = lock(&self.shards[fresh.id as usize % SHARDS]);
         let scope = match shard.pool.pop() {
             Some(mut reused) => match Arc::get_mut(&mut reused) {
                 Some(place) => {
@@ -250,72 +161,120 @@ impl Registry {
         Some(scope)
     }
 
-    /// Pools the scopes that nothing but `finished` holds any more, spread evenly over the
-    /// queues; drops the rest.
+    /// Judges every tracked object with `judge`, which says whether to keep it; forgets the
+    /// others and gives back their room.
+    pub(crate) fn sweep_objects(&self, mut judge: impl FnMut(u64, &mut TrackedObject) -> bool) {
+        let mut removed = 0;
+        self.objects.retain(|&id, object| {
+            let keep = judge(id, object);
+            removed += usize::from(!keep);
+            keep
+        });
+        self.len.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Takes over the scopes opened since the last sweep, then judges every scope with `judge`,
+    /// which says whether to keep it. Returns the scopes let go, which the registry no longer
+    /// holds, for the caller to hand to [`recycle`](Self::recycle) once it is done with them.
+    pub(crate) fn sweep_scopes(
+        &self,
+        mut judge: impl FnMut(&Arc<Scope>, &mut Lifecycle) -> bool,
+    ) -> Vec<Arc<Scope>> {
+        let mut taken = lock(&self.taken);
+        self.take_new_scopes(&mut taken);
+        let mut released = Vec::new();
+        taken.retain_mut(|entry| {
+            let keep = judge(&entry.scope, &mut entry.lifecycle);
+            if !keep {
+                released.push(entry.scope.clone());
+            }
+            keep
+        });
+        drop(taken);
+        self.len.fetch_sub(released.len(), Ordering::Relaxed);
+        released
+    }
+
+    /// Moves every shard's queue of new scopes into the sweeper's list, swapping in a spare
+    /// queue that already has room.
+    fn take_new_scopes(&self, taken: &mut Vec<ScopeEntry>) {
+        let mut spares = lock(&self.spare_queues);
+        for shard in &self.shards {
+            let mut queue = spares.pop().unwrap_or_default();
+            std::mem::swap(&mut queue, &mut lock(shard).queue);
+            let n = queue.len();
+            taken.extend(queue.drain(..).map(|scope| ScopeEntry {
+                scope,
+                lifecycle: Lifecycle::default(),
+            }));
+            // Keep the room the traffic needs, not what one burst once needed.
+            if queue.capacity() > MIN_SPARE_ROOM && queue.capacity() > 4 * n {
+                queue.shrink_to(MIN_SPARE_ROOM.max(2 * n));
+            }
+            spares.push(queue);
+        }
+    }
+
+    /// Pools the scopes that nothing but `finished` holds, spread evenly over the shards; drops
+    /// the rest.
     pub(crate) fn recycle(&self, finished: Vec<Arc<Scope>>) {
-        let share = finished.len().div_ceil(SCOPE_QUEUES);
+        let share = finished.len().div_ceil(SHARDS);
         // A scope still held — by a task, a tracked object or the memory judge — is not reused.
         let mut unused = finished
             .into_iter()
             .filter(|scope| Arc::strong_count(scope) == 1 && Arc::weak_count(scope) == 0);
         for shard in &self.shards {
-            let pool = &mut shard.lock().unwrap_or_else(PoisonError::into_inner).pool;
-            let room = POOLED_PER_QUEUE.saturating_sub(pool.len());
+            let pool = &mut lock(shard).pool;
+            let room = POOLED_PER_SHARD.saturating_sub(pool.len());
             pool.extend(unused.by_ref().take(share.min(room)));
         }
     }
 
-    /// Moves the scopes opened since the last call into the sweeper's list; returns the list.
-    pub(crate) fn take_scopes(&self) -> MutexGuard<'_, Vec<ScopeEntry>> {
-        let mut scopes = self.scopes.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut spares = self
-            .spare_queues
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        for shard in &self.shards {
-            let mut taken = spares.pop().unwrap_or_default();
-            std::mem::swap(
-                &mut taken,
-                &mut shard.lock().unwrap_or_else(PoisonError::into_inner).queue,
-            );
-            let n = taken.len();
-            scopes.extend(taken.drain(..).map(|scope| ScopeEntry {
-                scope,
-                tracker: Tracker::default(),
-            }));
-            // Keep the room the traffic needs, not what one burst once needed.
-            if taken.capacity() > MIN_SPARE_ROOM && taken.capacity() > 4 * n {
-                taken.shrink_to(MIN_SPARE_ROOM.max(2 * n));
-            }
-            spares.push(taken);
+    /// Calls `f` with every tracked object.
+    pub(crate) fn for_each_object(&self, mut f: impl FnMut(u64, &TrackedObject)) {
+        for object in self.objects.iter() {
+            f(*object.key(), object.value());
         }
-        scopes
     }
 
-    /// Calls `f` with every scope not yet removed by the sweeper.
-    pub(crate) fn for_each_scope(&self, mut f: impl FnMut(&Scope)) {
-        for entry in self
-            .scopes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+    /// Calls `f` with every scope the sweeper has taken over and its `StuckRequest` life cycle.
+    pub(crate) fn for_each_swept_scope(&self, mut f: impl FnMut(&Scope, &Lifecycle)) {
+        for entry in lock(&self.taken).iter() {
+            f(&entry.scope, &entry.lifecycle);
+        }
+    }
+
+    /// Requests whose scope is open now, whether the sweeper has taken them over or not.
+    pub(crate) fn open_scopes(&self) -> usize {
+        let taken = lock(&self.taken)
             .iter()
-        {
-            f(&entry.scope);
-        }
-        for shard in &self.shards {
-            for scope in shard
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .queue
-                .iter()
-            {
-                f(scope);
-            }
-        }
+            .filter(|entry| entry.scope.is_open())
+            .count();
+        let queued: usize = self
+            .shards
+            .iter()
+            .map(|shard| lock(shard).queue.iter().filter(|s| s.is_open()).count())
+            .sum();
+        taken + queued
     }
 
-    /// Tracks an object left by `scope`; `false` when the registry is full.
-    pub(crate) fn insert_object(
+    /// Entries held now: scopes and objects.
+    pub(crate) fn len(&self) -> usize {
+        self.len.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Scopes and objects not tracked because the registry was full.
+    pub(crate) fn skipped(&self) -> u64 {
+        self.skipped.load(Ordering::Relaxed)
+    }
+}
+
+impl Owner for Registry {
+    fn insert_object(
         &self,
         scope: &Arc<Scope>,
         liveness: Liveness,
@@ -328,87 +287,83 @@ impl Registry {
         let id = self.next_id();
         self.objects.insert(
             id,
-            Entry {
+            TrackedObject {
                 scope: scope.clone(),
                 liveness,
                 location,
                 type_name,
                 created_at: Instant::now(),
-                tracker: Tracker::default(),
+                lifecycle: Lifecycle::default(),
             },
         );
         true
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.len.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    pub(crate) fn skipped(&self) -> u64 {
-        self.skipped.load(Ordering::Relaxed)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::request_id::RequestId;
-    use crate::route::Route;
+    use crate::liveness::TaskToken;
+    use crate::test_helpers::{fresh_scope, scope};
 
-    fn scope() -> Arc<Scope> {
-        Arc::new(fresh(1))
-    }
-
-    fn fresh(id: u64) -> Scope {
-        Scope::new(
-            id,
-            crate::scope::RequestHead {
-                request_id: RequestId::Given("r".into()),
-                method: http::Method::POST,
-                route: Route::Static("/x"),
-                route_slot: 0,
-                streaming: false,
-                trace: None,
-            },
-            Weak::new(),
-            None,
-        )
+    fn task(registry: &Registry, scope: &Arc<Scope>, token: &Arc<TaskToken>) -> bool {
+        registry.insert_object(scope, Liveness::Task(Arc::downgrade(token)), None, None)
     }
 
     #[test]
     fn capacity_bounds_scopes_and_objects_together() {
         let registry = Registry::new(3);
-        let s = registry.open(fresh(1)).unwrap();
-        assert_eq!(registry.take_scopes().len(), 1);
+        let s = registry.open(fresh_scope(1)).unwrap();
         let token = Arc::new(TaskToken);
-        assert!(registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
-        assert!(registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
-        assert!(!registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None));
-        assert!(registry.open(fresh(2)).is_none());
-        assert_eq!(registry.len(), 3);
-        assert_eq!(registry.skipped(), 2);
-        assert_eq!(registry.objects.len(), 2);
+        assert!(task(&registry, &s, &token));
+        assert!(task(&registry, &s, &token));
+        assert!(!task(&registry, &s, &token));
+        assert!(registry.open(fresh_scope(2)).is_none());
+        assert_eq!((registry.len(), registry.skipped()), (3, 2));
 
-        registry.released(1);
-        assert!(registry.open(fresh(3)).is_some());
-        assert_eq!(registry.len(), 3);
+        // The registry gives back the room of what a sweep lets go.
+        s.close();
+        let released = registry.sweep_scopes(|_, _| false);
+        assert_eq!(released.len(), 1);
+        assert_eq!(registry.len(), 2);
+        drop(token);
+        registry.sweep_objects(|_, object| object.liveness.is_alive());
+        assert_eq!(registry.len(), 0);
+        assert!(registry.open(fresh_scope(3)).is_some());
+    }
+
+    #[test]
+    fn sweeps_see_new_scopes_and_count_open_ones() {
+        let registry = Registry::new(8);
+        let open = registry.open(fresh_scope(1)).unwrap();
+        let closed = registry.open(fresh_scope(2)).unwrap();
+        closed.close();
+        assert_eq!(registry.open_scopes(), 1, "queued scopes are counted");
+        let mut seen = Vec::new();
+        let released = registry.sweep_scopes(|scope, _| {
+            seen.push(scope.id);
+            scope.is_open()
+        });
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 2]);
+        assert_eq!(released.iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
+        assert_eq!(registry.open_scopes(), 1, "taken scopes are counted");
+        let mut swept = Vec::new();
+        registry.for_each_swept_scope(|scope, _| swept.push(scope.id));
+        assert_eq!(swept, [open.id]);
     }
 
     #[test]
     fn only_scopes_nothing_else_holds_are_reused() {
         let registry = Registry::new(64);
-        let unused = scope();
+        let unused = scope(1);
         let address = Arc::as_ptr(&unused);
-        let held = scope();
+        let held = scope(2);
         let holder = held.clone(); // say, a task the request spawned
         registry.recycle(vec![unused, held]);
         // One new scope per shard: exactly one of them is the pooled scope, overwritten.
-        let opened: Vec<Arc<Scope>> = (0..SCOPE_QUEUES as u64)
-            .map(|id| registry.open(fresh(100 + id)).unwrap())
+        let opened: Vec<Arc<Scope>> = (0..SHARDS as u64)
+            .map(|id| registry.open(fresh_scope(100 + id)).unwrap())
             .collect();
         let reused: Vec<&Arc<Scope>> = opened
             .iter()
@@ -427,38 +382,15 @@ mod tests {
     }
 
     #[test]
-    fn the_pool_is_bounded_and_spread_over_the_queues() {
+    fn the_pool_is_bounded_and_spread_over_the_shards() {
         let registry = Registry::new(8);
-        let many = SCOPE_QUEUES * POOLED_PER_QUEUE + 100;
-        registry.recycle((0..many).map(|_| scope()).collect());
+        let many = SHARDS * POOLED_PER_SHARD + 100;
+        registry.recycle((0..many as u64).map(scope).collect());
         for shard in &registry.shards {
-            assert_eq!(shard.lock().unwrap().pool.len(), POOLED_PER_QUEUE);
+            assert_eq!(lock(shard).pool.len(), POOLED_PER_SHARD);
         }
         let few = Registry::new(8);
-        few.recycle((0..SCOPE_QUEUES).map(|_| scope()).collect());
-        assert!(few
-            .shards
-            .iter()
-            .all(|shard| shard.lock().unwrap().pool.len() == 1));
-    }
-
-    #[test]
-    fn entries_never_keep_objects_alive() {
-        let registry = Registry::new(8);
-        let s = scope();
-        let object = Arc::new(vec![0u8; 64]);
-        registry.insert_object(
-            &s,
-            Liveness::Object(Box::new(Arc::downgrade(&object))),
-            None,
-            None,
-        );
-        let token = Arc::new(TaskToken);
-        registry.insert_object(&s, Liveness::Task(Arc::downgrade(&token)), None, None);
-        assert!(registry.objects.iter().all(|e| e.liveness.is_alive()));
-        assert_eq!(Arc::strong_count(&object), 1);
-        drop(object);
-        drop(token);
-        assert!(registry.objects.iter().all(|e| !e.liveness.is_alive()));
+        few.recycle((0..SHARDS as u64).map(scope).collect());
+        assert!(few.shards.iter().all(|shard| lock(shard).pool.len() == 1));
     }
 }

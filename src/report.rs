@@ -39,8 +39,9 @@ pub enum LeakKind {
 }
 
 impl LeakKind {
-    /// Every kind, in declaration order.
-    pub const ALL: [LeakKind; 8] = [
+    /// Every kind, in declaration order. A slice, so that a kind added later is not a breaking
+    /// change.
+    pub const ALL: &'static [LeakKind] = &[
         LeakKind::OrphanTask,
         LeakKind::UnconsumedBody,
         LeakKind::RetainedBody,
@@ -64,6 +65,9 @@ impl LeakKind {
             LeakKind::TaskGrowth => "TaskGrowth",
         }
     }
+
+    /// How many kinds there are.
+    pub(crate) const COUNT: usize = Self::ALL.len();
 
     pub(crate) const fn index(self) -> usize {
         self as usize
@@ -197,8 +201,8 @@ pub struct LeakReport {
     pub kind: LeakKind,
     /// The state this report announces.
     pub state: LeakState,
-    /// The route template of the request (`/users/{id}`), `"<unmatched>"` when none is known.
-    /// Never the raw path.
+    /// The route template of the request (`/users/{id}`), or one of the names in
+    /// [`crate::route`] (`"<unmatched>"` when none is known). Never the raw path.
     pub route: String,
     /// The request's HTTP method.
     pub method: String,
@@ -240,10 +244,16 @@ pub struct LeakReport {
     /// on average.
     pub bytes_per_request: Option<u64>,
     /// For [`RetainedMemory`](LeakKind::RetainedMemory) with allocation sites on: where the
-    /// route's retained memory was allocated, most bytes first.
+    /// route's retained memory was allocated, most bytes first; at most
+    /// [`MAX_SITES`](Self::MAX_SITES).
     pub sites: Vec<AllocationSite>,
     /// A human-readable explanation (bytes read from a body, how long a task ran, …).
     pub detail: String,
+}
+
+impl LeakReport {
+    /// The most allocation [`sites`](Self::sites) a report lists.
+    pub const MAX_SITES: usize = 5;
 }
 
 impl fmt::Display for LeakReport {

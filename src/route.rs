@@ -1,7 +1,16 @@
-//! Route names: axum's `MatchedPath` template, else the user's `route_fn`, else `"<unmatched>"`.
+//! Route names, and the names reports use where there is no route template.
 //!
-//! The raw path is never used: it carries ids and personal data, and as a metric label its
-//! cardinality is unbounded.
+//! A request's route is axum's `MatchedPath` template, else what the builder's
+//! [`route_fn`](crate::LeakDetectorBuilder::route_fn) returns, else [`UNMATCHED`]. The raw path
+//! is never used: it carries ids and personal data, and as a metric label its cardinality is
+//! unbounded. Three names stand in for a template, and can appear in reports, stats and metric
+//! labels:
+//!
+//! | name | when |
+//! |---|---|
+//! | [`UNMATCHED`] `"<unmatched>"` | no template is known for the request |
+//! | [`OVERFLOW`] `"<other>"` | the detector already knows [`MAX_ROUTES`] templates |
+//! | [`PROCESS`] `"<process>"` | a report about the whole process ([`HeapGrowth`](crate::LeakKind::HeapGrowth), [`TaskGrowth`](crate::LeakKind::TaskGrowth)) |
 
 #[cfg(feature = "axum")]
 use std::cell::RefCell;
@@ -12,16 +21,23 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use crate::config::Config;
-
-/// The route name of a request whose route is unknown.
+/// The route name of a request whose route template is unknown.
 pub const UNMATCHED: &str = "<unmatched>";
 
-/// The route name used once [`MAX_ROUTES`] distinct templates have been seen.
-pub(crate) const OVERFLOW: &str = "<other>";
+/// The route name of a request once its detector knows [`MAX_ROUTES`] other templates.
+pub const OVERFLOW: &str = "<other>";
 
-/// The most distinct route templates one detector interns.
-pub(crate) const MAX_ROUTES: usize = 4096;
+/// The route name of reports about the whole process rather than one request.
+pub const PROCESS: &str = "<process>";
+
+/// The most distinct route templates one detector tells apart.
+pub const MAX_ROUTES: usize = 4096;
+
+/// Maps a request's method and URI to a route template, for services without a router.
+///
+/// Returning `&'static str` keeps route names a fixed set: a raw path (with its ids and personal
+/// data) cannot end up in a report or a metric label by accident.
+pub(crate) type RouteFn = dyn Fn(&http::Method, &http::Uri) -> Option<&'static str> + Send + Sync;
 
 /// A route template, shared by a scope and everything it tracks.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -49,6 +65,8 @@ impl fmt::Display for Route {
 /// route its slot in the allocator's route table when memory is tracked.
 pub(crate) struct Interner {
     routes: DashMap<Arc<str>, u32>,
+    /// The template of each route slot handed out.
+    names: DashMap<u32, Arc<str>>,
     memory: bool,
     /// Tells this interner's entries apart in the per-thread [`RECENT`] cache.
     #[cfg(feature = "axum")]
@@ -86,6 +104,7 @@ impl Interner {
     pub(crate) fn new(memory: bool) -> Self {
         Interner {
             routes: DashMap::new(),
+            names: DashMap::new(),
             memory,
             #[cfg(feature = "axum")]
             id: NEXT_INTERNER.fetch_add(1, Ordering::Relaxed),
@@ -141,16 +160,18 @@ impl Interner {
             0
         };
         let shared: Arc<str> = Arc::from(template);
-        let slot = *self.routes.entry(shared.clone()).or_insert(slot);
+        let entry = self.routes.entry(shared.clone()).or_insert(slot);
+        let (shared, slot) = (entry.key().clone(), *entry.value());
+        drop(entry);
+        if slot != 0 {
+            self.names.entry(slot).or_insert_with(|| shared.clone());
+        }
         (Route::Interned(shared), slot)
     }
 
     /// The template that has route slot `slot`.
-    pub(crate) fn name_of(&self, slot: u32) -> Option<String> {
-        self.routes
-            .iter()
-            .find(|e| *e.value() == slot)
-            .map(|e| e.key().to_string())
+    pub(crate) fn name_of(&self, slot: u32) -> Option<Arc<str>> {
+        self.names.get(&slot).map(|name| name.value().clone())
     }
 
     /// A `'static` name needs interning only for its route slot.
@@ -166,14 +187,14 @@ impl Interner {
 /// Names the route of a request; returns it with its allocator route slot.
 pub(crate) fn resolve<B>(
     request: &http::Request<B>,
-    config: &Config,
+    route_fn: Option<&RouteFn>,
     interner: &Interner,
 ) -> (Route, u32) {
     #[cfg(feature = "axum")]
     if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
         return interner.intern_cached(matched.as_str());
     }
-    if let Some(route_fn) = &config.route_fn {
+    if let Some(route_fn) = route_fn {
         if let Some(route) = route_fn(request.method(), request.uri()) {
             return interner.name(route);
         }
@@ -213,6 +234,20 @@ mod tests {
         reused.replace_range(1..6, "posts");
         let (c, _) = memory.intern_cached(&reused);
         assert_eq!(c.as_str(), "/posts/{id}");
+    }
+
+    #[test]
+    fn route_slots_name_their_templates() {
+        let interner = Interner::new(true);
+        let (_, slot) = interner.intern("/users/{id}");
+        assert_ne!(slot, 0);
+        assert_eq!(
+            interner.intern("/users/{id}").1,
+            slot,
+            "one slot per template"
+        );
+        assert_eq!(interner.name_of(slot).as_deref(), Some("/users/{id}"));
+        assert_eq!(interner.name_of(0), None);
     }
 
     #[test]

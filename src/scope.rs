@@ -7,19 +7,37 @@
 //! The *current* scope lives in a const-initialised thread-local `Cell`. It is set around every
 //! poll of a request's future, of its response body and of every task it spawned through
 //! [`crate::spawn`] / [`crate::scoped`], and restored afterwards — even when the poll panics.
-//! A thread-local is used rather than a tokio task-local so that code which is not async (and,
-//! later, a global allocator) can read it.
+//! A thread-local is used rather than a tokio task-local so that code which is not async — the
+//! global allocator among it — can read it.
+//!
+//! A scope does not know its detector: it knows only an [`Owner`], the registry its objects are
+//! tracked in, through a `Weak` so that a leaked task cannot keep the detector alive.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::panic::Location;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::alloc::{self, SlotGuard, Tag, Usage};
-use crate::detector::Shared;
+use crate::clock;
+use crate::liveness::Liveness;
+use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request_id::RequestId;
 use crate::route::Route;
 use crate::trace_context::TraceParent;
+
+/// Where the objects a request leaves behind are tracked (the registry of its detector).
+pub(crate) trait Owner: Send + Sync {
+    /// Tracks an object left by `scope`; `false` when it cannot be tracked (registry full).
+    fn insert_object(
+        &self,
+        scope: &Arc<Scope>,
+        liveness: Liveness,
+        location: Option<&'static Location<'static>>,
+        type_name: Option<&'static str>,
+    ) -> bool;
+}
 
 /// The detector's record of one request.
 pub(crate) struct Scope {
@@ -33,14 +51,15 @@ pub(crate) struct Scope {
     pub(crate) opened_at: Instant,
     /// 0 while open; once closed, nanoseconds from `opened_at` to the close, plus one.
     closed: AtomicU64,
-    /// The detector the scope belongs to; weak, so that a leaked task cannot keep it alive.
-    pub(crate) detector: Weak<Shared>,
+    /// Where the request's objects are tracked; weak, so that a leaked task cannot keep the
+    /// detector alive.
+    owner: Weak<dyn Owner>,
     /// The allocator's scope slot, while the request's memory is counted.
     pub(crate) memory: Option<SlotGuard>,
     /// What allocations made in this scope are stamped with.
     tag: Tag,
     /// Whether a task, body or watched object of this request was registered.
-    objects: std::sync::atomic::AtomicBool,
+    objects: AtomicBool,
     /// The trace the request belongs to, when known.
     pub(crate) trace: Option<TraceParent>,
 }
@@ -61,7 +80,7 @@ impl Scope {
     pub(crate) fn new(
         id: u64,
         head: RequestHead,
-        detector: Weak<Shared>,
+        owner: Weak<dyn Owner>,
         memory: Option<SlotGuard>,
     ) -> Self {
         let RequestHead {
@@ -79,7 +98,7 @@ impl Scope {
         Scope {
             memory,
             tag,
-            objects: std::sync::atomic::AtomicBool::new(false),
+            objects: AtomicBool::new(false),
             trace,
             id,
             request_id,
@@ -88,7 +107,7 @@ impl Scope {
             streaming,
             opened_at: Instant::now(),
             closed: AtomicU64::new(0),
-            detector,
+            owner,
         }
     }
 
@@ -118,9 +137,21 @@ impl Scope {
         self.closed_after().map(|d| self.opened_at + d)
     }
 
-    /// Records that the request left an object in the registry.
-    pub(crate) fn mark_objects(&self) {
+    /// Tracks an object the request leaves behind, unless its detector is gone or full.
+    ///
+    /// Runs outside the request's scope, so the detector's own allocations are never
+    /// attributed to the request.
+    pub(crate) fn track(
+        self: &Arc<Self>,
+        liveness: Liveness,
+        location: Option<&'static Location<'static>>,
+        type_name: Option<&'static str>,
+    ) -> bool {
+        let Some(owner) = self.owner.upgrade() else {
+            return false;
+        };
         self.objects.store(true, Ordering::Relaxed);
+        outside(|| owner.insert_object(self, liveness, location, type_name))
     }
 
     /// Whether the request left a task, body or watched object in the registry.
@@ -147,19 +178,45 @@ impl Scope {
 
     /// When the scope opened, on the wall clock.
     pub(crate) fn opened_wall(&self) -> SystemTime {
-        wall(self.opened_at)
+        clock::wall(self.opened_at)
     }
-}
 
-/// Converts a monotonic instant to wall-clock time, through one pair of readings taken when the
-/// first detector was built. A request then costs one clock read, not two; the price is that a
-/// wall-clock step (NTP) after start-up is not reflected in report timestamps.
-pub(crate) fn wall(at: Instant) -> SystemTime {
-    static EPOCH: std::sync::OnceLock<(Instant, SystemTime)> = std::sync::OnceLock::new();
-    let (epoch, epoch_wall) = *EPOCH.get_or_init(|| (Instant::now(), SystemTime::now()));
-    match at.checked_duration_since(epoch) {
-        Some(after) => epoch_wall + after,
-        None => epoch_wall - epoch.duration_since(at),
+    /// A report about this request, made at `now`: everything the scope knows filled in, no
+    /// location, type, sites or per-request figure.
+    pub(crate) fn report(
+        &self,
+        id: u64,
+        kind: LeakKind,
+        state: LeakState,
+        now: Instant,
+        detail: String,
+    ) -> LeakReport {
+        let closed_at = self.closed_at();
+        let usage = self.usage();
+        // A stuck request's age runs from when it opened; anything else's from the close.
+        let since = closed_at.unwrap_or(self.opened_at);
+        LeakReport {
+            id,
+            kind,
+            state,
+            route: self.route.as_str().to_owned(),
+            method: self.method.as_str().to_owned(),
+            request_id: self.request_id.to_string(),
+            trace_id: self.trace.map(|t| t.trace_id_hex()),
+            span_id: self.trace.map(|t| t.span_id_hex()),
+            scope_id: self.id,
+            opened_at: self.opened_wall(),
+            closed_at: closed_at.map(clock::wall),
+            detected_at: clock::wall(now),
+            age: now.saturating_duration_since(since),
+            location: None,
+            type_name: None,
+            bytes: usage.map(|u| u.retained_bytes()),
+            allocations: usage.map(|u| u.retained_blocks()),
+            bytes_per_request: None,
+            sites: Vec::new(),
+            detail,
+        }
     }
 }
 
@@ -180,22 +237,15 @@ pub(crate) fn current() -> Option<Arc<Scope>> {
         .flatten()
 }
 
-/// Runs `f` with the scope in `slot` current, then puts it back in `slot` and restores whatever
-/// was current before — also when `f` panics. An empty slot runs `f` untouched.
-///
-/// The `Arc` is moved into the thread-local and back, so entering costs no reference-count
-/// traffic.
-pub(crate) fn enter<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -> R) -> R {
-    let Some(tag) = slot.as_ref().map(|scope| scope.tag) else {
+/// Runs `f` with `scope` current, then restores whatever was current before — also when `f`
+/// panics.
+pub(crate) fn enter<R>(scope: &Arc<Scope>, f: impl FnOnce() -> R) -> R {
+    let Ok(previous) = CURRENT.try_with(|cell| cell.replace(Some(scope.clone()))) else {
+        // Thread-locals are being torn down: run without a current scope.
         return f();
     };
-    let Ok(previous) = CURRENT.try_with(|cell| cell.replace(slot.take())) else {
-        // Thread-locals are being torn down: the slot still holds the scope; run without it.
-        return f();
-    };
-    let previous_tag = swap_tag_if(tag);
+    let previous_tag = swap_tag_if(scope.tag);
     let _restore = Restore {
-        slot,
         previous,
         previous_tag,
     };
@@ -212,68 +262,62 @@ fn swap_tag_if(tag: Tag) -> Option<Tag> {
 /// Runs `f` with no current scope, for the detector's own bookkeeping: nothing it allocates is
 /// attributed to the request being served.
 pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
-    let mut none = None;
     let previous = CURRENT.try_with(Cell::take).ok().flatten();
     let Some(tag) = previous.as_ref().map(|scope| scope.tag) else {
         return f();
     };
     let previous_tag = (tag != Tag::NONE).then(|| alloc::swap_tag(Tag::NONE));
     let _restore = Restore {
-        slot: &mut none,
         previous,
         previous_tag,
     };
     f()
 }
 
-struct Restore<'a> {
-    slot: &'a mut Option<Arc<Scope>>,
+/// Puts back the scope and allocator tag that were current before [`enter`] or [`outside`].
+struct Restore {
     previous: Option<Arc<Scope>>,
     previous_tag: Option<Tag>,
 }
 
-impl Drop for Restore<'_> {
+impl Drop for Restore {
     fn drop(&mut self) {
         if let Some(tag) = self.previous_tag {
             alloc::swap_tag(tag);
         }
         let previous = self.previous.take();
-        if let Ok(ours) = CURRENT.try_with(|cell| cell.replace(previous)) {
-            *self.slot = ours;
-        }
+        // What comes back is the scope `enter` made current (dropped here) or nothing.
+        let _ = CURRENT.try_with(|cell| cell.replace(previous));
     }
 }
 
-/// Closes its scope when dropped (response finished, future dropped or panicked).
-///
-/// It also carries the scope to enter around polls, so a future or body holds one `Arc`.
+/// A request's hold on its scope: enters it around polls, and closes it when dropped (response
+/// finished, future dropped or panicked).
 pub(crate) struct ScopeGuard {
-    slot: Option<Arc<Scope>>,
+    scope: Arc<Scope>,
 }
 
 impl ScopeGuard {
     pub(crate) fn new(scope: Arc<Scope>) -> Self {
-        ScopeGuard { slot: Some(scope) }
+        ScopeGuard { scope }
     }
 
-    /// The slot to pass to [`enter`].
-    pub(crate) fn slot(&mut self) -> &mut Option<Arc<Scope>> {
-        &mut self.slot
+    /// Runs `f` with the request's scope current.
+    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
+        enter(&self.scope, f)
     }
 }
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        if let Some(scope) = &self.slot {
-            scope.close();
-        }
+        self.scope.close();
     }
 }
 
 impl std::fmt::Debug for ScopeGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScopeGuard")
-            .field("scope", &self.slot.as_ref().map(|s| s.id))
+            .field("scope", &self.scope.id)
             .finish()
     }
 }
@@ -281,61 +325,46 @@ impl std::fmt::Debug for ScopeGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::route::Route;
-
-    fn scope(id: u64) -> Arc<Scope> {
-        Arc::new(Scope::new(
-            id,
-            RequestHead {
-                request_id: RequestId::Generated {
-                    prefix: 0,
-                    number: id,
-                },
-                method: http::Method::GET,
-                route: Route::Static("/t"),
-                route_slot: 0,
-                streaming: false,
-                trace: None,
-            },
-            Weak::new(),
-            None,
-        ))
-    }
+    use crate::test_helpers::scope;
 
     #[test]
     fn enter_sets_and_restores_the_current_scope() {
         assert!(current().is_none());
-        let mut outer = Some(scope(1));
-        let mut inner = Some(scope(2));
-        enter(&mut outer, || {
+        let outer = scope(1);
+        let inner = scope(2);
+        enter(&outer, || {
             assert_eq!(current().unwrap().id, 1);
-            enter(&mut inner, || assert_eq!(current().unwrap().id, 2));
+            enter(&inner, || assert_eq!(current().unwrap().id, 2));
             assert_eq!(current().unwrap().id, 1);
             outside(|| assert!(current().is_none()));
             assert_eq!(current().unwrap().id, 1);
         });
         assert!(current().is_none());
-        assert_eq!(outer.unwrap().id, 1, "the scope is handed back to its slot");
-        assert_eq!(inner.unwrap().id, 2);
+        assert_eq!(
+            Arc::strong_count(&outer),
+            1,
+            "nothing is left holding the scope"
+        );
+        assert_eq!(Arc::strong_count(&inner), 1);
     }
 
     #[test]
     fn enter_restores_after_a_panic() {
-        let mut slot = Some(scope(3));
+        let s = scope(3);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            enter(&mut slot, || panic!("handler panicked"))
+            enter(&s, || panic!("handler panicked"))
         }));
         assert!(result.is_err());
         assert!(current().is_none());
-        assert_eq!(slot.unwrap().id, 3);
+        assert_eq!(Arc::strong_count(&s), 1);
     }
 
     #[test]
-    fn empty_slot_leaves_the_current_scope_alone() {
-        let mut slot = Some(scope(4));
-        enter(&mut slot, || {
-            enter(&mut None, || assert_eq!(current().unwrap().id, 4));
-        });
+    fn a_scope_whose_owner_is_gone_tracks_nothing() {
+        let s = scope(4);
+        let token = Arc::new(crate::liveness::TaskToken);
+        assert!(!s.track(Liveness::Task(Arc::downgrade(&token)), None, None));
+        assert!(!s.left_objects());
     }
 
     #[test]
@@ -343,10 +372,38 @@ mod tests {
         let s = scope(5);
         assert!(s.is_open());
         let guard = ScopeGuard::new(s.clone());
+        guard.enter(|| assert_eq!(current().unwrap().id, 5));
         drop(guard);
         let first = s.closed_after().unwrap();
         s.close();
         assert_eq!(s.closed_after().unwrap(), first, "the first close wins");
         assert!(s.closed_at().unwrap() >= s.opened_at);
+    }
+
+    #[test]
+    fn reports_carry_the_request_and_no_raw_path() {
+        let s = scope(6);
+        let now = Instant::now();
+        let open = s.report(
+            9,
+            LeakKind::StuckRequest,
+            LeakState::Suspected,
+            now,
+            "d".into(),
+        );
+        assert_eq!((open.id, open.scope_id), (9, 6));
+        assert_eq!((open.route.as_str(), open.method.as_str()), ("/t", "GET"));
+        assert_eq!(open.request_id, "lw-00000000-6");
+        assert_eq!(open.closed_at, None);
+        assert_eq!(open.bytes, None, "memory is not tracked");
+        s.close();
+        let closed = s.report(
+            9,
+            LeakKind::OrphanTask,
+            LeakState::Confirmed,
+            now,
+            String::new(),
+        );
+        assert!(closed.closed_at.is_some());
     }
 }

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
-use crate::registry::{Liveness, TaskToken};
+use crate::liveness::{Liveness, TaskToken};
 use crate::scope::{self, Scope};
 
 /// Spawns a task on the current tokio runtime, tracked under the current request.
@@ -64,11 +64,10 @@ pub fn scoped<F: Future>(future: F) -> Scoped<F> {
     let location = Location::caller();
     let scope = scope::current();
     let token = scope.as_ref().and_then(|scope| {
-        let detector = scope.detector.upgrade()?;
         let token = Arc::new(TaskToken);
         let liveness = Liveness::Task(Arc::downgrade(&token));
-        detector
-            .track(scope, liveness, Some(location), Some(type_name::<F>()))
+        scope
+            .track(liveness, Some(location), Some(type_name::<F>()))
             .then_some(token)
     });
     Scoped {
@@ -95,7 +94,10 @@ impl<F: Future> Future for Scoped<F> {
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let inner = this.inner;
-        let poll = scope::enter(this.scope, || inner.poll(cx));
+        let poll = match this.scope {
+            Some(scope) => scope::enter(scope, || inner.poll(cx)),
+            None => inner.poll(cx),
+        };
         if poll.is_ready() {
             // The task has ended, even if whoever holds the future keeps it around.
             *this.token = None;
@@ -135,12 +137,8 @@ where
     let Some(scope) = scope::current() else {
         return;
     };
-    let Some(detector) = scope.detector.upgrade() else {
-        return;
-    };
     let probe = scope::outside(|| Box::new(Arc::downgrade(object)));
-    detector.track(
-        &scope,
+    scope.track(
         Liveness::Object(probe),
         Some(location),
         Some(type_name::<T>()),

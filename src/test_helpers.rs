@@ -1,8 +1,54 @@
 //! Helpers shared by the unit tests.
 
+use std::panic::Location;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
+use crate::liveness::Liveness;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
+use crate::request_id::RequestId;
+use crate::route::Route;
+use crate::scope::{Owner, RequestHead, Scope};
+
+/// The owner of a scope whose detector is gone.
+struct Gone;
+
+impl Owner for Gone {
+    fn insert_object(
+        &self,
+        _: &Arc<Scope>,
+        _: Liveness,
+        _: Option<&'static Location<'static>>,
+        _: Option<&'static str>,
+    ) -> bool {
+        unreachable!("a scope whose owner is gone tracks nothing")
+    }
+}
+
+/// A fresh scope of a `GET /t` request numbered `id`, of no detector.
+pub(crate) fn fresh_scope(id: u64) -> Scope {
+    Scope::new(
+        id,
+        RequestHead {
+            request_id: RequestId::Generated {
+                prefix: 0,
+                number: id,
+            },
+            method: http::Method::GET,
+            route: Route::Static("/t"),
+            route_slot: 0,
+            streaming: false,
+            trace: None,
+        },
+        Weak::<Gone>::new(),
+        None,
+    )
+}
+
+/// [`fresh_scope`], shared.
+pub(crate) fn scope(id: u64) -> Arc<Scope> {
+    Arc::new(fresh_scope(id))
+}
 
 /// A fixed, fully populated report.
 pub(crate) fn sample_report() -> LeakReport {

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use leakwatch::trend::PROCESS_ROUTE;
+use leakwatch::route::PROCESS;
 use leakwatch::{LeakDetector, LeakKind, LeakReport, LeakState};
 
 #[global_allocator]
@@ -59,7 +59,7 @@ async fn growth_alerts_fire_on_leaks_and_stay_quiet_on_steady_load() {
     let alert = &heap_reports[0];
     assert_eq!(alert.kind, LeakKind::HeapGrowth);
     assert_eq!(alert.state, LeakState::Confirmed);
-    assert_eq!(alert.route, PROCESS_ROUTE);
+    assert_eq!(alert.route, PROCESS);
     assert!(alert.bytes.unwrap() >= 8 << 20, "{alert}");
     assert!(alert.detail.contains("live heap bytes grew"), "{alert}");
     assert_eq!(detector.leaks().len(), 1);

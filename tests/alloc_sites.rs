@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::HashMap;
+use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
@@ -32,9 +33,9 @@ async fn leak_map(State(map): State<Map>, Path(id): Path<u64>) -> &'static str {
 }
 
 async fn run(sites: AllocationSites) -> LeakReport {
+    ALLOC.set_allocation_sites(sites);
     let detector = support::builder(&leakwatch::sink::CollectingSink::new())
         .memory_window(100)
-        .allocation_sites(sites)
         .build()
         .unwrap();
     let app = Router::new()
@@ -59,12 +60,12 @@ async fn retained_memory_reports_list_the_handlers_allocation_site() {
     for mode in [
         AllocationSites::Exact,
         AllocationSites::Sampled {
-            mean_bytes: 16 * 1024,
+            mean_bytes: NonZeroU64::new(16 * 1024).unwrap(),
         },
     ] {
         let report = run(mode).await;
         assert!(!report.sites.is_empty(), "{mode:?}: {report:#?}");
-        assert!(report.sites.len() <= leakwatch::memory::REPORTED_SITES);
+        assert!(report.sites.len() <= leakwatch::LeakReport::MAX_SITES);
         let handler = report
             .sites
             .iter()
@@ -95,8 +96,5 @@ async fn retained_memory_reports_list_the_handlers_allocation_site() {
         );
         assert!(report.to_string().contains("allocated at"), "{report}");
     }
-    leakwatch::LeakDetector::builder()
-        .allocation_sites(AllocationSites::Off)
-        .build()
-        .unwrap();
+    ALLOC.set_allocation_sites(AllocationSites::Off);
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use leakwatch::{LeakKind, LeakState, RequestBody};
+use leakwatch::{layer::RequestBody, LeakKind, LeakState};
 use tower::{ServiceBuilder, ServiceExt};
 
 fn route(_: &http::Method, uri: &http::Uri) -> Option<&'static str> {
@@ -91,7 +91,9 @@ async fn unconsumed_and_retained_bodies_through_oneshot() {
         1
     );
     assert_eq!(support::of_kind(&reports, LeakKind::RetainedBody).len(), 1);
-    assert!(reports.iter().all(|r| r.route == leakwatch::UNMATCHED));
+    assert!(reports
+        .iter()
+        .all(|r| r.route == leakwatch::route::UNMATCHED));
     assert_eq!(sink.reports().len(), 2);
 
     kept.lock().unwrap().clear(); // dropped unread, but it was already reported as retained

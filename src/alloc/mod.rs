@@ -36,9 +36,7 @@ use self::counters::{on_alloc, on_dealloc, on_free, on_resize};
 use self::header::Header;
 pub(crate) use self::header::Tag;
 pub use self::sites::AllocationSites;
-pub(crate) use self::sites::{
-    configure as configure_sites, dropped as sites_dropped, top as top_sites, RawSite,
-};
+pub(crate) use self::sites::{dropped as sites_dropped, top as top_sites, RawSite};
 pub(crate) use self::slots::{slots_exhausted, SlotGuard, Usage};
 
 /// Bytes in front of every block (more for alignments above it).
@@ -97,6 +95,28 @@ impl<A> TrackingAllocator<A> {
     /// Wraps `inner`.
     pub const fn new(inner: A) -> Self {
         TrackingAllocator { inner }
+    }
+
+    /// Samples the call stacks of requests' allocations, so that
+    /// [`RetainedMemory`](crate::LeakKind::RetainedMemory) reports list where the memory was
+    /// allocated ([`LeakReport::sites`](crate::LeakReport::sites)).
+    ///
+    /// Process-wide, like the allocator itself: every detector sees the same sites. It applies
+    /// to allocations made from now on. Default: [`AllocationSites::Off`].
+    ///
+    /// ```
+    /// use std::num::NonZeroU64;
+    /// use leakwatch::{AllocationSites, TrackingAllocator};
+    ///
+    /// #[global_allocator]
+    /// static ALLOC: TrackingAllocator = TrackingAllocator::system();
+    ///
+    /// let mean_bytes = NonZeroU64::new(512 * 1024).unwrap();
+    /// ALLOC.set_allocation_sites(AllocationSites::Sampled { mean_bytes });
+    /// # ALLOC.set_allocation_sites(AllocationSites::Off);
+    /// ```
+    pub fn set_allocation_sites(&self, sites: AllocationSites) {
+        sites::configure(sites);
     }
 }
 

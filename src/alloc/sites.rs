@@ -8,6 +8,7 @@
 //! (route, stack); its header remembers the table entry, so that the free takes the weight
 //! back. Nothing is allocated: symbols are resolved only when a report is built.
 
+use std::num::NonZeroU64;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 /// Return addresses kept per sampled stack.
@@ -17,7 +18,8 @@ pub(crate) const MAX_FRAMES: usize = 24;
 /// header has 12 bits for the entry plus one.)
 pub(crate) const MAX_SITES: usize = 4095;
 
-/// How allocation sites are sampled (process-wide: the allocator is one static).
+/// How allocation sites are sampled; set with
+/// [`TrackingAllocator::set_allocation_sites`](crate::TrackingAllocator::set_allocation_sites).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum AllocationSites {
@@ -27,7 +29,7 @@ pub enum AllocationSites {
     /// About one allocation per `mean_bytes` allocated bytes inside requests is sampled.
     Sampled {
         /// The mean distance, in bytes, between two samples. 512 KiB is a good start.
-        mean_bytes: u64,
+        mean_bytes: NonZeroU64,
     },
     /// Every allocation inside a request is sampled. Exact, and slow: for tests.
     Exact,
@@ -67,7 +69,8 @@ pub(crate) fn configure(mode: AllocationSites) {
     let mean = match mode {
         AllocationSites::Off => 0,
         AllocationSites::Exact => EXACT,
-        AllocationSites::Sampled { mean_bytes } => mean_bytes.max(2),
+        // 1 stands for exact mode: a mean of one byte samples (nearly) every allocation anyway.
+        AllocationSites::Sampled { mean_bytes } => mean_bytes.get().max(2),
     };
     MEAN.store(mean, Ordering::Relaxed);
 }

@@ -6,7 +6,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::ResponseBody;
-use crate::scope::{self, ScopeGuard};
+use crate::scope::ScopeGuard;
 
 pin_project! {
     /// Response future for [`LeakService`](super::LeakService).
@@ -16,39 +16,15 @@ pin_project! {
     /// went away), the scope closes.
     pub struct ResponseFuture<F> {
         #[pin]
-        kind: Kind<F>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F> {
-        Enabled {
-            #[pin]
-            future: F,
-            guard: Option<ScopeGuard>,
-        },
-        Disabled {
-            #[pin]
-            future: F,
-        },
+        inner: F,
+        // `None` for a request that is not tracked, and once the response went out.
+        guard: Option<ScopeGuard>,
     }
 }
 
 impl<F> ResponseFuture<F> {
-    pub(crate) fn enabled(future: F, guard: ScopeGuard) -> Self {
-        ResponseFuture {
-            kind: Kind::Enabled {
-                future,
-                guard: Some(guard),
-            },
-        }
-    }
-
-    pub(crate) fn disabled(future: F) -> Self {
-        ResponseFuture {
-            kind: Kind::Disabled { future },
-        }
+    pub(crate) fn new(inner: F, guard: Option<ScopeGuard>) -> Self {
+        ResponseFuture { inner, guard }
     }
 }
 
@@ -59,29 +35,22 @@ where
     type Output = Result<Response<ResponseBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Enabled { future, guard } => {
-                let result = match guard.as_mut() {
-                    Some(g) => ready!(scope::enter(g.slot(), || future.poll(cx))),
-                    None => ready!(future.poll(cx)),
-                };
-                // On error the guard drops here and closes the scope.
-                let guard = guard.take();
-                Poll::Ready(result.map(|response| response.map(|b| ResponseBody::new(b, guard))))
-            }
-            KindProj::Disabled { future } => {
-                let result = ready!(future.poll(cx));
-                Poll::Ready(result.map(|response| response.map(|b| ResponseBody::new(b, None))))
-            }
-        }
+        let this = self.project();
+        let inner = this.inner;
+        let result = match this.guard {
+            Some(guard) => ready!(guard.enter(|| inner.poll(cx))),
+            None => ready!(inner.poll(cx)),
+        };
+        // On error the guard drops here and closes the scope.
+        let guard = this.guard.take();
+        Poll::Ready(result.map(|response| response.map(|body| ResponseBody::new(body, guard))))
     }
 }
 
 impl<F> std::fmt::Debug for ResponseFuture<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let enabled = matches!(self.kind, Kind::Enabled { .. });
         f.debug_struct("ResponseFuture")
-            .field("enabled", &enabled)
+            .field("scope", &self.guard)
             .finish()
     }
 }

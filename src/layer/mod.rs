@@ -28,7 +28,7 @@
 //!     .unwrap();
 //! let service = ServiceBuilder::new()
 //!     .layer(detector.layer())
-//!     .service_fn(|_req: http::Request<leakwatch::RequestBody<String>>| async {
+//!     .service_fn(|_req: http::Request<leakwatch::layer::RequestBody<String>>| async {
 //!         let session = Arc::new(String::from("per-request state"));
 //!         leakwatch::watch(&session);
 //!         KEPT.lock().unwrap().push(session); // outlives the request
@@ -72,8 +72,9 @@
 //!
 //! A request to an [ignored route](crate::LeakDetectorBuilder::ignore_route), or one arriving
 //! while the registry is full, takes a path that allocates nothing and wraps bodies without
-//! tracking them. On a tracked request the layer costs one small allocation for the scope, one
-//! registry insert, and one more of each for a request body that is not empty.
+//! tracking them. On a tracked request the layer costs a scope (reused from a pool when one is
+//! free, else one small allocation), a push onto a short queue, and for a request body that is
+//! not empty one more small allocation and registry insert.
 
 mod body;
 mod future;
@@ -81,7 +82,7 @@ mod future;
 mod layer;
 mod service;
 
-pub use self::body::ResponseBody;
+pub use self::body::{RequestBody, ResponseBody};
 pub use self::future::ResponseFuture;
 pub use self::layer::LeakLayer;
 pub use self::service::LeakService;
@@ -102,8 +103,8 @@ mod tests {
         assert_sync::<ResponseFuture<Fut>>();
         assert_send::<ResponseBody<String>>();
         assert_sync::<ResponseBody<String>>();
-        assert_send::<crate::RequestBody<String>>();
-        assert_sync::<crate::RequestBody<String>>();
+        assert_send::<RequestBody<String>>();
+        assert_sync::<RequestBody<String>>();
         assert_send::<crate::LeakDetector>();
         assert_sync::<crate::LeakDetector>();
         assert_send::<crate::Scoped<Fut>>();

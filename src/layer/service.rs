@@ -5,11 +5,11 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::{LeakLayer, ResponseBody, ResponseFuture};
-use crate::body::RequestBody;
-use crate::detector::Shared;
-use crate::registry::Liveness;
-use crate::scope::{self, ScopeGuard};
+use super::{LeakLayer, RequestBody, ResponseBody, ResponseFuture};
+use crate::detector::LeakDetector;
+use crate::engine::Engine;
+use crate::liveness::Liveness;
+use crate::scope::ScopeGuard;
 
 /// Middleware that opens a request scope for every request, tracks the request body and what the
 /// handler spawns or watches, and closes the scope when the response body ends or is dropped.
@@ -22,22 +22,22 @@ use crate::scope::{self, ScopeGuard};
 #[derive(Clone)]
 pub struct LeakService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    engine: Arc<Engine>,
 }
 
 impl<S> LeakService<S> {
     /// Wraps `inner`, reporting to `detector`.
-    pub fn new(inner: S, detector: &crate::LeakDetector) -> Self {
-        Self::from_shared(inner, detector.shared.clone())
+    pub fn new(inner: S, detector: &LeakDetector) -> Self {
+        Self::with_engine(inner, detector.engine.clone())
     }
 
-    pub(crate) fn from_shared(inner: S, shared: Arc<Shared>) -> Self {
-        LeakService { inner, shared }
+    pub(crate) fn with_engine(inner: S, engine: Arc<Engine>) -> Self {
+        LeakService { inner, engine }
     }
 
     /// Returns a new [`Layer`](tower_layer::Layer) that wraps services with a `LeakService`
-    /// reporting to `detector`; the same as [`LeakDetector::layer`](crate::LeakDetector::layer).
-    pub fn layer(detector: &crate::LeakDetector) -> LeakLayer {
+    /// reporting to `detector`; the same as [`LeakDetector::layer`].
+    pub fn layer(detector: &LeakDetector) -> LeakLayer {
         detector.layer()
     }
 
@@ -59,20 +59,20 @@ where
     }
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
-        let Some(scope) = self.shared.open_scope(&request) else {
+        let Some(scope) = self.engine.open_scope(&request) else {
             let request = request.map(RequestBody::untracked);
-            return ResponseFuture::disabled(self.inner.call(request));
+            return ResponseFuture::new(self.inner.call(request), None);
         };
         let (parts, body) = request.into_parts();
         let (body, state) = RequestBody::tracked(body);
         if let Some(state) = state {
-            self.shared.track(&scope, Liveness::Body(state), None, None);
+            scope.track(Liveness::Body(state), None, None);
         }
         let request = Request::from_parts(parts, body);
-        let mut guard = ScopeGuard::new(scope);
+        let guard = ScopeGuard::new(scope);
         let inner = &mut self.inner;
-        let future = scope::enter(guard.slot(), || inner.call(request));
-        ResponseFuture::enabled(future, guard)
+        let future = guard.enter(|| inner.call(request));
+        ResponseFuture::new(future, Some(guard))
     }
 }
 

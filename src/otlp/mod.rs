@@ -47,7 +47,7 @@ use std::sync::Arc;
 
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{MetricExporter, Protocol, WithExportConfig};
+use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
@@ -254,50 +254,14 @@ impl OtlpBuilder {
                 "a queue of 0 spans would drop every leak span",
             ));
         }
-        let timeout = self.timeout.unwrap_or(std::time::Duration::from_secs(10));
-        let (spans, metrics) = match protocol {
-            OtlpProtocol::Grpc => {
-                if tokio::runtime::Handle::try_current().is_err() {
-                    return Err(OtlpError::build(
-                        "the gRPC exporter must be built inside a tokio runtime",
-                    ));
-                }
-                (
-                    opentelemetry_otlp::SpanExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint.clone())
-                        .with_timeout(timeout)
-                        .build(),
-                    MetricExporter::builder()
-                        .with_tonic()
-                        .with_endpoint(endpoint)
-                        .with_timeout(timeout)
-                        .build(),
-                )
-            }
-            OtlpProtocol::HttpProtobuf => (
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_endpoint(format!("{endpoint}/v1/traces"))
-                    .with_timeout(timeout)
-                    .build(),
-                MetricExporter::builder()
-                    .with_http()
-                    .with_protocol(Protocol::HttpBinary)
-                    .with_endpoint(format!("{endpoint}/v1/metrics"))
-                    .with_timeout(timeout)
-                    .build(),
-            ),
-        };
-        let spans = spans.map_err(|e| OtlpError::build(format!("span exporter: {e}")))?;
+        let timeout = self.timeout.unwrap_or(DEFAULT_TIMEOUT);
+        let (spans, metrics) = exporters(protocol, &endpoint, timeout)?;
+        let resource = self.resource();
         let accounting = Arc::new(Accounting::default());
         let spans = Accounted {
             inner: spans,
             accounting: accounting.clone(),
         };
-        let metrics = metrics.map_err(|e| OtlpError::build(format!("metric exporter: {e}")))?;
-        let resource = self.resource();
         let batch = BatchSpanProcessor::builder(spans)
             .with_batch_config(
                 BatchConfigBuilder::default()
@@ -317,25 +281,7 @@ impl OtlpBuilder {
             .with_periodic_exporter(metrics)
             .with_resource(resource)
             .build();
-        let observed = accounting.clone();
-        meter_provider
-            .meter(crate::sink::INSTRUMENTATION_NAME)
-            .u64_observable_counter("leakwatch.export.dropped")
-            .with_unit("{span}")
-            .with_description(
-                "Leak spans not delivered: the export queue was full, or the export failed",
-            )
-            .with_callback(move |counter| {
-                counter.observe(
-                    observed.queue_full(),
-                    &[KeyValue::new("reason", "queue_full")],
-                );
-                counter.observe(
-                    observed.export_failed(),
-                    &[KeyValue::new("reason", "export_failed")],
-                );
-            })
-            .build();
+        register_dropped_counter(&meter_provider, accounting.clone());
         opentelemetry::global::set_tracer_provider(tracer_provider.clone());
         // OTEL_PROPAGATORS' default: W3C trace context, so incoming `traceparent` headers work.
         opentelemetry::global::set_text_map_propagator(
@@ -348,6 +294,64 @@ impl OtlpBuilder {
             accounting,
         })
     }
+}
+
+/// The exporter's default for `OTEL_EXPORTER_OTLP_TIMEOUT`.
+const DEFAULT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The span and metric exporters for `protocol`, sending to the base `endpoint`.
+fn exporters(
+    protocol: OtlpProtocol,
+    endpoint: &str,
+    timeout: std::time::Duration,
+) -> Result<(SpanExporter, MetricExporter), OtlpError> {
+    // The same endpoint and timeout for every exporter; over HTTP, the signal's path is
+    // appended here (the exporters use an endpoint given in code exactly as given).
+    fn to<B: WithExportConfig>(builder: B, endpoint: String, timeout: std::time::Duration) -> B {
+        builder.with_endpoint(endpoint).with_timeout(timeout)
+    }
+    let (spans, metrics) = match protocol {
+        OtlpProtocol::Grpc => {
+            if tokio::runtime::Handle::try_current().is_err() {
+                return Err(OtlpError::build(
+                    "the gRPC exporter must be built inside a tokio runtime",
+                ));
+            }
+            let spans = to(SpanExporter::builder().with_tonic(), endpoint.into(), timeout);
+            let metrics = to(MetricExporter::builder().with_tonic(), endpoint.into(), timeout);
+            (spans.build(), metrics.build())
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let spans = SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary);
+            let metrics = MetricExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary);
+            let spans = to(spans, format!("{endpoint}/v1/traces"), timeout);
+            let metrics = to(metrics, format!("{endpoint}/v1/metrics"), timeout);
+            (spans.build(), metrics.build())
+        }
+    };
+    let spans = spans.map_err(|e| OtlpError::build(format!("span exporter: {e}")))?;
+    let metrics = metrics.map_err(|e| OtlpError::build(format!("metric exporter: {e}")))?;
+    Ok((spans, metrics))
+}
+
+/// The counter `leakwatch.export.dropped`, read from `accounting` at each collection.
+fn register_dropped_counter(meter_provider: &SdkMeterProvider, accounting: Arc<Accounting>) {
+    meter_provider
+        .meter(crate::sink::INSTRUMENTATION_NAME)
+        .u64_observable_counter("leakwatch.export.dropped")
+        .with_unit("{span}")
+        .with_description("Leak spans not delivered: the export queue was full, or the export failed")
+        .with_callback(move |counter| {
+            let queue_full = accounting.queue_full();
+            counter.observe(queue_full, &[KeyValue::new("reason", "queue_full")]);
+            let export_failed = accounting.export_failed();
+            counter.observe(export_failed, &[KeyValue::new("reason", "export_failed")]);
+        })
+        .build();
 }
 
 fn instance_id() -> String {

@@ -1,11 +1,12 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
 
 use super::ReportSink;
 use crate::report::LeakReport;
+use crate::sync::lock;
 
 /// Keeps reports in memory, for tests and tools. Clones share one buffer.
 ///
@@ -61,30 +62,23 @@ impl CollectingSink {
 
     /// A copy of the reports received so far, oldest first.
     pub fn reports(&self) -> Vec<LeakReport> {
-        self.lock().iter().cloned().collect()
+        lock(&self.inner.reports).iter().cloned().collect()
     }
 
     /// Takes the reports received so far, leaving the sink empty.
     pub fn take(&self) -> Vec<LeakReport> {
-        self.lock().drain(..).collect()
+        lock(&self.inner.reports).drain(..).collect()
     }
 
     /// Reports dropped because the buffer was full.
     pub fn dropped(&self) -> u64 {
         self.inner.dropped.load(Ordering::Relaxed)
     }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<LeakReport>> {
-        self.inner
-            .reports
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
 }
 
 impl ReportSink for CollectingSink {
     fn report(&self, report: &LeakReport) {
-        let mut reports = self.lock();
+        let mut reports = lock(&self.inner.reports);
         if reports.len() >= self.inner.capacity {
             reports.pop_front();
             self.inner.dropped.fetch_add(1, Ordering::Relaxed);

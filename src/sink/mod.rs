@@ -13,7 +13,7 @@
 //! - `OtelSink` (feature `otel`): leak spans inside the request's trace.
 //!
 //! Sinks compose: `Option<S>` is a sink that may be switched off, `Vec<Box<dyn ReportSink>>`
-//! fans out, and [`ReportSinkExt::and_then`] chains two.
+//! fans out, and [`ReportSinkExt::chain`] hands each report to two sinks in turn.
 
 use std::sync::Arc;
 
@@ -55,17 +55,27 @@ pub trait ReportSink: Send + Sync + 'static {
     fn report(&self, report: &LeakReport);
 }
 
-/// Chains sinks.
+/// Combines sinks.
 pub trait ReportSinkExt: ReportSink + Sized {
     /// A sink that hands each report to `self`, then to `other`.
-    fn and_then<T: ReportSink>(self, other: T) -> Chain<Self, T> {
+    ///
+    /// ```
+    /// use leakwatch::sink::{CollectingSink, ReportSinkExt};
+    ///
+    /// let first = CollectingSink::new();
+    /// let second = CollectingSink::new();
+    /// let both = first.clone().chain(second.clone());
+    /// let detector = leakwatch::LeakDetector::builder().sink(both).build().unwrap();
+    /// # drop(detector);
+    /// ```
+    fn chain<T: ReportSink>(self, other: T) -> Chain<Self, T> {
         Chain(self, other)
     }
 }
 
 impl<S: ReportSink> ReportSinkExt for S {}
 
-/// Two sinks in a row, made by [`ReportSinkExt::and_then`].
+/// Two sinks in a row, made by [`ReportSinkExt::chain`].
 #[derive(Clone, Debug)]
 pub struct Chain<A, B>(A, B);
 
@@ -127,7 +137,7 @@ mod tests {
         let b = CollectingSink::new();
         let c = CollectingSink::new();
         let fan: Vec<Box<dyn ReportSink>> = vec![Box::new(b.clone()), Box::new(Some(c.clone()))];
-        let chain = a.clone().and_then(fan).and_then(None::<CollectingSink>);
+        let chain = a.clone().chain(fan).chain(None::<CollectingSink>);
         chain.report(&sample());
         Arc::new(chain).report(&sample());
         assert_eq!(a.reports().len(), 2);

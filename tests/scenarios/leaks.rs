@@ -292,7 +292,7 @@ async fn unmatched_routes_are_named_not_copied() {
     support::read_body(app.oneshot(request).await.unwrap()).await;
     let reports = detector.sweep_now();
     assert_eq!(reports.len(), 1);
-    assert_eq!(reports[0].route, leakwatch::UNMATCHED);
+    assert_eq!(reports[0].route, leakwatch::route::UNMATCHED);
     let text = format!("{:?} {}", reports[0], reports[0]);
     assert!(!text.contains("alice") && !text.contains("token"), "{text}");
 }

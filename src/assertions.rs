@@ -32,7 +32,7 @@ impl LeakDetector {
     /// # }
     /// ```
     pub async fn assert_no_leaks(&self) {
-        let settle = self.shared.config.settle_timeout;
+        let settle = self.engine.config.settle_timeout;
         self.assert_no_leaks_within(settle).await;
     }
 
@@ -53,8 +53,8 @@ impl LeakDetector {
     async fn settle(&self, settle: Duration) -> Result<(), Vec<LeakReport>> {
         let deadline = Instant::now() + settle;
         loop {
-            self.shared.sweep();
-            let (reports, waiting) = self.shared.unsettled();
+            self.engine.sweep();
+            let (reports, waiting) = self.engine.unsettled();
             if reports.is_empty() {
                 return Ok(());
             }

@@ -1,0 +1,357 @@
+//! The engine: the state a detector, its layers and its sweeper share, and what happens to it
+//! when a request opens and at every sweep.
+//!
+//! A request asks the engine for a scope ([`Engine::open_scope`]); everything else on the
+//! request's path goes to the scope and the registry. A sweep ([`Engine::sweep`]) runs the
+//! judges over the registry, records the reports and hands them to the sinks.
+
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
+
+use crate::alloc::{self, SlotGuard};
+use crate::clock;
+use crate::config::Config;
+use crate::judge::memory::MemoryJudge;
+use crate::judge::objects;
+use crate::judge::trend::Trend;
+use crate::liveness::Liveness;
+use crate::registry::{Registry, TrackedObject};
+use crate::report::{LeakKind, LeakReport, LeakState};
+use crate::request_id::{self, RequestId};
+use crate::route::{self, Interner};
+use crate::scope::{self, Owner, RequestHead, Scope};
+use crate::sink::ReportSink;
+use crate::stats::{KindCounts, Stats};
+use crate::sweeper::Sweeper;
+use crate::sync::lock;
+use crate::trace_context;
+
+/// How many one-shot findings ([`LeakKind::UnconsumedBody`]) are remembered.
+pub(crate) const FINDINGS_CAPACITY: usize = 1024;
+
+/// The state shared by every handle on one detector.
+pub(crate) struct Engine {
+    pub(crate) config: Config,
+    registry: Arc<Registry>,
+    routes: Interner,
+    /// The `TrackingAllocator` is the global allocator: requests' memory is counted.
+    memory_tracked: bool,
+    /// The prefix of the request ids this detector generates.
+    id_prefix: u32,
+    /// The judges' own state; locked for their part of a sweep.
+    judges: Mutex<Judges>,
+    /// Held for a whole sweep, so that sweeps run (and deliver) one at a time, in order.
+    sweeping: Mutex<()>,
+    sinks: Vec<Box<dyn ReportSink>>,
+    counters: Counters,
+    pub(crate) sweeper: Sweeper,
+}
+
+/// What the judges keep between sweeps.
+struct Judges {
+    memory: MemoryJudge,
+    trend: Trend,
+    /// The most recent one-shot findings, oldest first ([`FINDINGS_CAPACITY`] at most).
+    findings: VecDeque<LeakReport>,
+}
+
+/// Totals since the detector was built.
+#[derive(Default)]
+struct Counters {
+    sweeps: AtomicU64,
+    confirmed: [AtomicU64; LeakKind::COUNT],
+    released: AtomicU64,
+    sink_panics: AtomicU64,
+}
+
+/// Something active that a report can be made of.
+enum Finding<'a> {
+    Object(u64, &'a TrackedObject, LeakState),
+    Stuck(&'a Scope, LeakState),
+    Made(&'a LeakReport),
+}
+
+impl Finding<'_> {
+    fn kind(&self) -> LeakKind {
+        match self {
+            Finding::Object(_, object, _) => object.liveness.leak_kind(),
+            Finding::Stuck(..) => LeakKind::StuckRequest,
+            Finding::Made(report) => report.kind,
+        }
+    }
+
+    fn report(&self, now: Instant, config: &Config) -> LeakReport {
+        match *self {
+            Finding::Object(id, object, state) => objects::object_report(id, object, state, now),
+            Finding::Stuck(scope, state) => objects::stuck_report(scope, state, now, config),
+            Finding::Made(report) => report.clone(),
+        }
+    }
+}
+
+impl Engine {
+    /// Builds the engine and starts its sweeper thread.
+    pub(crate) fn start(config: Config, sinks: Vec<Box<dyn ReportSink>>) -> Arc<Engine> {
+        clock::wall(Instant::now()); // fixes the wall-clock epoch before any request
+        let memory_tracked = alloc::is_installed();
+        let registry = Arc::new(Registry::new(config.registry_capacity));
+        let trend = Trend::new(config.trend.clone(), config.confirm_sweeps, &registry);
+        let (sweeper, stopped) = Sweeper::new();
+        let interval = config.sweep_interval;
+        let engine = Arc::new(Engine {
+            config,
+            registry,
+            routes: Interner::new(memory_tracked),
+            memory_tracked,
+            id_prefix: request_id::random_prefix(),
+            judges: Mutex::new(Judges {
+                memory: MemoryJudge::default(),
+                trend,
+                findings: VecDeque::new(),
+            }),
+            sweeping: Mutex::new(()),
+            sinks,
+            counters: Counters::default(),
+            sweeper,
+        });
+        let weak: Weak<Engine> = Arc::downgrade(&engine);
+        engine.sweeper.start(interval, stopped, move || {
+            weak.upgrade().map(|engine| engine.sweep()).is_some()
+        });
+        engine
+    }
+
+    /// Opens a scope for a request, or returns `None` when its route is ignored or the registry
+    /// is full.
+    pub(crate) fn open_scope<B>(&self, request: &http::Request<B>) -> Option<Arc<Scope>> {
+        // Nothing the detector allocates here is charged to an enclosing request.
+        scope::outside(|| {
+            let route_fn = self.config.route_fn.as_deref();
+            let (route, route_slot) = route::resolve(request, route_fn, &self.routes);
+            if self.config.is_ignored(route.as_str()) {
+                return None;
+            }
+            let id = self.registry.next_id();
+            let memory = (self.memory_tracked && route_slot != 0)
+                .then(|| SlotGuard::acquire(route_slot))
+                .flatten();
+            let head = RequestHead {
+                request_id: RequestId::from_headers(request.headers(), self.id_prefix, id),
+                method: request.method().clone(),
+                streaming: self.config.is_streaming(route.as_str()),
+                route,
+                route_slot,
+                trace: trace_context::capture(request.headers()),
+            };
+            let owner: Weak<dyn Owner> = Arc::downgrade(&self.registry) as Weak<Registry>;
+            self.registry.open(Scope::new(id, head, owner, memory))
+        })
+    }
+
+    /// One sweep: judge everything tracked, record and deliver the state changes, and return
+    /// them.
+    pub(crate) fn sweep(&self) -> Vec<LeakReport> {
+        let _one_at_a_time = lock(&self.sweeping);
+        let now = Instant::now();
+        let config = &self.config;
+        let mut reports = Vec::new();
+        self.registry.sweep_objects(|id, object| {
+            objects::judge_object(id, object, now, config, &mut reports)
+        });
+        let mut open = 0;
+        let released = self.registry.sweep_scopes(|scope, lifecycle| {
+            open += u64::from(scope.is_open());
+            objects::judge_scope(scope, lifecycle, now, config, &mut reports)
+        });
+        let (counted, mut finished): (Vec<_>, Vec<_>) = released
+            .into_iter()
+            .partition(|scope| scope.memory.is_some());
+        let mut guard = lock(&self.judges);
+        let judges = &mut *guard;
+        let returned = judges
+            .memory
+            .judge_requests(counted, config, &self.registry);
+        finished.extend(returned);
+        judges.memory.judge_routes(now, config, &mut reports);
+        let live_heap = || self.live_heap_bytes();
+        judges.trend.sample(now, live_heap, open, &mut reports);
+        for finding in reports
+            .iter()
+            .filter(|r| r.kind == LeakKind::UnconsumedBody)
+        {
+            if judges.findings.len() == FINDINGS_CAPACITY {
+                judges.findings.pop_front();
+            }
+            judges.findings.push_back(finding.clone());
+        }
+        drop(guard);
+        self.registry.recycle(finished);
+        self.count(&reports);
+        self.deliver(&reports);
+        reports
+    }
+
+    fn count(&self, reports: &[LeakReport]) {
+        let counters = &self.counters;
+        counters.sweeps.fetch_add(1, Ordering::Relaxed);
+        for report in reports {
+            match report.state {
+                LeakState::Confirmed => {
+                    counters.confirmed[report.kind.index()].fetch_add(1, Ordering::Relaxed);
+                }
+                LeakState::Released => {
+                    counters.released.fetch_add(1, Ordering::Relaxed);
+                }
+                LeakState::Suspected => {}
+            }
+        }
+    }
+
+    fn deliver(&self, reports: &[LeakReport]) {
+        for report in reports {
+            for sink in &self.sinks {
+                // A panicking sink must not take the sweeper down with it.
+                if catch_unwind(AssertUnwindSafe(|| sink.report(report))).is_err() {
+                    self.counters.sink_panics.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Calls `f` with every active finding: the objects `object_state` gives a state, the
+    /// stuck requests, the remembered one-shot findings and the standing alerts.
+    fn for_each_finding(
+        &self,
+        object_state: impl Fn(&TrackedObject) -> Option<LeakState>,
+        mut f: impl FnMut(Finding<'_>),
+    ) {
+        self.registry.for_each_object(|id, object| {
+            if let Some(state) = object_state(object) {
+                f(Finding::Object(id, object, state));
+            }
+        });
+        self.registry.for_each_swept_scope(|scope, lifecycle| {
+            if let Some(state) = lifecycle.reported().filter(|s| s.is_active()) {
+                f(Finding::Stuck(scope, state));
+            }
+        });
+        let judges = lock(&self.judges);
+        let made = judges.findings.iter();
+        let alerts = judges
+            .memory
+            .active_reports()
+            .chain(judges.trend.active_reports());
+        made.chain(alerts)
+            .for_each(|report| f(Finding::Made(report)));
+    }
+
+    /// Reports for the findings [`for_each_finding`](Self::for_each_finding) visits, ordered by
+    /// id, and how many are objects.
+    fn reports(
+        &self,
+        object_state: impl Fn(&TrackedObject) -> Option<LeakState>,
+    ) -> (Vec<LeakReport>, usize) {
+        let now = Instant::now();
+        let mut reports = Vec::new();
+        let mut objects = 0;
+        self.for_each_finding(object_state, |finding| {
+            objects += usize::from(matches!(finding, Finding::Object(..)));
+            reports.push(finding.report(now, &self.config));
+        });
+        reports.sort_by_key(|r| r.id);
+        (reports, objects)
+    }
+
+    /// The active reports, ordered by id.
+    pub(crate) fn leaks(&self) -> Vec<LeakReport> {
+        self.reports(reported_active).0
+    }
+
+    /// Everything `assert_no_leaks` would complain about now: every object of a closed scope
+    /// that is still alive (grace or not), active stuck requests, one-shot findings and standing
+    /// alerts. The flag says whether any of it is an object that may still go away.
+    pub(crate) fn unsettled(&self) -> (Vec<LeakReport>, bool) {
+        let (reports, objects) = self.reports(|object| {
+            (!object.scope.is_open() && object.liveness.is_alive())
+                .then(|| object.lifecycle.reported().unwrap_or(LeakState::Suspected))
+        });
+        (reports, objects > 0)
+    }
+
+    /// Active reports by kind, counted without building them.
+    pub(crate) fn active_counts(&self) -> KindCounts {
+        let mut counts = KindCounts::default();
+        self.for_each_finding(reported_active, |finding| counts.add(finding.kind(), 1));
+        counts
+    }
+
+    /// The process's live heap bytes, when the allocator counts them.
+    pub(crate) fn live_heap_bytes(&self) -> Option<u64> {
+        self.memory_tracked
+            .then(|| alloc::process_live_bytes().max(0) as u64)
+    }
+
+    /// The runtime's alive tasks at the last trend sample.
+    pub(crate) fn alive_tasks(&self) -> Option<u64> {
+        lock(&self.judges)
+            .trend
+            .latest()
+            .and_then(|sample| sample.alive_tasks)
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Counters and gauges of the detector's own state.
+    pub(crate) fn stats(&self) -> Stats {
+        let counters = &self.counters;
+        // Each lock is taken and released on its own (a guard in the struct expression below
+        // would live to its end).
+        let routes = lock(&self.judges)
+            .memory
+            .stats(|slot| self.routes.name_of(slot));
+        let alive_tasks = self.alive_tasks();
+        let active = self.active_counts();
+        let mut stats = Stats {
+            open_scopes: self.registry.open_scopes(),
+            registry_entries: self.registry.len(),
+            registry_capacity: self.registry.capacity(),
+            skipped: self.registry.skipped(),
+            sweeps: counters.sweeps.load(Ordering::Relaxed),
+            active,
+            released_total: counters.released.load(Ordering::Relaxed),
+            sink_panics: counters.sink_panics.load(Ordering::Relaxed),
+            memory_tracked: self.memory_tracked,
+            live_heap_bytes: self.live_heap_bytes(),
+            untracked_scopes: if self.memory_tracked {
+                alloc::slots_exhausted()
+            } else {
+                0
+            },
+            routes,
+            alive_tasks,
+            sites_dropped: alloc::sites_dropped(),
+            ..Stats::default()
+        };
+        for &kind in LeakKind::ALL {
+            let confirmed = counters.confirmed[kind.index()].load(Ordering::Relaxed);
+            stats.confirmed_total.add(kind, confirmed);
+        }
+        self.registry
+            .for_each_object(|_, object| match object.liveness {
+                Liveness::Task(_) => stats.tracked_tasks += 1,
+                Liveness::Body(_) => stats.tracked_bodies += 1,
+                Liveness::Object(_) => stats.watched_objects += 1,
+            });
+        stats
+    }
+}
+
+/// The state of an object whose report is active.
+fn reported_active(object: &TrackedObject) -> Option<LeakState> {
+    object.lifecycle.reported().filter(|s| s.is_active())
+}

@@ -1,0 +1,230 @@
+//! Retained memory, judged per route by request generations.
+//!
+//! With the [`TrackingAllocator`](crate::TrackingAllocator) installed, every request knows the
+//! bytes it allocated and freed, and every route the bytes its requests still hold. Retained
+//! memory is not a leak by itself: a lazily initialised `OnceLock` retains once, a bounded cache
+//! retains its newest entries. What marks a leak is memory that *old* requests still hold after
+//! many newer requests of the same route have come and gone.
+//!
+//! So once a request has closed and its grace period passed, its retained bytes are read. A
+//! request retaining at least `memory_threshold` bytes may become one of its route's
+//! *witnesses* ([`WITNESSES_PER_ROUTE`] at most; others are retired at once, and their later
+//! frees still count for the route). Each sweep re-reads the witnesses: one that has let go of
+//! its memory (an evicted cache entry) is dropped. A witness is *old* once `memory_window` newer
+//! requests of the route have been judged after it. A route with at least
+//! [`MIN_OLD_WITNESSES`] old witnesses still holding memory is reported as
+//! [`RetainedMemory`](LeakKind::RetainedMemory), with the bytes they hold per request and the
+//! route's total; once none of its old witnesses holds memory any more, the report is released.
+//!
+//! The criterion counts requests, not seconds: it holds whether a route's requests arrive in a
+//! burst between two sweeps or spread over many.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::alloc;
+use crate::clock;
+use crate::config::Config;
+use crate::lifecycle::StandingAlert;
+use crate::registry::Registry;
+use crate::report::{LeakKind, LeakReport, LeakState};
+use crate::scope::Scope;
+use crate::stats::RouteMemoryStats;
+use crate::symbolize::Symbolizer;
+
+/// How many requests per route are kept as witnesses.
+pub(crate) const WITNESSES_PER_ROUTE: usize = 8;
+
+/// How many old witnesses still holding memory make a route leak.
+pub(crate) const MIN_OLD_WITNESSES: usize = 3;
+
+/// The sweeper's view of every route's memory, by allocator route slot.
+#[derive(Default)]
+pub(crate) struct MemoryJudge {
+    routes: HashMap<u32, RouteMemory>,
+    symbols: Symbolizer,
+}
+
+struct RouteMemory {
+    /// Requests of the route judged so far.
+    judged: u64,
+    witnesses: VecDeque<Witness>,
+    /// The route's `RetainedMemory` finding.
+    alert: StandingAlert,
+}
+
+struct Witness {
+    scope: Arc<Scope>,
+    /// The route's `judged` count when this request was judged.
+    seq: u64,
+}
+
+impl MemoryJudge {
+    /// Judges requests whose scopes closed more than the grace period ago (or settled earlier),
+    /// oldest first. Keeps some as witnesses; returns the others, whose memory is no longer
+    /// counted per request.
+    pub(crate) fn judge_requests(
+        &mut self,
+        mut scopes: Vec<Arc<Scope>>,
+        config: &Config,
+        registry: &Registry,
+    ) -> Vec<Arc<Scope>> {
+        // In request order: "older" means opened earlier, not first in the registry.
+        scopes.sort_unstable_by_key(|scope| scope.id);
+        let mut done = Vec::with_capacity(scopes.len());
+        for scope in scopes {
+            if let Some(scope) = self.judge_request(scope, config, registry) {
+                done.push(scope);
+            }
+        }
+        done
+    }
+
+    /// Judges one request; returns it unless it is kept as a witness.
+    fn judge_request(
+        &mut self,
+        scope: Arc<Scope>,
+        config: &Config,
+        registry: &Registry,
+    ) -> Option<Arc<Scope>> {
+        let Some(usage) = scope.usage() else {
+            return Some(scope);
+        };
+        if scope.route_slot() == 0 {
+            scope.retire_memory();
+            return Some(scope);
+        }
+        let route = self
+            .routes
+            .entry(scope.route_slot())
+            .or_insert_with(|| RouteMemory {
+                judged: 0,
+                witnesses: VecDeque::new(),
+                alert: StandingAlert::new(registry.next_id()),
+            });
+        route.judged += 1;
+        if usage.retained_bytes() >= config.memory_threshold
+            && route.witnesses.len() < WITNESSES_PER_ROUTE
+        {
+            route.witnesses.push_back(Witness {
+                scope,
+                seq: route.judged,
+            });
+            None
+        } else {
+            scope.retire_memory();
+            Some(scope)
+        }
+    }
+
+    /// Once per sweep: drops witnesses that let go of their memory and judges every route.
+    pub(crate) fn judge_routes(
+        &mut self,
+        now: Instant,
+        config: &Config,
+        reports: &mut Vec<LeakReport>,
+    ) {
+        for (&slot, route) in &mut self.routes {
+            route.witnesses.retain(|w| {
+                let holds = w
+                    .scope
+                    .usage()
+                    .is_some_and(|u| u.retained_bytes() >= config.memory_threshold);
+                if !holds {
+                    w.scope.retire_memory();
+                }
+                holds
+            });
+            let judged = route.judged;
+            let old: Vec<&Witness> = route
+                .witnesses
+                .iter()
+                .filter(|w| judged - w.seq >= config.memory_window)
+                .collect();
+            let change = if old.len() >= MIN_OLD_WITNESSES {
+                let mut current = route_report(slot, judged, &old, now, config);
+                current.sites = self
+                    .symbols
+                    .sites(&alloc::top_sites(slot, LeakReport::MAX_SITES));
+                route.alert.raise(current, config.confirm_sweeps)
+            } else if old.is_empty() {
+                let detail = "the route's old requests no longer hold memory".to_owned();
+                route.alert.settle(clock::wall(now), detail)
+            } else {
+                None
+            };
+            reports.extend(change);
+        }
+    }
+
+    /// Routes currently reported as retaining memory.
+    pub(crate) fn active_reports(&self) -> impl Iterator<Item = &LeakReport> + '_ {
+        self.routes.values().filter_map(|r| r.alert.active())
+    }
+
+    /// Per-route numbers; `names` gives a route slot's template.
+    pub(crate) fn stats(&self, names: impl Fn(u32) -> Option<Arc<str>>) -> Vec<RouteMemoryStats> {
+        let mut stats: Vec<RouteMemoryStats> = self
+            .routes
+            .iter()
+            .map(|(&slot, route)| {
+                let (bytes, blocks) = alloc::route_live(slot);
+                RouteMemoryStats {
+                    route: names(slot).map(|n| n.to_string()).unwrap_or_default(),
+                    live_bytes: bytes.max(0) as u64,
+                    live_blocks: blocks.max(0) as u64,
+                    judged_requests: route.judged,
+                    witnesses: route.witnesses.len(),
+                }
+            })
+            .collect();
+        stats.sort_by(|a, b| a.route.cmp(&b.route));
+        stats
+    }
+}
+
+/// The `RetainedMemory` report of a route whose old witnesses still hold memory (its id and
+/// state are the alert's).
+fn route_report(
+    slot: u32,
+    judged: u64,
+    old: &[&Witness],
+    now: Instant,
+    config: &Config,
+) -> LeakReport {
+    // The median, so that one request that also paid for a lazy initialisation does not skew
+    // the figure.
+    let mut held: Vec<u64> = old
+        .iter()
+        .filter_map(|w| w.scope.usage())
+        .map(|u| u.retained_bytes())
+        .collect();
+    held.sort_unstable();
+    let per_request = held.get(held.len() / 2).copied().unwrap_or(0);
+    let (live_bytes, live_blocks) = alloc::route_live(slot);
+    let (live_bytes, live_blocks) = (live_bytes.max(0) as u64, live_blocks.max(0) as u64);
+    let detail = format!(
+        "{} requests judged more than {} requests ago still hold memory, a median {} bytes each; \
+         the route's requests hold {} bytes in {} blocks ({} requests judged)",
+        old.len(),
+        config.memory_window,
+        per_request,
+        live_bytes,
+        live_blocks,
+        judged
+    );
+    let oldest = &old[0].scope;
+    LeakReport {
+        bytes: Some(live_bytes),
+        allocations: Some(live_blocks),
+        bytes_per_request: Some(per_request),
+        ..oldest.report(
+            0,
+            LeakKind::RetainedMemory,
+            LeakState::Suspected,
+            now,
+            detail,
+        )
+    }
+}

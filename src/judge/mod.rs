@@ -1,0 +1,13 @@
+//! The judges: given the tracked state and the time, each says what is leaking.
+//!
+//! They own no request and touch no lock a request takes; the engine calls them once per sweep
+//! and hands their reports to the sinks.
+//!
+//! - [`objects`]: tasks, bodies and watched objects that outlived their request, and requests
+//!   open for too long;
+//! - [`memory`]: routes whose old requests still hold heap memory (with the allocator);
+//! - [`trend`]: the process's live heap and tokio's alive tasks, growing over a window.
+
+pub(crate) mod memory;
+pub(crate) mod objects;
+pub(crate) mod trend;

@@ -1,0 +1,133 @@
+//! Objects that outlive their request, and requests that never end.
+//!
+//! For each object whose scope closed more than `grace` ago, the object's
+//! [`Lifecycle`] moves as the module [`lifecycle`](crate::lifecycle) describes. A body dropped
+//! before its end is a one-shot [`UnconsumedBody`](LeakKind::UnconsumedBody) finding. A request
+//! open longer than `max_request_age` (on a route that is not allowed to stream) goes through
+//! the same states as a [`StuckRequest`](LeakKind::StuckRequest).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::lifecycle::Lifecycle;
+use crate::liveness::Liveness;
+use crate::registry::TrackedObject;
+use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
+use crate::scope::Scope;
+
+/// Judges one tracked object; pushes what changed onto `reports`. Returns whether to keep it.
+pub(crate) fn judge_object(
+    id: u64,
+    object: &mut TrackedObject,
+    now: Instant,
+    config: &Config,
+    reports: &mut Vec<LeakReport>,
+) -> bool {
+    if !object.liveness.is_alive() {
+        if let Some(state) = object.lifecycle.gone() {
+            reports.push(object_report(id, object, state, now));
+        } else if let Liveness::Body(body) = &object.liveness {
+            if body.was_unconsumed() {
+                let detail = format!("request body dropped before its end: {}", body.describe());
+                let kind = LeakKind::UnconsumedBody;
+                reports.push(
+                    object
+                        .scope
+                        .report(id, kind, LeakState::Confirmed, now, detail),
+                );
+            }
+        }
+        return false;
+    }
+    let Some(closed_at) = object.scope.closed_at() else {
+        return true;
+    };
+    if now.saturating_duration_since(closed_at) < config.grace {
+        return true;
+    }
+    if let Some(state) = object.lifecycle.alive(config.confirm_sweeps) {
+        reports.push(object_report(id, object, state, now));
+    }
+    true
+}
+
+/// The report for a tracked object in `state`.
+pub(crate) fn object_report(
+    id: u64,
+    object: &TrackedObject,
+    state: LeakState,
+    now: Instant,
+) -> LeakReport {
+    let detail = match (&object.liveness, state) {
+        (Liveness::Task(_), LeakState::Released) => "task ended".to_owned(),
+        (Liveness::Task(_), _) => format!(
+            "task still running {} ms after it was spawned",
+            now.saturating_duration_since(object.created_at).as_millis()
+        ),
+        (Liveness::Body(body), LeakState::Released) => format!("body dropped; {}", body.describe()),
+        (Liveness::Body(body), _) => format!("body still alive; {}", body.describe()),
+        (Liveness::Object(_), LeakState::Released) => "object freed".to_owned(),
+        (Liveness::Object(_), _) => "object still referenced".to_owned(),
+    };
+    let kind = object.liveness.leak_kind();
+    LeakReport {
+        location: object.location.map(SourceLocation::from_std),
+        type_name: object.type_name,
+        ..object.scope.report(id, kind, state, now, detail)
+    }
+}
+
+/// Judges one request's scope: a stuck request, or a finished one the registry can let go.
+/// Pushes what changed onto `reports`; returns whether to keep the scope.
+///
+/// A finished request whose memory is counted is kept until its grace period has passed (its
+/// memory is judged then) — or let go at once when nothing of it can still change: it left no
+/// task, body or watched object behind and holds less than the threshold. (Most requests: their
+/// scopes and allocator slots are then not held for the whole grace period.)
+pub(crate) fn judge_scope(
+    scope: &Arc<Scope>,
+    lifecycle: &mut Lifecycle,
+    now: Instant,
+    config: &Config,
+    reports: &mut Vec<LeakReport>,
+) -> bool {
+    let Some(closed_at) = scope.closed_at() else {
+        let open_for = now.saturating_duration_since(scope.opened_at);
+        if !scope.streaming && open_for > config.max_request_age {
+            if let Some(state) = lifecycle.alive(config.confirm_sweeps) {
+                reports.push(stuck_report(scope, state, now, config));
+            }
+        }
+        return true;
+    };
+    if let Some(state) = lifecycle.gone() {
+        reports.push(stuck_report(scope, state, now, config));
+    }
+    if scope.memory.is_none() {
+        return false;
+    }
+    let settled = !scope.left_objects()
+        && scope
+            .usage()
+            .is_some_and(|u| u.retained_bytes() < config.memory_threshold);
+    !settled && now.saturating_duration_since(closed_at) < config.grace
+}
+
+/// The report for a stuck request in `state`.
+pub(crate) fn stuck_report(
+    scope: &Scope,
+    state: LeakState,
+    now: Instant,
+    config: &Config,
+) -> LeakReport {
+    let detail = match scope.closed_after() {
+        Some(after) => format!("request ended after {} ms", after.as_millis()),
+        None => format!(
+            "request open for {} ms (max_request_age {} ms)",
+            now.saturating_duration_since(scope.opened_at).as_millis(),
+            config.max_request_age.as_millis()
+        ),
+    };
+    scope.report(scope.id, LeakKind::StuckRequest, state, now, detail)
+}
