@@ -100,39 +100,35 @@ impl Trend {
         }
         let (first_at, first) = self.samples[0];
         let window = now.saturating_duration_since(first_at);
-        if let Some((first, last)) = first.heap_bytes.zip(sample.heap_bytes) {
-            let growth = Growth {
-                kind: LeakKind::HeapGrowth,
-                what: "live heap bytes",
-                first,
-                last,
-                absolute: config.heap_absolute,
-                window,
-            };
-            reports.extend(judge(
+        let measures = [
+            (
                 &mut self.heap,
-                growth,
-                config,
-                self.confirm_sweeps,
-                now,
-            ));
-        }
-        if let Some((first, last)) = first.alive_tasks.zip(sample.alive_tasks) {
+                LeakKind::HeapGrowth,
+                "live heap bytes",
+                first.heap_bytes.zip(sample.heap_bytes),
+                config.heap_absolute,
+            ),
+            (
+                &mut self.tasks,
+                LeakKind::TaskGrowth,
+                "alive tokio tasks",
+                first.alive_tasks.zip(sample.alive_tasks),
+                config.task_absolute,
+            ),
+        ];
+        for (alert, kind, what, values, absolute) in measures {
+            let Some((first, last)) = values else {
+                continue;
+            };
             let growth = Growth {
-                kind: LeakKind::TaskGrowth,
-                what: "alive tokio tasks",
+                kind,
+                what,
                 first,
                 last,
-                absolute: config.task_absolute,
+                absolute,
                 window,
             };
-            reports.extend(judge(
-                &mut self.tasks,
-                growth,
-                config,
-                self.confirm_sweeps,
-                now,
-            ));
+            reports.extend(judge(alert, growth, config, self.confirm_sweeps, now));
         }
     }
 
