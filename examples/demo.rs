@@ -114,6 +114,10 @@ const TARGETS: &[Target] = &[
     target("GET", "/leak/session/{n}", "/leak/session/{id}", 0, Leaky, "L7 watched object stored globally"),
     target("GET", "/leak/cycle/{n}", "/leak/cycle/{id}", 0, LeakyMemory, "L8 Arc cycle of 8 KiB"),
     target("GET", "/leak/ticker", "/leak/ticker", 0, Leaky, "L10 ticker never stopped"),
+    // Built with `RUSTFLAGS="--cfg tokio_unstable"`, the demo's runtime has leakwatch's task
+    // hooks, and a task spawned with plain `tokio::spawn` is tracked too.
+    #[cfg(tokio_unstable)]
+    target("GET", "/leak/plain/{n}", "/leak/plain/{id}", 0, Leaky, "L1 plain tokio::spawn, hooked"),
     target("GET", "/ok/json", "/ok/json", 0, Clean, "C1 plain JSON"),
     target("GET", "/ok/task", "/ok/task", 0, Clean, "C2 task done inside grace"),
     target("GET", "/ok/lru/{n}", "/ok/lru/{id}", 0, CleanMemory, "C3 bounded cache of 32"),
@@ -130,6 +134,7 @@ fn app(detector: &LeakDetector, globals: Globals) -> Router {
         .route("/leak/body", post(leak_body))
         .route("/leak/session/{id}", get(leak_session))
         .route("/leak/ticker", get(leak_ticker))
+        .route("/leak/plain/{id}", get(leak_plain))
         .route("/leak/cache/{id}", get(leak_cache))
         .route("/leak/callback/{id}", get(leak_callback))
         .route("/leak/cycle/{id}", get(leak_cycle))
@@ -146,6 +151,13 @@ fn app(detector: &LeakDetector, globals: Globals) -> Router {
 async fn leak_task() -> &'static str {
     leakwatch::spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
     "spawned a task that sleeps for an hour\n"
+}
+
+/// L1 through plain `tokio::spawn`: reported only when the runtime has leakwatch's hooks (built
+/// with `--cfg tokio_unstable`; the demo's own check expects it then, and only then).
+async fn leak_plain() -> &'static str {
+    tokio::spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
+    "spawned a task (plain tokio::spawn) that sleeps for an hour\n"
 }
 
 async fn leak_channel(State(globals): State<Globals>) -> &'static str {
@@ -331,8 +343,15 @@ fn parse<T: std::str::FromStr>(s: &str) -> Result<T, String> {
     s.parse().map_err(|_| format!("invalid value {s:?}"))
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    #[cfg(tokio_unstable)]
+    leakwatch::instrument_runtime(&mut runtime);
+    runtime.build().expect("a tokio runtime").block_on(run());
+}
+
+async fn run() {
     let options = match parse_args() {
         Ok(options) => options,
         Err(message) => {

@@ -99,7 +99,9 @@
 //! - `otlp`: `otlp::init`, OTLP exporters from the standard environment variables.
 //! - `full`: all of the above.
 //!
-//! Items that need a feature say so on docs.rs.
+//! Items that need a feature say so on docs.rs. Built with `RUSTFLAGS="--cfg tokio_unstable"`,
+//! the crate also has `instrument_runtime` and the `hooks` module: every task a request spawns
+//! is tracked, plain `tokio::spawn` too.
 //!
 //! # Architecture
 //!
@@ -120,7 +122,7 @@
 //! | | `registry` | scopes and tracked objects: bounded, ids, scope reuse |
 //! | judges | `judge::objects`, `judge::memory`, `judge::trend` | state in, reports out |
 //! | engine | `engine`, `sweeper` | opens scopes, runs a sweep, delivers; the background thread |
-//! | API | `detector`, [`layer`], `task`, `assertions`, `metrics`, [`otlp`] | what users call |
+//! | API | `detector`, [`layer`], `task`, `hooks`, `assertions`, `metrics`, [`otlp`] | what users call |
 //!
 //! A request goes `layer` → `engine::open_scope` → `registry`; its tasks, body and watched
 //! objects go through `scope::Scope::track` to the registry; the sweeper thread calls
@@ -168,6 +170,11 @@ cfg_feature! {
 cfg_feature! {
     "otlp",
     pub mod otlp;
+}
+
+cfg_tokio_unstable! {
+    pub mod hooks;
+    pub use crate::hooks::instrument_runtime;
 }
 
 // The README's examples compile as doctests (they use axum, OpenTelemetry and OTLP).

@@ -30,3 +30,15 @@ macro_rules! cfg_feature {
         )*
     };
 }
+
+/// Marks items as available only with `--cfg tokio_unstable`, on docs.rs too (which builds with
+/// it).
+macro_rules! cfg_tokio_unstable {
+    ($($item:item)*) => {
+        $(
+            #[cfg(tokio_unstable)]
+            #[cfg_attr(docsrs, doc(cfg(tokio_unstable)))]
+            $item
+        )*
+    };
+}

@@ -37,7 +37,7 @@ struct ScopeEntry {
 /// Hashes the registry's sequential `u64` ids with one multiplication (Fibonacci hashing): the
 /// ids are not attacker-controlled, and SipHash would cost more than the rest of an insert.
 #[derive(Clone, Copy, Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl std::hash::Hasher for IdHasher {
     fn finish(&self) -> u64 {

@@ -240,16 +240,23 @@ pub(crate) fn current() -> Option<Arc<Scope>> {
 /// Runs `f` with `scope` current, then restores whatever was current before — also when `f`
 /// panics.
 pub(crate) fn enter<R>(scope: &Arc<Scope>, f: impl FnOnce() -> R) -> R {
-    let Ok(previous) = CURRENT.try_with(|cell| cell.replace(Some(scope.clone()))) else {
-        // Thread-locals are being torn down: run without a current scope.
-        return f();
-    };
-    let previous_tag = swap_tag_if(scope.tag);
-    let _restore = Restore {
-        previous,
-        previous_tag,
-    };
+    let _entered = make_current(scope);
     f()
+}
+
+/// Makes `scope` current until the returned guard is dropped, which restores what was current
+/// before. `None` while thread-locals are torn down (nothing was changed).
+///
+/// For callers that enter and leave in two separate calls (the runtime's poll hooks); others
+/// use [`enter`].
+pub(crate) fn make_current(scope: &Arc<Scope>) -> Option<Entered> {
+    let previous = CURRENT
+        .try_with(|cell| cell.replace(Some(scope.clone())))
+        .ok()?;
+    Some(Entered {
+        previous,
+        previous_tag: swap_tag_if(scope.tag),
+    })
 }
 
 /// Sets the allocator's tag unless both are "nothing" (memory not tracked): then a request
@@ -267,20 +274,22 @@ pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
         return f();
     };
     let previous_tag = (tag != Tag::NONE).then(|| alloc::swap_tag(Tag::NONE));
-    let _restore = Restore {
+    let _restore = Entered {
         previous,
         previous_tag,
     };
     f()
 }
 
-/// Puts back the scope and allocator tag that were current before [`enter`] or [`outside`].
-struct Restore {
+/// Puts back, when dropped, the scope and allocator tag that were current before
+/// [`make_current`] or [`outside`].
+#[must_use = "the scope is left as soon as this is dropped"]
+pub(crate) struct Entered {
     previous: Option<Arc<Scope>>,
     previous_tag: Option<Tag>,
 }
 
-impl Drop for Restore {
+impl Drop for Entered {
     fn drop(&mut self) {
         if let Some(tag) = self.previous_tag {
             alloc::swap_tag(tag);

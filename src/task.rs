@@ -42,7 +42,11 @@ where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    tokio::spawn(scoped(future))
+    let future = scoped(future);
+    #[cfg(tokio_unstable)]
+    return crate::hooks::spawning_tracked(|| tokio::spawn(future));
+    #[cfg(not(tokio_unstable))]
+    tokio::spawn(future)
 }
 
 /// Wraps a future so that it runs in the current request's scope and is tracked like a spawned
@@ -74,6 +78,7 @@ pub fn scoped<F: Future>(future: F) -> Scoped<F> {
         inner: future,
         scope,
         token,
+        polled: false,
     }
 }
 
@@ -85,6 +90,9 @@ pin_project! {
         inner: F,
         scope: Option<Arc<Scope>>,
         token: Option<Arc<TaskToken>>,
+        // Whether it was polled before (on its first poll it takes over the tracking of its
+        // task from the runtime hooks, where they are installed).
+        polled: bool,
     }
 }
 
@@ -93,6 +101,13 @@ impl<F: Future> Future for Scoped<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
+        if !*this.polled {
+            *this.polled = true;
+            #[cfg(tokio_unstable)]
+            if this.token.is_some() {
+                crate::hooks::forget_current_task();
+            }
+        }
         let inner = this.inner;
         let poll = match this.scope {
             Some(scope) => scope::enter(scope, || inner.poll(cx)),
