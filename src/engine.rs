@@ -47,6 +47,19 @@ pub(crate) struct Engine {
     sweeping: Mutex<()>,
     sinks: Vec<Box<dyn ReportSink>>,
     counters: Counters,
+    /// Await traces of orphan tasks, from task dumps (where tokio can take them).
+    #[cfg(all(
+        tokio_unstable,
+        feature = "taskdump",
+        target_os = "linux",
+        any(
+            target_arch = "aarch64",
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "s390x"
+        )
+    ))]
+    dumps: crate::dump::TaskDumps,
     pub(crate) sweeper: Sweeper,
 }
 
@@ -115,6 +128,18 @@ impl Engine {
             sweeping: Mutex::new(()),
             sinks,
             counters: Counters::default(),
+            #[cfg(all(
+                tokio_unstable,
+                feature = "taskdump",
+                target_os = "linux",
+                any(
+                    target_arch = "aarch64",
+                    target_arch = "x86",
+                    target_arch = "x86_64",
+                    target_arch = "s390x"
+                )
+            ))]
+            dumps: Default::default(),
             sweeper,
         });
         let weak: Weak<Engine> = Arc::downgrade(&engine);
@@ -189,6 +214,18 @@ impl Engine {
         }
         drop(guard);
         self.registry.recycle(finished);
+        #[cfg(all(
+            tokio_unstable,
+            feature = "taskdump",
+            target_os = "linux",
+            any(
+                target_arch = "aarch64",
+                target_arch = "x86",
+                target_arch = "x86_64",
+                target_arch = "s390x"
+            )
+        ))]
+        self.dumps.after_sweep(&self.registry, &reports);
         self.count(&reports);
         self.deliver(&reports);
         reports

@@ -112,7 +112,11 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
     };
     // The detector's own bookkeeping: never charged to the request.
     scope::outside(|| {
-        let token = Arc::new(TaskToken);
+        let token = Arc::new(TaskToken::default());
+        #[cfg(feature = "taskdump")]
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            token.identify(meta.id(), runtime);
+        }
         let liveness = Liveness::Task(Arc::downgrade(&token));
         if scope.track(liveness, Some(meta.spawned_at()), None) {
             TASKS.insert(

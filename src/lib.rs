@@ -142,6 +142,9 @@ mod assertions;
 mod clock;
 mod config;
 mod detector;
+cfg_taskdump! {
+    mod dump;
+}
 mod engine;
 mod judge;
 pub mod layer;

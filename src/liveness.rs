@@ -9,9 +9,28 @@ use std::sync::{Arc, Weak};
 
 use crate::report::LeakKind;
 
-/// Held by a tracked task's future; the task has ended once it is gone.
-#[derive(Debug)]
-pub(crate) struct TaskToken;
+/// Held by a tracked task's future (or for it, by the runtime hooks); the task has ended once
+/// it is gone.
+#[derive(Debug, Default)]
+pub(crate) struct TaskToken {
+    /// The task's id and runtime, once known, for task dumps.
+    #[cfg(all(tokio_unstable, feature = "taskdump"))]
+    task: std::sync::OnceLock<(tokio::task::Id, tokio::runtime::Handle)>,
+}
+
+impl TaskToken {
+    /// Records the task's id and its runtime (the first call wins).
+    #[cfg(all(tokio_unstable, feature = "taskdump"))]
+    pub(crate) fn identify(&self, id: tokio::task::Id, runtime: tokio::runtime::Handle) {
+        let _ = self.task.set((id, runtime));
+    }
+
+    /// The task's id and runtime, when known.
+    #[cfg(all(tokio_unstable, feature = "taskdump"))]
+    pub(crate) fn task(&self) -> Option<&(tokio::task::Id, tokio::runtime::Handle)> {
+        self.task.get()
+    }
+}
 
 /// Tells whether a watched object is still alive.
 pub(crate) trait Probe: Send + Sync {
@@ -159,7 +178,7 @@ mod tests {
     #[test]
     fn liveness_never_keeps_objects_alive() {
         let object = Arc::new(vec![0u8; 64]);
-        let token = Arc::new(TaskToken);
+        let token = Arc::new(TaskToken::default());
         let watched = Liveness::Object(Box::new(Arc::downgrade(&object)));
         let task = Liveness::Task(Arc::downgrade(&token));
         assert!(watched.is_alive() && task.is_alive());

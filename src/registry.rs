@@ -26,6 +26,8 @@ pub(crate) struct TrackedObject {
     pub(crate) type_name: Option<&'static str>,
     pub(crate) created_at: Instant,
     pub(crate) lifecycle: Lifecycle,
+    /// Where a task is stuck, from a task dump (see [`crate::dump`]).
+    pub(crate) await_trace: Option<Arc<str>>,
 }
 
 /// A request the sweeper has taken over, with the life cycle of its `StuckRequest` finding.
@@ -230,6 +232,40 @@ impl Registry {
         }
     }
 
+    /// Attaches a task's await trace to the object `id`, if it is still tracked.
+    #[cfg(all(
+        tokio_unstable,
+        feature = "taskdump",
+        target_os = "linux",
+        any(
+            target_arch = "aarch64",
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "s390x"
+        )
+    ))]
+    pub(crate) fn set_await_trace(&self, id: u64, trace: Arc<str>) {
+        if let Some(mut object) = self.objects.get_mut(&id) {
+            object.await_trace = Some(trace);
+        }
+    }
+
+    /// Calls `f` with the tracked object `id`, if there is one.
+    #[cfg(all(
+        tokio_unstable,
+        feature = "taskdump",
+        target_os = "linux",
+        any(
+            target_arch = "aarch64",
+            target_arch = "x86",
+            target_arch = "x86_64",
+            target_arch = "s390x"
+        )
+    ))]
+    pub(crate) fn with_object<R>(&self, id: u64, f: impl FnOnce(&TrackedObject) -> R) -> Option<R> {
+        self.objects.get(&id).map(|object| f(&object))
+    }
+
     /// Calls `f` with every tracked object.
     pub(crate) fn for_each_object(&self, mut f: impl FnMut(u64, &TrackedObject)) {
         for object in self.objects.iter() {
@@ -294,6 +330,7 @@ impl Owner for Registry {
                 type_name,
                 created_at: Instant::now(),
                 lifecycle: Lifecycle::default(),
+                await_trace: None,
             },
         );
         true
@@ -314,7 +351,7 @@ mod tests {
     fn capacity_bounds_scopes_and_objects_together() {
         let registry = Registry::new(3);
         let s = registry.open(fresh_scope(1)).unwrap();
-        let token = Arc::new(TaskToken);
+        let token = Arc::new(TaskToken::default());
         assert!(task(&registry, &s, &token));
         assert!(task(&registry, &s, &token));
         assert!(!task(&registry, &s, &token));

@@ -247,6 +247,15 @@ pub struct LeakReport {
     /// route's retained memory was allocated, most bytes first; at most
     /// [`MAX_SITES`](Self::MAX_SITES).
     pub sites: Vec<AllocationSite>,
+    /// For an [`OrphanTask`](LeakKind::OrphanTask): where the task is stuck — the await points
+    /// of its future, outermost first, one per line, as a tokio task dump traces them (the
+    /// handler's `async fn`, then the call it awaits, such as `Receiver::recv` or `sleep`).
+    /// At most [`MAX_AWAIT_TRACE`](Self::MAX_AWAIT_TRACE) bytes.
+    ///
+    /// Only with `--cfg tokio_unstable` and the feature `taskdump`, on Linux (`aarch64`, `x86`,
+    /// `x86_64`, `s390x`), and once the dump taken after the task was first reported has
+    /// arrived; `None` otherwise.
+    pub await_trace: Option<String>,
     /// A human-readable explanation (bytes read from a body, how long a task ran, …).
     pub detail: String,
 }
@@ -254,6 +263,10 @@ pub struct LeakReport {
 impl LeakReport {
     /// The most allocation [`sites`](Self::sites) a report lists.
     pub const MAX_SITES: usize = 5;
+
+    /// The longest [`await_trace`](Self::await_trace), in bytes; a longer one is cut at a line
+    /// end and marked `…`.
+    pub const MAX_AWAIT_TRACE: usize = 4096;
 }
 
 impl fmt::Display for LeakReport {
@@ -290,11 +303,19 @@ impl fmt::Display for LeakReport {
         if !self.detail.is_empty() {
             write!(f, ": {}", self.detail)?;
         }
+        if let Some(trace) = &self.await_trace {
+            // The only part on lines of its own: a tree reads badly folded into one line.
+            f.write_str("\n    waiting at:")?;
+            for line in trace.lines() {
+                write!(f, "\n      {line}")?;
+            }
+        }
         Ok(())
     }
 }
 
-/// Renders reports one per line, numbered, for panic messages and terminal output.
+/// Renders reports one per line (a report's await trace on the lines below it), numbered, for
+/// panic messages and terminal output.
 pub(crate) fn render_list(reports: &[LeakReport]) -> String {
     let mut out = String::new();
     for (i, report) in reports.iter().enumerate() {
@@ -347,6 +368,19 @@ mod tests {
              spawned at src/jobs.rs:42 type=jobs::run::{{closure}}: task still running"
         );
         assert!(!line.contains('\n'));
+    }
+
+    #[test]
+    fn an_await_trace_follows_on_indented_lines() {
+        let mut report = sample_report();
+        report.await_trace = Some("╼ jobs::run\n  └╼ Receiver::recv".into());
+        let text = report.to_string();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[0].ends_with("task still running"));
+        assert_eq!(lines[1], "    waiting at:");
+        assert_eq!(lines[2], "      ╼ jobs::run");
+        assert_eq!(lines[3], "        └╼ Receiver::recv");
     }
 
     #[test]

@@ -215,6 +215,7 @@ impl Scope {
             allocations: usage.map(|u| u.retained_blocks()),
             bytes_per_request: None,
             sites: Vec::new(),
+            await_trace: None,
             detail,
         }
     }
@@ -371,7 +372,7 @@ mod tests {
     #[test]
     fn a_scope_whose_owner_is_gone_tracks_nothing() {
         let s = scope(4);
-        let token = Arc::new(crate::liveness::TaskToken);
+        let token = Arc::new(crate::liveness::TaskToken::default());
         assert!(!s.track(Liveness::Task(Arc::downgrade(&token)), None, None));
         assert!(!s.left_objects());
     }

@@ -43,10 +43,19 @@ where
     F::Output: Send + 'static,
 {
     let future = scoped(future);
-    #[cfg(tokio_unstable)]
-    return crate::hooks::spawning_tracked(|| tokio::spawn(future));
     #[cfg(not(tokio_unstable))]
-    tokio::spawn(future)
+    return tokio::spawn(future);
+    #[cfg(tokio_unstable)]
+    {
+        #[cfg(feature = "taskdump")]
+        let token = future.token.clone();
+        let handle = crate::hooks::spawning_tracked(|| tokio::spawn(future));
+        #[cfg(feature = "taskdump")]
+        if let Some(token) = token {
+            token.identify(handle.id(), tokio::runtime::Handle::current());
+        }
+        handle
+    }
 }
 
 /// Wraps a future so that it runs in the current request's scope and is tracked like a spawned
@@ -68,7 +77,7 @@ pub fn scoped<F: Future>(future: F) -> Scoped<F> {
     let location = Location::caller();
     let scope = scope::current();
     let token = scope.as_ref().and_then(|scope| {
-        let token = Arc::new(TaskToken);
+        let token = Arc::new(TaskToken::default());
         let liveness = Liveness::Task(Arc::downgrade(&token));
         scope
             .track(liveness, Some(location), Some(type_name::<F>()))
@@ -106,6 +115,14 @@ impl<F: Future> Future for Scoped<F> {
             #[cfg(tokio_unstable)]
             if this.token.is_some() {
                 crate::hooks::forget_current_task();
+            }
+            #[cfg(all(tokio_unstable, feature = "taskdump"))]
+            if let (Some(token), Some(id), Ok(runtime)) = (
+                this.token.as_ref(),
+                tokio::task::try_id(),
+                tokio::runtime::Handle::try_current(),
+            ) {
+                token.identify(id, runtime);
             }
         }
         let inner = this.inner;

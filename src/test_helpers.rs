@@ -76,6 +76,7 @@ pub(crate) fn sample_report() -> LeakReport {
         allocations: None,
         bytes_per_request: None,
         sites: Vec::new(),
+        await_trace: None,
         detail: "task still running".into(),
     }
 }

@@ -74,6 +74,7 @@ pub(crate) fn object_report(
     LeakReport {
         location: object.location.map(SourceLocation::from_std),
         type_name: object.type_name,
+        await_trace: object.await_trace.as_deref().map(str::to_owned),
         ..object.scope.report(id, kind, state, now, detail)
     }
 }

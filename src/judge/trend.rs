@@ -198,6 +198,7 @@ fn process_report(kind: LeakKind, detail: String, growth: u64, now: Instant) -> 
         allocations: None,
         bytes_per_request: None,
         sites: Vec::new(),
+        await_trace: None,
         detail,
     }
 }

@@ -27,7 +27,7 @@ pub const INSTRUMENTATION_NAME: &str = "leakwatch";
 /// they exist — `http.route`, `http.request.method`, `code.filepath`, `code.lineno`,
 /// `code.function` — and `leak.*` for the rest: `leak.kind`, `leak.state`, `leak.id`,
 /// `leak.request_id`, `leak.age_ms`, `leak.retained_bytes`, `leak.retained_blocks`,
-/// `leak.type`.
+/// `leak.type`, and `leak.await_trace` (where an orphan task is stuck, when known).
 ///
 /// ```
 /// let detector = leakwatch::LeakDetector::builder()
@@ -182,6 +182,10 @@ pub(crate) fn attributes(report: &LeakReport) -> Vec<KeyValue> {
     if let Some(blocks) = report.allocations {
         attributes.push(KeyValue::new("leak.retained_blocks", blocks as i64));
     }
+    if let Some(trace) = &report.await_trace {
+        // Bounded where it is made (`LeakReport::MAX_AWAIT_TRACE`).
+        attributes.push(KeyValue::new("leak.await_trace", trace.clone()));
+    }
     attributes
 }
 
@@ -203,5 +207,25 @@ impl ReportSink for OtelSink {
             span.set_status(Status::error(report.detail.clone()));
         }
         span.end_with_timestamp(report.detected_at.max(start));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_helpers::sample_report;
+
+    #[test]
+    fn an_await_trace_is_a_span_attribute() {
+        let value = |report: &LeakReport| {
+            attributes(report)
+                .into_iter()
+                .find(|kv| kv.key.as_str() == "leak.await_trace")
+                .map(|kv| kv.value.to_string())
+        };
+        let mut report = sample_report();
+        assert_eq!(value(&report), None);
+        report.await_trace = Some("╼ jobs::run\n  └╼ Receiver::recv".into());
+        assert_eq!(value(&report).as_deref(), report.await_trace.as_deref());
     }
 }

@@ -49,6 +49,7 @@ macro_rules! emit {
             http.request.method = %$r.method,
             code.filepath = $r.location.map(|l| l.file),
             code.lineno = $r.location.map(|l| l.line),
+            leak.await_trace = $r.await_trace.as_deref(),
             "{}",
             $r
         )
