@@ -9,7 +9,7 @@
 //! IDLE_TASKS=1000 RUSTFLAGS="--cfg tokio_unstable" cargo bench --bench task_dump --features taskdump
 //! ```
 
-#[cfg(all(tokio_unstable, feature = "taskdump", target_os = "linux"))]
+#[cfg(leakwatch_taskdump)]
 fn main() {
     use std::time::{Duration, Instant};
 
@@ -76,7 +76,7 @@ fn main() {
     });
 }
 
-#[cfg(not(all(tokio_unstable, feature = "taskdump", target_os = "linux")))]
+#[cfg(not(leakwatch_taskdump))]
 fn main() {
     eprintln!("task_dump: needs Linux, RUSTFLAGS=\"--cfg tokio_unstable\" and --features taskdump");
 }

@@ -76,7 +76,12 @@ impl TaskDumps {
         });
         drop(pending);
         match runtime {
-            Some(runtime) => start(runtime, wanted, Arc::downgrade(registry), self.in_flight.clone()),
+            Some(runtime) => start(
+                runtime,
+                wanted,
+                Arc::downgrade(registry),
+                self.in_flight.clone(),
+            ),
             None => self.in_flight.store(false, Ordering::Release),
         }
     }

@@ -48,17 +48,7 @@ pub(crate) struct Engine {
     sinks: Vec<Box<dyn ReportSink>>,
     counters: Counters,
     /// Await traces of orphan tasks, from task dumps (where tokio can take them).
-    #[cfg(all(
-        tokio_unstable,
-        feature = "taskdump",
-        target_os = "linux",
-        any(
-            target_arch = "aarch64",
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "s390x"
-        )
-    ))]
+    #[cfg(leakwatch_taskdump)]
     dumps: crate::dump::TaskDumps,
     pub(crate) sweeper: Sweeper,
 }
@@ -128,17 +118,7 @@ impl Engine {
             sweeping: Mutex::new(()),
             sinks,
             counters: Counters::default(),
-            #[cfg(all(
-                tokio_unstable,
-                feature = "taskdump",
-                target_os = "linux",
-                any(
-                    target_arch = "aarch64",
-                    target_arch = "x86",
-                    target_arch = "x86_64",
-                    target_arch = "s390x"
-                )
-            ))]
+            #[cfg(leakwatch_taskdump)]
             dumps: Default::default(),
             sweeper,
         });
@@ -214,17 +194,7 @@ impl Engine {
         }
         drop(guard);
         self.registry.recycle(finished);
-        #[cfg(all(
-            tokio_unstable,
-            feature = "taskdump",
-            target_os = "linux",
-            any(
-                target_arch = "aarch64",
-                target_arch = "x86",
-                target_arch = "x86_64",
-                target_arch = "s390x"
-            )
-        ))]
+        #[cfg(leakwatch_taskdump)]
         self.dumps.after_sweep(&self.registry, &reports);
         self.count(&reports);
         self.deliver(&reports);

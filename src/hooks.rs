@@ -113,7 +113,7 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
     // The detector's own bookkeeping: never charged to the request.
     scope::outside(|| {
         let token = Arc::new(TaskToken::default());
-        #[cfg(feature = "taskdump")]
+        #[cfg(leakwatch_taskdump)]
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             token.identify(meta.id(), runtime);
         }

@@ -142,9 +142,8 @@ mod assertions;
 mod clock;
 mod config;
 mod detector;
-cfg_taskdump! {
-    mod dump;
-}
+#[cfg(leakwatch_taskdump)] // set by the build script
+mod dump;
 mod engine;
 mod judge;
 pub mod layer;

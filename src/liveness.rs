@@ -14,19 +14,19 @@ use crate::report::LeakKind;
 #[derive(Debug, Default)]
 pub(crate) struct TaskToken {
     /// The task's id and runtime, once known, for task dumps.
-    #[cfg(all(tokio_unstable, feature = "taskdump"))]
+    #[cfg(leakwatch_taskdump)]
     task: std::sync::OnceLock<(tokio::task::Id, tokio::runtime::Handle)>,
 }
 
 impl TaskToken {
     /// Records the task's id and its runtime (the first call wins).
-    #[cfg(all(tokio_unstable, feature = "taskdump"))]
+    #[cfg(leakwatch_taskdump)]
     pub(crate) fn identify(&self, id: tokio::task::Id, runtime: tokio::runtime::Handle) {
         let _ = self.task.set((id, runtime));
     }
 
     /// The task's id and runtime, when known.
-    #[cfg(all(tokio_unstable, feature = "taskdump"))]
+    #[cfg(leakwatch_taskdump)]
     pub(crate) fn task(&self) -> Option<&(tokio::task::Id, tokio::runtime::Handle)> {
         self.task.get()
     }

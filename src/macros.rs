@@ -42,24 +42,3 @@ macro_rules! cfg_tokio_unstable {
         )*
     };
 }
-
-/// Items that exist only where tokio can take task dumps: `--cfg tokio_unstable`, the feature
-/// `taskdump`, Linux on `aarch64`, `x86`, `x86_64` or `s390x`.
-macro_rules! cfg_taskdump {
-    ($($item:item)*) => {
-        $(
-            #[cfg(all(
-                tokio_unstable,
-                feature = "taskdump",
-                target_os = "linux",
-                any(
-                    target_arch = "aarch64",
-                    target_arch = "x86",
-                    target_arch = "x86_64",
-                    target_arch = "s390x"
-                )
-            ))]
-            $item
-        )*
-    };
-}

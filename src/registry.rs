@@ -233,17 +233,7 @@ impl Registry {
     }
 
     /// Attaches a task's await trace to the object `id`, if it is still tracked.
-    #[cfg(all(
-        tokio_unstable,
-        feature = "taskdump",
-        target_os = "linux",
-        any(
-            target_arch = "aarch64",
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "s390x"
-        )
-    ))]
+    #[cfg(leakwatch_taskdump)]
     pub(crate) fn set_await_trace(&self, id: u64, trace: Arc<str>) {
         if let Some(mut object) = self.objects.get_mut(&id) {
             object.await_trace = Some(trace);
@@ -251,17 +241,7 @@ impl Registry {
     }
 
     /// Calls `f` with the tracked object `id`, if there is one.
-    #[cfg(all(
-        tokio_unstable,
-        feature = "taskdump",
-        target_os = "linux",
-        any(
-            target_arch = "aarch64",
-            target_arch = "x86",
-            target_arch = "x86_64",
-            target_arch = "s390x"
-        )
-    ))]
+    #[cfg(leakwatch_taskdump)]
     pub(crate) fn with_object<R>(&self, id: u64, f: impl FnOnce(&TrackedObject) -> R) -> Option<R> {
         self.objects.get(&id).map(|object| f(&object))
     }

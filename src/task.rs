@@ -47,10 +47,10 @@ where
     return tokio::spawn(future);
     #[cfg(tokio_unstable)]
     {
-        #[cfg(feature = "taskdump")]
+        #[cfg(leakwatch_taskdump)]
         let token = future.token.clone();
         let handle = crate::hooks::spawning_tracked(|| tokio::spawn(future));
-        #[cfg(feature = "taskdump")]
+        #[cfg(leakwatch_taskdump)]
         if let Some(token) = token {
             token.identify(handle.id(), tokio::runtime::Handle::current());
         }
@@ -116,7 +116,7 @@ impl<F: Future> Future for Scoped<F> {
             if this.token.is_some() {
                 crate::hooks::forget_current_task();
             }
-            #[cfg(all(tokio_unstable, feature = "taskdump"))]
+            #[cfg(leakwatch_taskdump)]
             if let (Some(token), Some(id), Ok(runtime)) = (
                 this.token.as_ref(),
                 tokio::task::try_id(),

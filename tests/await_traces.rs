@@ -1,19 +1,9 @@
 //! With the runtime hooks and the `taskdump` feature on Linux, an orphan task's report says
 //! where the task is stuck: the handler's `async fn` and the call it awaits — in the report's
 //! `await_trace`, its `Display` and the message of `assert_no_leaks` — on a current-thread and
-//! on a multi-thread runtime. Needs `RUSTFLAGS="--cfg tokio_unstable"`.
-#![cfg(all(
-    tokio_unstable,
-    feature = "taskdump",
-    feature = "axum",
-    target_os = "linux",
-    any(
-        target_arch = "aarch64",
-        target_arch = "x86",
-        target_arch = "x86_64",
-        target_arch = "s390x"
-    )
-))]
+//! on a multi-thread runtime. Needs `RUSTFLAGS="--cfg tokio_unstable"` and the feature
+//! `taskdump`, on Linux (`cfg(leakwatch_taskdump)`, set by the build script).
+#![cfg(all(leakwatch_taskdump, feature = "axum"))]
 
 mod support;
 
