@@ -1,7 +1,8 @@
 //! With `leakwatch::instrument_runtime`, a task spawned by plain `tokio::spawn` in a request
 //! polls with the request's scope current: memory it allocates after the response was sent, and
 //! keeps, counts for the request's route — and memory a task spawned outside requests keeps does
-//! not. One test (the allocator is process-wide). Needs `RUSTFLAGS="--cfg tokio_unstable"`.
+//! not — on a current-thread and on a multi-thread runtime. One test (the allocator is
+//! process-wide). Needs `RUSTFLAGS="--cfg tokio_unstable"`.
 #![cfg(all(tokio_unstable, feature = "axum"))]
 
 mod support;
@@ -44,67 +45,73 @@ async fn late(State(g): State<Globals>, Path(id): Path<u64>) -> &'static str {
 
 #[test]
 fn memory_a_plainly_spawned_task_keeps_counts_for_its_request() {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.worker_threads(2);
-    let runtime = leakwatch::instrument_runtime(builder.enable_all())
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let (detector, _) = support::detector();
-        let globals = Globals {
-            kept: Arc::default(),
-            go: watch::channel(false).0,
-            done: Arc::default(),
-        };
-        let app = Router::new()
-            .route("/late/{id}", get(late))
-            .with_state(globals.clone())
-            .layer(detector.layer());
-        for i in 0..REQUESTS {
-            let request = Request::get(format!("/late/{i}"))
-                .body(Body::empty())
-                .unwrap();
-            support::read_body(app.clone().oneshot(request).await.unwrap()).await;
-        }
-        // A task outside any request keeps as much: it must count for no route.
-        let outside = globals.clone();
-        let mut go = outside.go.subscribe();
-        let background = tokio::spawn(async move {
-            let _ = go.wait_for(|go| *go).await;
-            outside
-                .kept
-                .lock()
-                .unwrap()
-                .push(vec![0u8; REQUESTS * KEPT]);
-        });
-        // Every response has been sent; only now do the tasks allocate.
-        globals.go.send_replace(true);
-        background.await.unwrap();
-        support::wait_until("every task kept its memory", || {
-            globals.done.load(Ordering::SeqCst) == REQUESTS
-        })
-        .await;
-        detector.sweep_now();
-        let route = detector
-            .stats()
-            .routes
-            .into_iter()
-            .find(|r| r.route == "/late/{id}")
-            .expect("the route's memory is counted");
-        let expected = (REQUESTS * KEPT) as u64;
-        assert!(
-            route.live_bytes >= expected && route.live_bytes < expected + expected / 10,
-            "{} live bytes on the route, expected about {expected}",
-            route.live_bytes
-        );
-        let memory = support::of_kind(&detector.leaks(), LeakKind::RetainedMemory);
-        assert_eq!(memory.len(), 1, "{memory:#?}");
-        assert_eq!(memory[0].route, "/late/{id}");
-        assert_eq!(
-            memory[0].bytes_per_request,
-            Some(KEPT as u64),
-            "{}",
-            memory[0]
-        );
+    let mut current = tokio::runtime::Builder::new_current_thread();
+    let mut multi = tokio::runtime::Builder::new_multi_thread();
+    multi.worker_threads(2);
+    for builder in [&mut current, &mut multi] {
+        let runtime = leakwatch::instrument_runtime(builder.enable_all())
+            .build()
+            .unwrap();
+        runtime.block_on(check());
+    }
+}
+
+/// One run: its own detector (so its own route slot) and its own kept memory.
+async fn check() {
+    let (detector, _) = support::detector();
+    let globals = Globals {
+        kept: Arc::default(),
+        go: watch::channel(false).0,
+        done: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/late/{id}", get(late))
+        .with_state(globals.clone())
+        .layer(detector.layer());
+    for i in 0..REQUESTS {
+        let request = Request::get(format!("/late/{i}"))
+            .body(Body::empty())
+            .unwrap();
+        support::read_body(app.clone().oneshot(request).await.unwrap()).await;
+    }
+    // A task outside any request keeps as much: it must count for no route.
+    let outside = globals.clone();
+    let mut go = outside.go.subscribe();
+    let background = tokio::spawn(async move {
+        let _ = go.wait_for(|go| *go).await;
+        outside
+            .kept
+            .lock()
+            .unwrap()
+            .push(vec![0u8; REQUESTS * KEPT]);
     });
+    // Every response has been sent; only now do the tasks allocate.
+    globals.go.send_replace(true);
+    background.await.unwrap();
+    support::wait_until("every task kept its memory", || {
+        globals.done.load(Ordering::SeqCst) == REQUESTS
+    })
+    .await;
+    detector.sweep_now();
+    let route = detector
+        .stats()
+        .routes
+        .into_iter()
+        .find(|r| r.route == "/late/{id}")
+        .expect("the route's memory is counted");
+    let expected = (REQUESTS * KEPT) as u64;
+    assert!(
+        route.live_bytes >= expected && route.live_bytes < expected + expected / 10,
+        "{} live bytes on the route, expected about {expected}",
+        route.live_bytes
+    );
+    let memory = support::of_kind(&detector.leaks(), LeakKind::RetainedMemory);
+    assert_eq!(memory.len(), 1, "{memory:#?}");
+    assert_eq!(memory[0].route, "/late/{id}");
+    assert_eq!(
+        memory[0].bytes_per_request,
+        Some(KEPT as u64),
+        "{}",
+        memory[0]
+    );
 }
