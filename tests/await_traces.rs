@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -46,18 +45,6 @@ async fn start_poller() -> &'static str {
     "started"
 }
 
-fn on_both_runtimes<F: Future<Output = ()>>(test: impl Fn() -> F) {
-    let mut current = tokio::runtime::Builder::new_current_thread();
-    let mut multi = tokio::runtime::Builder::new_multi_thread();
-    multi.worker_threads(2);
-    for builder in [&mut current, &mut multi] {
-        let runtime = leakwatch::instrument_runtime(builder.enable_all())
-            .build()
-            .unwrap();
-        runtime.block_on(test());
-    }
-}
-
 /// Sends a GET for `path`, sweeps, and waits until the route's orphan has its await trace.
 async fn traced_orphan(detector: &LeakDetector, app: &Router, path: &str) -> LeakReport {
     let request = Request::get(path).body(Body::empty()).unwrap();
@@ -82,7 +69,7 @@ async fn traced_orphan(detector: &LeakDetector, app: &Router, path: &str) -> Lea
 
 #[test]
 fn an_orphan_waiting_on_a_channel_names_its_function_and_the_receive() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         let (detector, _) = support::detector();
         let app = Router::new()
             .route("/worker", get(start_worker))
@@ -115,7 +102,7 @@ fn an_orphan_waiting_on_a_channel_names_its_function_and_the_receive() {
 
 #[test]
 fn an_orphan_spawned_through_leakwatch_names_its_sleep() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         let (detector, _) = support::detector();
         let app = Router::new()
             .route("/poller", get(start_poller))

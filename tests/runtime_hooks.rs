@@ -7,7 +7,6 @@
 
 mod support;
 
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -132,19 +131,6 @@ fn app(detector: &LeakDetector, kept: Kept) -> Router {
         .layer(detector.layer())
 }
 
-/// Runs `test` on a current-thread and on a multi-thread runtime, each built with the hooks.
-fn on_both_runtimes<F: Future<Output = ()>>(test: impl Fn() -> F) {
-    let mut current = tokio::runtime::Builder::new_current_thread();
-    let mut multi = tokio::runtime::Builder::new_multi_thread();
-    multi.worker_threads(2);
-    for builder in [&mut current, &mut multi] {
-        let runtime = leakwatch::instrument_runtime(builder.enable_all())
-            .build()
-            .unwrap();
-        runtime.block_on(test());
-    }
-}
-
 /// Sends one GET through the app and reads the response to its end.
 async fn get_path(app: &Router, path: &str) {
     let request = Request::get(path).body(Body::empty()).unwrap();
@@ -177,7 +163,7 @@ fn assert_orphans_at(detector: &LeakDetector, route: &str, line: u32, count: usi
 
 #[test]
 fn plain_spawns_of_a_request_are_reported_with_the_spawn_line() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         let (detector, _) = support::detector();
         let app = app(&detector, Kept::default());
         for i in 0..3 {
@@ -196,7 +182,7 @@ fn plain_spawns_of_a_request_are_reported_with_the_spawn_line() {
 
 #[test]
 fn a_task_a_library_spawns_is_reported_at_the_librarys_line() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         let (detector, _) = support::detector();
         let app = app(&detector, Kept::default());
         get_path(&app, "/library").await;
@@ -206,7 +192,7 @@ fn a_task_a_library_spawns_is_reported_at_the_librarys_line() {
 
 #[test]
 fn a_task_spawned_by_a_spawned_task_belongs_to_the_same_request() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         let (detector, _) = support::detector();
         let app = app(&detector, Kept::default());
         get_path(&app, "/nested").await;
@@ -226,7 +212,7 @@ fn a_task_spawned_by_a_spawned_task_belongs_to_the_same_request() {
 
 #[test]
 fn tasks_tracked_by_leakwatch_itself_are_reported_once() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         let (detector, _) = support::detector();
         let app = app(&detector, Kept::default());
         get_path(&app, "/wrapped").await;
@@ -246,7 +232,7 @@ fn tasks_tracked_by_leakwatch_itself_are_reported_once() {
 
 #[test]
 fn tasks_that_end_blocking_tasks_and_joined_sets_are_not_reported() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         // C2: a task that ends 30 ms after its response, inside a grace period of 500 ms.
         let reports = leakwatch::sink::CollectingSink::new();
         let detector = support::builder(&reports)
@@ -266,7 +252,7 @@ fn tasks_that_end_blocking_tasks_and_joined_sets_are_not_reported() {
 
 #[test]
 fn tasks_spawned_outside_requests_are_not_tracked() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         let (detector, reports) = support::detector();
         let app = app(&detector, Kept::default());
         get_path(&app, "/ok/join-set").await;
@@ -284,7 +270,7 @@ fn tasks_spawned_outside_requests_are_not_tracked() {
 
 #[test]
 fn an_orphan_of_a_real_server_is_reported() {
-    on_both_runtimes(|| async {
+    support::on_both_hooked_runtimes(|| async {
         let (detector, _) = support::detector();
         let (addr, server) = support::serve(app(&detector, Kept::default())).await;
         let uri: http::Uri = format!("http://{addr}/plain/pending/7").parse().unwrap();

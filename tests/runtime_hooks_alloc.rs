@@ -45,15 +45,7 @@ async fn late(State(g): State<Globals>, Path(id): Path<u64>) -> &'static str {
 
 #[test]
 fn memory_a_plainly_spawned_task_keeps_counts_for_its_request() {
-    let mut current = tokio::runtime::Builder::new_current_thread();
-    let mut multi = tokio::runtime::Builder::new_multi_thread();
-    multi.worker_threads(2);
-    for builder in [&mut current, &mut multi] {
-        let runtime = leakwatch::instrument_runtime(builder.enable_all())
-            .build()
-            .unwrap();
-        runtime.block_on(check());
-    }
+    support::on_both_hooked_runtimes(check);
 }
 
 /// One run: its own detector (so its own route slot) and its own kept memory.

@@ -105,6 +105,21 @@ macro_rules! on_both_runtimes {
     };
 }
 
+/// Runs `test` on a current-thread and on a multi-thread runtime (2 workers), each built with
+/// leakwatch's task hooks.
+#[cfg(tokio_unstable)]
+pub fn on_both_hooked_runtimes<F: std::future::Future<Output = ()>>(test: impl Fn() -> F) {
+    let mut current = tokio::runtime::Builder::new_current_thread();
+    let mut multi = tokio::runtime::Builder::new_multi_thread();
+    multi.worker_threads(2);
+    for builder in [&mut current, &mut multi] {
+        let runtime = leakwatch::instrument_runtime(builder.enable_all())
+            .build()
+            .unwrap();
+        runtime.block_on(test());
+    }
+}
+
 /// A response body fed through a channel: a frame per message, the end when every sender is
 /// gone. Not buffered.
 pub struct ChannelBody {
