@@ -144,6 +144,7 @@ fn app(detector: &LeakDetector, globals: Globals) -> Router {
         .route("/ok/task", get(ok_task))
         .route("/ok/stream", get(ok_stream))
         .route("/ok/upload", post(ok_upload))
+        .route_service("/debug/leaks", detector.snapshot_service())
         .with_state(globals)
         .layer(detector.layer())
 }
@@ -423,6 +424,7 @@ async fn serve(options: Options) {
             t.method, t.scenario
         );
     }
+    println!("  curl http://{addr}/debug/leaks?format=text    # the detector's snapshot (JSON without ?format)");
     axum::serve(listener, app(&detector, Globals::default()))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -489,20 +491,8 @@ async fn drive(options: Options) {
     // Let the last requests' grace period pass, so that the statistics cover every request.
     tokio::time::sleep(options.grace).await;
     detector.sweep_now();
+    print_snapshot(addr).await;
     let stats = detector.stats();
-    println!(
-        "\nheap per route (TrackingAllocator):\n  {:<22} {:>12} {:>8} {:>8}",
-        "ROUTE", "LIVE BYTES", "BLOCKS", "JUDGED"
-    );
-    for route in &stats.routes {
-        println!(
-            "  {:<22} {:>12} {:>8} {:>8}",
-            route.route, route.live_bytes, route.live_blocks, route.judged_requests
-        );
-    }
-    if let Some(heap) = stats.live_heap_bytes {
-        println!("  process live heap: {heap} bytes");
-    }
     if let Some(otlp) = otlp {
         // Export what is buffered before the process ends.
         tokio::task::spawn_blocking(move || drop(otlp)).await.ok();
@@ -520,6 +510,22 @@ async fn drive(options: Options) {
         stats.released_total,
     );
     server.abort();
+}
+
+/// Prints the routes and tasks of the detector's snapshot, as `GET /debug/leaks?format=text`
+/// returns it (the reports it also lists are printed above).
+async fn print_snapshot(addr: SocketAddr) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let uri = format!("http://{addr}/debug/leaks?format=text");
+    let text = match client.get(uri.parse().expect("valid URI")).await {
+        Ok(response) => match response.into_body().collect().await {
+            Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+            Err(error) => format!("reading the snapshot failed: {error}"),
+        },
+        Err(error) => format!("GET /debug/leaks failed: {error}"),
+    };
+    let summary = text.split("\nreports (").next().unwrap_or_default();
+    println!("\nGET /debug/leaks?format=text (its reports section left out):\n{summary}");
 }
 
 /// The reports expected: one per request of a leaky route, one per memory-leaking route (once

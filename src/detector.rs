@@ -6,6 +6,9 @@ use std::sync::Arc;
 use crate::config::{ConfigError, LeakDetectorBuilder};
 use crate::engine::{self, Engine};
 use crate::report::LeakReport;
+#[cfg(feature = "serde")]
+use crate::snapshot::SnapshotService;
+use crate::snapshot::{self, Snapshot};
 use crate::stats::Stats;
 
 /// Finds what requests leave behind. Cheap to clone: every clone shares one state.
@@ -84,6 +87,45 @@ impl LeakDetector {
     /// Counters and gauges describing the detector's own state. Counting builds no report.
     pub fn stats(&self) -> Stats {
         self.engine.stats()
+    }
+
+    /// Everything the detector knows now: requests in flight and finished per route, memory,
+    /// tasks alive by spawn location, the active reports, allocation sites and the trend. Built
+    /// on this thread, on demand; bounded in size (see [`Snapshot`]). It does not sweep.
+    ///
+    /// ```
+    /// let detector = leakwatch::LeakDetector::builder().build().unwrap();
+    /// let snapshot = detector.snapshot();
+    /// assert!(snapshot.reports.is_empty());
+    /// println!("{snapshot}"); // tables for a terminal
+    /// ```
+    pub fn snapshot(&self) -> Snapshot {
+        snapshot::take(&self.engine)
+    }
+}
+
+cfg_feature! {
+    "serde",
+    impl LeakDetector {
+        /// A tower service answering `GET` with this detector's [`snapshot`](Self::snapshot):
+        /// JSON, or a table with `?format=text`. Mount it on an operators-only path; see
+        /// [`SnapshotService`].
+        ///
+        /// ```
+        /// # #[cfg(feature = "axum")]
+        /// # fn build() {
+        /// use axum::{routing::get, Router};
+        ///
+        /// let detector = leakwatch::LeakDetector::builder().build().unwrap();
+        /// let app: Router = Router::new()
+        ///     .route("/hello", get(|| async { "hello" }))
+        ///     .route_service("/debug/leaks", detector.snapshot_service())
+        ///     .layer(detector.layer());
+        /// # }
+        /// ```
+        pub fn snapshot_service(&self) -> SnapshotService {
+            SnapshotService::new(self.clone())
+        }
     }
 }
 

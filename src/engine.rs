@@ -5,7 +5,7 @@
 //! request's path goes to the scope and the registry. A sweep ([`Engine::sweep`]) runs the
 //! judges over the registry, records the reports and hands them to the sinks.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -16,7 +16,7 @@ use crate::clock;
 use crate::config::Config;
 use crate::judge::memory::MemoryJudge;
 use crate::judge::objects;
-use crate::judge::trend::Trend;
+use crate::judge::trend::{Trend, TrendWindow};
 use crate::liveness::Liveness;
 use crate::registry::{Registry, TrackedObject};
 use crate::report::{LeakKind, LeakReport, LeakState};
@@ -59,6 +59,9 @@ struct Judges {
     trend: Trend,
     /// The most recent one-shot findings, oldest first ([`FINDINGS_CAPACITY`] at most).
     findings: VecDeque<LeakReport>,
+    /// Requests finished and let go by the sweeper, by route template (as many entries as the
+    /// interner has routes, plus the few fixed names).
+    finished: HashMap<Box<str>, u64>,
 }
 
 /// Totals since the detector was built.
@@ -114,6 +117,7 @@ impl Engine {
                 memory: MemoryJudge::default(),
                 trend,
                 findings: VecDeque::new(),
+                finished: HashMap::new(),
             }),
             sweeping: Mutex::new(()),
             sinks,
@@ -171,11 +175,12 @@ impl Engine {
             open += u64::from(scope.is_open());
             objects::judge_scope(scope, lifecycle, now, config, &mut reports)
         });
+        let mut guard = lock(&self.judges);
+        let judges = &mut *guard;
+        count_finished(&mut judges.finished, &released);
         let (counted, mut finished): (Vec<_>, Vec<_>) = released
             .into_iter()
             .partition(|scope| scope.memory.is_some());
-        let mut guard = lock(&self.judges);
-        let judges = &mut *guard;
         let returned = judges
             .memory
             .judge_requests(counted, config, &self.registry);
@@ -313,6 +318,29 @@ impl Engine {
         &self.registry
     }
 
+    /// Requests the sweeper has let go of since the detector was built, by route template.
+    pub(crate) fn finished_requests(&self) -> Vec<(String, u64)> {
+        let judges = lock(&self.judges);
+        let counts = judges.finished.iter();
+        counts.map(|(route, n)| (route.to_string(), *n)).collect()
+    }
+
+    /// The trend sampler's window: how many samples, and the oldest and newest with their
+    /// times.
+    pub(crate) fn trend_window(&self) -> TrendWindow {
+        lock(&self.judges).trend.window()
+    }
+
+    /// Every route with an allocator route slot, with that slot.
+    pub(crate) fn route_slots(&self) -> Vec<(u32, Arc<str>)> {
+        self.routes.slots()
+    }
+
+    /// The `TrackingAllocator` is the global allocator.
+    pub(crate) fn memory_tracked(&self) -> bool {
+        self.memory_tracked
+    }
+
     /// Counters and gauges of the detector's own state.
     pub(crate) fn stats(&self) -> Stats {
         let counters = &self.counters;
@@ -355,6 +383,19 @@ impl Engine {
                 Liveness::Object(_) => stats.watched_objects += 1,
             });
         stats
+    }
+}
+
+/// Adds the scopes in `released` to the finished count of their route.
+fn count_finished(finished: &mut HashMap<Box<str>, u64>, released: &[Arc<Scope>]) {
+    for scope in released {
+        let route = scope.route.as_str();
+        match finished.get_mut(route) {
+            Some(n) => *n += 1,
+            None => {
+                finished.insert(route.into(), 1);
+            }
+        }
     }
 }
 

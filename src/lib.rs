@@ -93,7 +93,8 @@
 //!
 //! - `tracing` (default): the [`TracingSink`](sink::TracingSink), used when no sink is set.
 //! - `axum` (default): route templates from axum's `MatchedPath`.
-//! - `serde`: `serde::Serialize` for [`LeakReport`] and its parts.
+//! - `serde`: `serde::Serialize` for [`LeakReport`], [`Stats`] and [`snapshot::Snapshot`], and
+//!   `LeakDetector::snapshot_service`, a `/debug/leaks` endpoint.
 //! - `otel`: `sink::OtelSink` (leak spans and metrics), `LeakDetector::register_metrics`, and
 //!   trace ids in reports.
 //! - `otlp`: `otlp::init`, OTLP exporters from the standard environment variables.
@@ -122,7 +123,7 @@
 //! | | `registry` | scopes and tracked objects: bounded, ids, scope reuse |
 //! | judges | `judge::objects`, `judge::memory`, `judge::trend` | state in, reports out |
 //! | engine | `engine`, `sweeper` | opens scopes, runs a sweep, delivers; the background thread |
-//! | API | `detector`, [`layer`], `task`, `hooks`, `assertions`, `metrics`, [`otlp`] | what users call |
+//! | API | `detector`, [`layer`], `task`, `hooks`, `assertions`, `metrics`, [`otlp`], [`snapshot`] | what users call |
 //!
 //! A request goes `layer` → `engine::open_scope` → `registry`; its tasks, body and watched
 //! objects go through `scope::Scope::track` to the registry; the sweeper thread calls
@@ -155,6 +156,7 @@ mod request_id;
 pub mod route;
 mod scope;
 pub mod sink;
+pub mod snapshot;
 mod stats;
 mod sweeper;
 mod symbolize;

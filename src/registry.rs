@@ -260,18 +260,27 @@ impl Registry {
         }
     }
 
-    /// Requests whose scope is open now, whether the sweeper has taken them over or not.
-    pub(crate) fn open_scopes(&self) -> usize {
-        let taken = lock(&self.taken)
+    /// Calls `f` with every scope that is open now, whether the sweeper has taken it over or
+    /// not. Each lock is held only while its own scopes are visited.
+    pub(crate) fn for_each_open_scope(&self, mut f: impl FnMut(&Scope)) {
+        lock(&self.taken)
             .iter()
             .filter(|entry| entry.scope.is_open())
-            .count();
-        let queued: usize = self
-            .shards
-            .iter()
-            .map(|shard| lock(shard).queue.iter().filter(|s| s.is_open()).count())
-            .sum();
-        taken + queued
+            .for_each(|entry| f(&entry.scope));
+        for shard in &self.shards {
+            lock(shard)
+                .queue
+                .iter()
+                .filter(|s| s.is_open())
+                .for_each(|s| f(s));
+        }
+    }
+
+    /// Requests whose scope is open now, whether the sweeper has taken them over or not.
+    pub(crate) fn open_scopes(&self) -> usize {
+        let mut open = 0;
+        self.for_each_open_scope(|_| open += 1);
+        open
     }
 
     /// Entries held now: scopes and objects.

@@ -324,8 +324,10 @@ pub(crate) fn render_list(reports: &[LeakReport]) -> String {
     out
 }
 
+/// `serde` helpers for times: wall-clock instants as Unix milliseconds, durations as
+/// milliseconds.
 #[cfg(feature = "serde")]
-mod ser {
+pub(crate) mod ser {
     use serde::Serializer;
     use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -335,11 +337,11 @@ mod ser {
             .unwrap_or(0)
     }
 
-    pub(super) fn unix_millis<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn unix_millis<S: Serializer>(t: &SystemTime, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(millis_since_epoch(t))
     }
 
-    pub(super) fn opt_unix_millis<S: Serializer>(
+    pub(crate) fn opt_unix_millis<S: Serializer>(
         t: &Option<SystemTime>,
         s: S,
     ) -> Result<S::Ok, S::Error> {
@@ -349,8 +351,15 @@ mod ser {
         }
     }
 
-    pub(super) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn millis<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub(crate) fn opt_millis<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
     }
 }
 

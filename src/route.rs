@@ -174,6 +174,12 @@ impl Interner {
         self.names.get(&slot).map(|name| name.value().clone())
     }
 
+    /// Every route slot handed out, with its template.
+    pub(crate) fn slots(&self) -> Vec<(u32, Arc<str>)> {
+        let names = self.names.iter();
+        names.map(|e| (*e.key(), e.value().clone())).collect()
+    }
+
     /// A `'static` name needs interning only for its route slot.
     fn name(&self, name: &'static str) -> (Route, u32) {
         if self.memory {

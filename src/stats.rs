@@ -34,8 +34,22 @@ impl fmt::Debug for KindCounts {
     }
 }
 
+/// Serialised as a map from kind name to count.
+#[cfg(feature = "serde")]
+impl serde::Serialize for KindCounts {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(LeakKind::COUNT))?;
+        for kind in LeakKind::ALL {
+            map.serialize_entry(kind.as_str(), &self.get(*kind))?;
+        }
+        map.end()
+    }
+}
+
 /// A snapshot of the detector's own state, from [`LeakDetector::stats`](crate::LeakDetector::stats).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
     /// Requests whose scope is open now (their response has not finished).
@@ -83,6 +97,7 @@ pub struct Stats {
 
 /// Per-route memory numbers, in [`Stats::routes`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RouteMemoryStats {
     /// The route template.

@@ -14,6 +14,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use http::Request;
+use leakwatch::snapshot::{MemoryAccounting, Snapshot};
 use leakwatch::{AllocationSites, LeakKind, LeakReport};
 use tower::ServiceExt;
 
@@ -32,7 +33,7 @@ async fn leak_map(State(map): State<Map>, Path(id): Path<u64>) -> &'static str {
     "kept"
 }
 
-async fn run(sites: AllocationSites) -> LeakReport {
+async fn run(sites: AllocationSites) -> (LeakReport, Snapshot) {
     ALLOC.set_allocation_sites(sites);
     let detector = support::builder(&leakwatch::sink::CollectingSink::new())
         .memory_window(100)
@@ -52,7 +53,7 @@ async fn run(sites: AllocationSites) -> LeakReport {
     let leaks = detector.leaks();
     assert_eq!(leaks.len(), 1, "{leaks:#?}");
     assert_eq!(leaks[0].kind, LeakKind::RetainedMemory);
-    leaks[0].clone()
+    (leaks[0].clone(), detector.snapshot())
 }
 
 #[tokio::test]
@@ -63,7 +64,7 @@ async fn retained_memory_reports_list_the_handlers_allocation_site() {
             mean_bytes: NonZeroU64::new(16 * 1024).unwrap(),
         },
     ] {
-        let report = run(mode).await;
+        let (report, snapshot) = run(mode).await;
         assert!(!report.sites.is_empty(), "{mode:?}: {report:#?}");
         assert!(report.sites.len() <= leakwatch::LeakReport::MAX_SITES);
         let handler = report
@@ -95,6 +96,37 @@ async fn retained_memory_reports_list_the_handlers_allocation_site() {
             handler.bytes
         );
         assert!(report.to_string().contains("allocated at"), "{report}");
+
+        // The snapshot shows the same sites, and the route's memory.
+        assert_eq!(snapshot.memory, MemoryAccounting::Exact);
+        assert_eq!(snapshot.reports, vec![report.clone()]);
+        let sites = &snapshot.sites;
+        assert_eq!(sites.len(), 1, "{sites:#?}");
+        assert_eq!(sites[0].route, "/leak/map/{id}");
+        assert!(sites[0].sites.iter().any(|s| s.line == Some(MAP_LINE)));
+        let route = &snapshot.routes[0];
+        assert_eq!(
+            (route.route.as_str(), route.in_flight),
+            ("/leak/map/{id}", 0)
+        );
+        assert_eq!(route.finished_requests, 300);
+        assert!(route.live_bytes.unwrap() >= 300 * 4096, "{route:?}");
+        assert_eq!(route.retained_bytes, route.live_bytes, "nothing in flight");
+        let text = snapshot.to_string();
+        let (accounting, heading) = if mode == AllocationSites::Exact {
+            (MemoryAccounting::Exact, "allocation sites (exact bytes)")
+        } else {
+            (
+                MemoryAccounting::Estimated,
+                "allocation sites (estimated bytes)",
+            )
+        };
+        assert_eq!(snapshot.sites_accounting, accounting);
+        assert!(text.contains(heading), "{text}");
+        assert!(
+            text.contains(&format!("alloc_sites.rs:{MAP_LINE}")),
+            "{text}"
+        );
     }
     ALLOC.set_allocation_sites(AllocationSites::Off);
 }

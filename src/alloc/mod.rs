@@ -36,7 +36,10 @@ use self::counters::{on_alloc, on_dealloc, on_free, on_resize};
 use self::header::Header;
 pub(crate) use self::header::Tag;
 pub use self::sites::AllocationSites;
-pub(crate) use self::sites::{dropped as sites_dropped, top as top_sites, RawSite};
+pub(crate) use self::sites::{
+    dropped as sites_dropped, enabled as sites_enabled, exact as sites_exact, top as top_sites,
+    RawSite,
+};
 pub(crate) use self::slots::{slots_exhausted, SlotGuard, Usage};
 
 /// Bytes in front of every block (more for alignments above it).

@@ -82,6 +82,16 @@ pub(crate) fn mean() -> u64 {
     MEAN.load(Ordering::Relaxed)
 }
 
+/// Whether allocation sites are sampled at all.
+pub(crate) fn enabled() -> bool {
+    mean() != 0
+}
+
+/// Whether every allocation is sampled (exact mode).
+pub(crate) fn exact() -> bool {
+    mean() == EXACT
+}
+
 /// [`mean`] in exact mode.
 pub(crate) const EXACT: u64 = 1;
 

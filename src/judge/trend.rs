@@ -28,6 +28,14 @@ pub(crate) struct Sample {
     pub(crate) in_flight: u64,
 }
 
+/// What the window holds, for a snapshot.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct TrendWindow {
+    pub(crate) samples: usize,
+    pub(crate) first: Option<(Instant, Sample)>,
+    pub(crate) latest: Option<(Instant, Sample)>,
+}
+
 /// The sampler's state, owned by the sweeper.
 pub(crate) struct Trend {
     config: TrendConfig,
@@ -129,6 +137,15 @@ impl Trend {
                 window,
             };
             reports.extend(judge(alert, growth, config, self.confirm_sweeps, now));
+        }
+    }
+
+    /// The samples of the window: how many, and the oldest and newest.
+    pub(crate) fn window(&self) -> TrendWindow {
+        TrendWindow {
+            samples: self.samples.len(),
+            first: self.samples.front().copied(),
+            latest: self.samples.back().copied(),
         }
     }
 

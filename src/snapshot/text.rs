@@ -1,0 +1,235 @@
+//! A snapshot as text for a terminal: a summary line, then one table per section.
+
+use std::fmt::{self, Display, Write as _};
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::{Snapshot, TrendSample};
+use crate::report::{render_list, LeakKind};
+
+/// Text is left-aligned, numbers right-aligned.
+#[derive(Clone, Copy)]
+enum Align {
+    Left,
+    Right,
+}
+
+/// Writes `rows` under `headers`, each column as wide as its widest cell, indented by two.
+fn table(
+    out: &mut fmt::Formatter<'_>,
+    headers: &[(&str, Align)],
+    rows: &[Vec<String>],
+) -> fmt::Result {
+    let mut widths: Vec<usize> = headers.iter().map(|(h, _)| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header_cells: Vec<String> = headers.iter().map(|(h, _)| (*h).to_owned()).collect();
+    for row in std::iter::once(&header_cells).chain(rows) {
+        let mut line = String::from(" ");
+        for ((cell, width), (_, align)) in row.iter().zip(&widths).zip(headers) {
+            match align {
+                Align::Left => write!(line, " {cell:<width$}")?,
+                Align::Right => write!(line, " {cell:>width$}")?,
+            }
+        }
+        writeln!(out, "{}", line.trim_end())?;
+    }
+    Ok(())
+}
+
+fn millis(d: Duration) -> String {
+    format!("{} ms", d.as_millis())
+}
+
+fn or_dash<T: Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+impl Display for Snapshot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let taken = self.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let stats = &self.stats;
+        writeln!(
+            f,
+            "leakwatch snapshot at {} ms since the Unix epoch; memory: {}",
+            taken.as_millis(),
+            self.memory.as_str()
+        )?;
+        writeln!(
+            f,
+            "registry: {} of {} entries, {} skipped; in flight: {}; sweeps: {}; \
+             active reports: {}",
+            stats.registry_entries,
+            stats.registry_capacity,
+            stats.skipped,
+            stats.open_scopes,
+            stats.sweeps,
+            stats.active.total()
+        )?;
+        self.routes_table(f)?;
+        self.tasks_table(f)?;
+        writeln!(f, "\nreports ({})", self.reports.len())?;
+        f.write_str(&render_list(&self.reports))?;
+        if self.reports_omitted > 0 {
+            writeln!(f, "  … and {} more", self.reports_omitted)?;
+        }
+        self.sites_list(f)?;
+        self.trend_line(f)
+    }
+}
+
+impl Snapshot {
+    fn routes_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\nroutes")?;
+        let rows: Vec<Vec<String>> = self
+            .routes
+            .iter()
+            .map(|r| {
+                vec![
+                    r.route.clone(),
+                    r.in_flight.to_string(),
+                    or_dash(r.oldest_in_flight.map(millis)),
+                    r.finished_requests.to_string(),
+                    or_dash(r.live_bytes),
+                    or_dash(r.retained_bytes),
+                    or_dash(r.live_blocks),
+                    r.witnesses.to_string(),
+                    r.tasks_alive.to_string(),
+                ]
+            })
+            .collect();
+        use Align::{Left, Right};
+        table(
+            f,
+            &[
+                ("ROUTE", Left),
+                ("IN FLIGHT", Right),
+                ("OLDEST", Right),
+                ("FINISHED", Right),
+                ("LIVE BYTES", Right),
+                ("RETAINED", Right),
+                ("BLOCKS", Right),
+                ("WITNESSES", Right),
+                ("TASKS", Right),
+            ],
+            &rows,
+        )?;
+        if self.routes_omitted > 0 {
+            writeln!(f, "  … and {} more routes", self.routes_omitted)?;
+        }
+        Ok(())
+    }
+
+    fn tasks_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "\ntasks alive")?;
+        let rows: Vec<Vec<String>> = self
+            .tasks
+            .iter()
+            .map(|t| {
+                vec![
+                    t.route.clone(),
+                    or_dash(t.location),
+                    t.alive.to_string(),
+                    t.after_request.to_string(),
+                    millis(t.oldest),
+                ]
+            })
+            .collect();
+        use Align::{Left, Right};
+        table(
+            f,
+            &[
+                ("ROUTE", Left),
+                ("SPAWNED AT", Left),
+                ("ALIVE", Right),
+                ("AFTER REQUEST", Right),
+                ("OLDEST", Right),
+            ],
+            &rows,
+        )?;
+        if self.task_groups_omitted > 0 {
+            writeln!(f, "  … and {} more groups", self.task_groups_omitted)?;
+        }
+        Ok(())
+    }
+
+    fn sites_list(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.sites.is_empty() {
+            return Ok(());
+        }
+        writeln!(
+            f,
+            "\nallocation sites ({} bytes)",
+            self.sites_accounting.as_str()
+        )?;
+        for route in &self.sites {
+            writeln!(f, "  {}", route.route)?;
+            for site in &route.sites {
+                writeln!(f, "    {site}, {} blocks", site.blocks)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn trend_line(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let trend = &self.trend;
+        write!(
+            f,
+            "\ntrend: {} samples over {}",
+            trend.samples,
+            millis(trend.span)
+        )?;
+        if let (Some(first), Some(latest)) = (trend.first, trend.latest) {
+            let change = |of: fn(&TrendSample) -> Option<u64>| {
+                format!("{} → {}", or_dash(of(&first)), or_dash(of(&latest)))
+            };
+            write!(
+                f,
+                "; heap bytes {}; alive tasks {}; in flight {}",
+                change(|s| s.heap_bytes),
+                change(|s| s.alive_tasks),
+                latest.in_flight
+            )?;
+        }
+        let alerts = [
+            (LeakKind::HeapGrowth, trend.heap_growth),
+            (LeakKind::TaskGrowth, trend.task_growth),
+        ];
+        let raised: Vec<String> = alerts
+            .iter()
+            .filter_map(|(kind, state)| state.map(|s| format!("{kind} {s}")))
+            .collect();
+        if raised.is_empty() {
+            writeln!(f, "; no growth alert")
+        } else {
+            writeln!(f, "; {}", raised.join(", "))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Table;
+
+    impl Display for Table {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let rows = vec![
+                vec!["/a".to_owned(), "1".to_owned()],
+                vec!["/longer".to_owned(), "1234".to_owned()],
+            ];
+            table(f, &[("ROUTE", Align::Left), ("N", Align::Right)], &rows)
+        }
+    }
+
+    #[test]
+    fn columns_are_as_wide_as_their_widest_cell() {
+        assert_eq!(
+            Table.to_string(),
+            "  ROUTE      N\n  /a         1\n  /longer 1234\n"
+        );
+    }
+}
