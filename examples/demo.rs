@@ -6,8 +6,8 @@
 //! cargo run --example demo -- --serve       # keep serving on 127.0.0.1:3000; leaks are logged
 //! ```
 //!
-//! Each leaky route reproduces one pattern of `shared/scenarios.md` (L1–L8, L10); the clean
-//! routes (C1–C6) must never be reported. The demo installs the `TrackingAllocator`, so heap
+//! Each leaky route reproduces one pattern of `shared/scenarios.md` (L1–L10, L9 against an
+//! in-process upstream); the clean routes (C1–C6, and L9's control) must never be reported. The demo installs the `TrackingAllocator`, so heap
 //! memory kept by requests is attributed to their routes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -22,12 +22,16 @@ use axum::extract::{Path, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use leakwatch::client::{ClientLeakService, UpstreamBody};
 use leakwatch::sink::{CollectingSink, TracingSink};
 use leakwatch::{LeakDetector, LeakKind, LeakReport, LeakState};
 use tokio::sync::{mpsc, Semaphore};
+use tower::ServiceExt;
 
 /// The demo counts heap memory per request and per route.
 #[global_allocator]
@@ -42,6 +46,47 @@ struct Globals {
     cache: Arc<Mutex<HashMap<u64, Vec<u8>>>>,
     callbacks: Arc<Mutex<Vec<Callback>>>,
     lru: Arc<Mutex<VecDeque<Vec<u8>>>>,
+    upstream: Option<Upstream>,
+    upstream_bodies: Arc<Mutex<Vec<UpstreamBody<Incoming>>>>,
+}
+
+/// The client for the demo's own upstream (L9), behind `client_layer()`.
+#[derive(Clone)]
+struct Upstream {
+    client: ClientLeakService<Client<HttpConnector, Empty<Bytes>>>,
+    addr: SocketAddr,
+}
+
+impl Globals {
+    /// The handlers' globals, with a client for the upstream at `addr`.
+    fn new(detector: &LeakDetector, addr: SocketAddr) -> Self {
+        let client = tower::ServiceBuilder::new()
+            .layer(detector.client_layer())
+            .service(Client::builder(TokioExecutor::new()).build_http());
+        Globals {
+            upstream: Some(Upstream { client, addr }),
+            ..Globals::default()
+        }
+    }
+
+    /// `GET /data` from the upstream.
+    async fn call_upstream(&self) -> Option<http::Response<UpstreamBody<Incoming>>> {
+        let upstream = self.upstream.as_ref()?;
+        let uri = format!("http://{}/data", upstream.addr);
+        let request = http::Request::get(uri).body(Empty::new()).ok()?;
+        upstream.client.clone().oneshot(request).await.ok()
+    }
+}
+
+/// The demo's upstream: an in-process axum server on 127.0.0.1 answering 16 KiB.
+async fn start_upstream() -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind the upstream");
+    let addr = listener.local_addr().expect("the upstream's address");
+    let app = Router::new().route("/data", get(|| async { vec![7u8; 16 * 1024] }));
+    tokio::spawn(axum::serve(listener, app).into_future());
+    addr
 }
 
 /// A callback registered by a request (L6).
@@ -113,6 +158,7 @@ const TARGETS: &[Target] = &[
     target("GET", "/leak/callback/{n}", "/leak/callback/{id}", 0, LeakyMemory, "L6 closure capturing 16 KiB"),
     target("GET", "/leak/session/{n}", "/leak/session/{id}", 0, Leaky, "L7 watched object stored globally"),
     target("GET", "/leak/cycle/{n}", "/leak/cycle/{id}", 0, LeakyMemory, "L8 Arc cycle of 8 KiB"),
+    target("GET", "/leak/upstream", "/leak/upstream", 0, Leaky, "L9 upstream body kept"),
     target("GET", "/leak/ticker", "/leak/ticker", 0, Leaky, "L10 ticker never stopped"),
     // Built with `RUSTFLAGS="--cfg tokio_unstable"`, the demo's runtime has leakwatch's task
     // hooks, and a task spawned with plain `tokio::spawn` is tracked too.
@@ -124,6 +170,7 @@ const TARGETS: &[Target] = &[
     target("GET", "/ok/stream", "/ok/stream", 0, Clean, "C4 streamed to the end"),
     target("GET", "/ok/config", "/ok/config", 0, CleanMemory, "C5 1 MiB OnceLock init"),
     target("POST", "/ok/upload", "/ok/upload", 16 * 1024, Clean, "C6 body read"),
+    target("GET", "/ok/upstream", "/ok/upstream", 0, Clean, "L9's control: upstream body read"),
 ];
 
 fn app(detector: &LeakDetector, globals: Globals) -> Router {
@@ -144,9 +191,35 @@ fn app(detector: &LeakDetector, globals: Globals) -> Router {
         .route("/ok/task", get(ok_task))
         .route("/ok/stream", get(ok_stream))
         .route("/ok/upload", post(ok_upload))
+        .route("/leak/upstream", get(leak_upstream))
+        .route("/ok/upstream", get(ok_upstream))
         .route_service("/debug/leaks", detector.snapshot_service())
         .with_state(globals)
         .layer(detector.layer())
+}
+
+/// L9: the upstream's response is kept and its body never read.
+async fn leak_upstream(State(globals): State<Globals>) -> &'static str {
+    let Some(response) = globals.call_upstream().await else {
+        return "the upstream did not answer\n";
+    };
+    globals
+        .upstream_bodies
+        .lock()
+        .unwrap()
+        .push(response.into_body());
+    "kept the upstream's response without reading it\n"
+}
+
+/// L9's control: the upstream's body is read to its end.
+async fn ok_upstream(State(globals): State<Globals>) -> String {
+    let Some(response) = globals.call_upstream().await else {
+        return "the upstream did not answer\n".to_owned();
+    };
+    match response.into_body().collect().await {
+        Ok(body) => format!("read {} bytes from the upstream\n", body.to_bytes().len()),
+        Err(error) => format!("reading the upstream failed: {error}\n"),
+    }
 }
 
 async fn leak_task() -> &'static str {
@@ -425,7 +498,8 @@ async fn serve(options: Options) {
         );
     }
     println!("  curl http://{addr}/debug/leaks?format=text    # the detector's snapshot (JSON without ?format)");
-    axum::serve(listener, app(&detector, Globals::default()))
+    let globals = Globals::new(&detector, start_upstream().await);
+    axum::serve(listener, app(&detector, globals))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
@@ -454,8 +528,8 @@ async fn drive(options: Options) {
         .await
         .expect("bind");
     let addr = listener.local_addr().unwrap();
-    let server =
-        tokio::spawn(axum::serve(listener, app(&detector, Globals::default())).into_future());
+    let globals = Globals::new(&detector, start_upstream().await);
+    let server = tokio::spawn(axum::serve(listener, app(&detector, globals)).into_future());
 
     println!(
         "leakwatch demo: axum on http://{addr}, {} requests per leaky route, {} per clean route, \

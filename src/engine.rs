@@ -22,7 +22,7 @@ use crate::registry::{Registry, TrackedObject};
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request_id::{self, RequestId};
 use crate::route::{self, Interner};
-use crate::scope::{self, Owner, RequestHead, Scope};
+use crate::scope::{self, Owner, RequestHead, Scope, UpstreamCall};
 use crate::sink::ReportSink;
 use crate::stats::{KindCounts, Stats};
 use crate::sweeper::Sweeper;
@@ -154,9 +154,63 @@ impl Engine {
                 route,
                 route_slot,
                 trace: trace_context::capture(request.headers()),
+                upstream: None,
             };
             let owner: Weak<dyn Owner> = Arc::downgrade(&self.registry) as Weak<Registry>;
             self.registry.open(Scope::new(id, head, owner, memory))
+        })
+    }
+
+    /// Opens the scope of an outgoing call, or returns `None` when the registry is full.
+    ///
+    /// Made inside a request (the current scope), the call is that request's: its scope closes
+    /// when the request does, and its reports carry the request's route, method, request id and
+    /// trace. Made outside any request, its route is [`route::CLIENT`] and it closes when the
+    /// caller's [`ScopeGuard`](crate::scope::ScopeGuard) on it is dropped.
+    pub(crate) fn open_call_scope<B>(&self, request: &http::Request<B>) -> Option<Arc<Scope>> {
+        // A call made from within another call's scope belongs to the request that made that.
+        let parent = scope::current().and_then(|current| current.request().cloned());
+        scope::outside(|| {
+            let id = self.registry.next_id();
+            let uri = request.uri();
+            let host: Box<str> = match (uri.host(), uri.port_u16()) {
+                (Some(host), Some(port)) => format!("{host}:{port}").into(),
+                (Some(host), None) => host.into(),
+                (None, _) => "<unknown>".into(),
+            };
+            let (request_id, method, route, trace) = match &parent {
+                Some(p) => (
+                    p.request_id.clone(),
+                    p.method.clone(),
+                    p.route.clone(),
+                    p.trace,
+                ),
+                None => (
+                    RequestId::Generated {
+                        prefix: self.id_prefix,
+                        number: id,
+                    },
+                    request.method().clone(),
+                    route::Route::Static(route::CLIENT),
+                    None,
+                ),
+            };
+            let head = RequestHead {
+                request_id,
+                method,
+                route,
+                route_slot: 0,
+                // A call is as long as its request, which is judged on its own.
+                streaming: true,
+                trace,
+                upstream: Some(Box::new(UpstreamCall {
+                    method: request.method().clone(),
+                    host,
+                    parent,
+                })),
+            };
+            let owner: Weak<dyn Owner> = Arc::downgrade(&self.registry) as Weak<Registry>;
+            self.registry.open(Scope::new(id, head, owner, None))
         })
     }
 
@@ -172,7 +226,7 @@ impl Engine {
         });
         let mut open = 0;
         let released = self.registry.sweep_scopes(|scope, lifecycle| {
-            open += u64::from(scope.is_open());
+            open += u64::from(scope.is_open() && !scope.is_upstream_call());
             objects::judge_scope(scope, lifecycle, now, config, &mut reports)
         });
         let mut guard = lock(&self.judges);
@@ -388,7 +442,7 @@ impl Engine {
 
 /// Adds the scopes in `released` to the finished count of their route.
 fn count_finished(finished: &mut HashMap<Box<str>, u64>, released: &[Arc<Scope>]) {
-    for scope in released {
+    for scope in released.iter().filter(|s| !s.is_upstream_call()) {
         let route = scope.route.as_str();
         match finished.get_mut(route) {
             Some(n) => *n += 1,

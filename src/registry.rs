@@ -260,26 +260,29 @@ impl Registry {
         }
     }
 
-    /// Calls `f` with every scope that is open now, whether the sweeper has taken it over or
-    /// not. Each lock is held only while its own scopes are visited.
-    pub(crate) fn for_each_open_scope(&self, mut f: impl FnMut(&Scope)) {
+    /// Calls `f` with the scope of every request in flight (not of outgoing calls), whether the
+    /// sweeper has taken it over or not. Each lock is held only while its own scopes are
+    /// visited.
+    pub(crate) fn for_each_open_request(&self, mut f: impl FnMut(&Scope)) {
+        let in_flight = |s: &Scope| s.is_open() && !s.is_upstream_call();
         lock(&self.taken)
             .iter()
-            .filter(|entry| entry.scope.is_open())
+            .filter(|entry| in_flight(&entry.scope))
             .for_each(|entry| f(&entry.scope));
         for shard in &self.shards {
-            lock(shard)
+            let shard = lock(shard);
+            shard
                 .queue
                 .iter()
-                .filter(|s| s.is_open())
+                .filter(|s| in_flight(s))
                 .for_each(|s| f(s));
         }
     }
 
-    /// Requests whose scope is open now, whether the sweeper has taken them over or not.
+    /// Requests in flight, whether the sweeper has taken them over or not.
     pub(crate) fn open_scopes(&self) -> usize {
         let mut open = 0;
-        self.for_each_open_scope(|_| open += 1);
+        self.for_each_open_request(|_| open += 1);
         open
     }
 

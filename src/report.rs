@@ -17,11 +17,13 @@ pub enum LeakKind {
     /// A task spawned by the request (through [`crate::spawn`] or [`crate::scoped`]) is still
     /// running after the request finished: the tokio form of a goroutine leak.
     OrphanTask,
-    /// The request body was dropped before its end with data left unread. A hygiene finding:
-    /// hyper has to close the connection instead of reusing it.
+    /// The request body — or an upstream's response body, with
+    /// [`client_layer`](crate::LeakDetector::client_layer) — was dropped before its end with
+    /// data left unread. A hygiene finding: the connection has to be closed instead of reused.
     UnconsumedBody,
-    /// A request body is still alive after the request finished: it was moved into a task or a
-    /// global.
+    /// A request body — or an upstream's response body, with
+    /// [`client_layer`](crate::LeakDetector::client_layer) — is still alive after the request
+    /// finished: it was moved into a task or a global.
     RetainedBody,
     /// An object passed to [`crate::watch`] is still alive after the request finished.
     WatchedObject,
@@ -256,8 +258,32 @@ pub struct LeakReport {
     /// `x86_64`, `s390x`), and once the dump taken after the task was first reported has
     /// arrived; `None` otherwise.
     pub await_trace: Option<String>,
+    /// For a report about an outgoing call (made through
+    /// [`LeakDetector::client_layer`](crate::LeakDetector::client_layer)): the upstream it went
+    /// to. The report's route, method and request id are then those of the server request that
+    /// made the call, when there is one.
+    pub upstream: Option<Upstream>,
     /// A human-readable explanation (bytes read from a body, how long a task ran, …).
     pub detail: String,
+}
+
+/// The upstream of an outgoing call, in [`LeakReport::upstream`]: its method and host — never
+/// its path or query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Upstream {
+    /// The call's HTTP method.
+    pub method: String,
+    /// The upstream's host, with the port when the URI names one (`"api.example.com:8443"`);
+    /// `"<unknown>"` for a URI without a host.
+    pub host: String,
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.method, self.host)
+    }
 }
 
 impl LeakReport {
@@ -290,6 +316,9 @@ impl fmt::Display for LeakReport {
         }
         if let Some(type_name) = self.type_name {
             write!(f, " type={type_name}")?;
+        }
+        if let Some(upstream) = &self.upstream {
+            write!(f, " upstream={upstream}")?;
         }
         if let Some(bytes) = self.bytes {
             write!(f, " retained={bytes}B")?;

@@ -3,7 +3,7 @@
 //! A request's route is axum's `MatchedPath` template, else what the builder's
 //! [`route_fn`](crate::LeakDetectorBuilder::route_fn) returns, else [`UNMATCHED`]. The raw path
 //! is never used: it carries ids and personal data, and as a metric label its cardinality is
-//! unbounded. Three names stand in for a template, and can appear in reports, stats and metric
+//! unbounded. Four names stand in for a template, and can appear in reports, stats and metric
 //! labels:
 //!
 //! | name | when |
@@ -11,6 +11,7 @@
 //! | [`UNMATCHED`] `"<unmatched>"` | no template is known for the request |
 //! | [`OVERFLOW`] `"<other>"` | the detector already knows [`MAX_ROUTES`] templates |
 //! | [`PROCESS`] `"<process>"` | a report about the whole process ([`HeapGrowth`](crate::LeakKind::HeapGrowth), [`TaskGrowth`](crate::LeakKind::TaskGrowth)) |
+//! | [`CLIENT`] `"<client>"` | a report about an outgoing call made outside any request |
 
 #[cfg(feature = "axum")]
 use std::cell::RefCell;
@@ -29,6 +30,10 @@ pub const OVERFLOW: &str = "<other>";
 
 /// The route name of reports about the whole process rather than one request.
 pub const PROCESS: &str = "<process>";
+
+/// The route name of reports about an outgoing call made outside any request (through
+/// [`LeakDetector::client_layer`](crate::LeakDetector::client_layer)).
+pub const CLIENT: &str = "<client>";
 
 /// The most distinct route templates one detector tells apart.
 pub const MAX_ROUTES: usize = 4096;

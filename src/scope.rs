@@ -22,7 +22,7 @@ use std::time::{Duration, Instant, SystemTime};
 use crate::alloc::{self, SlotGuard, Tag, Usage};
 use crate::clock;
 use crate::liveness::Liveness;
-use crate::report::{LeakKind, LeakReport, LeakState};
+use crate::report::{LeakKind, LeakReport, LeakState, Upstream};
 use crate::request_id::RequestId;
 use crate::route::Route;
 use crate::trace_context::TraceParent;
@@ -62,6 +62,28 @@ pub(crate) struct Scope {
     objects: AtomicBool,
     /// The trace the request belongs to, when known.
     pub(crate) trace: Option<TraceParent>,
+    /// For an outgoing call's scope: where it went, and the request that made it.
+    upstream: Option<Box<UpstreamCall>>,
+}
+
+/// What the scope of an outgoing call knows beyond a request's: the upstream, and the server
+/// request that made the call.
+pub(crate) struct UpstreamCall {
+    pub(crate) method: http::Method,
+    /// Host, and port when the URI names one.
+    pub(crate) host: Box<str>,
+    /// The request that made the call (never itself a call's scope): the call's scope closes
+    /// when it does.
+    pub(crate) parent: Option<Arc<Scope>>,
+}
+
+impl UpstreamCall {
+    fn report(&self) -> Upstream {
+        Upstream {
+            method: self.method.as_str().to_owned(),
+            host: self.host.to_string(),
+        }
+    }
 }
 
 /// What a scope records of its request when it opens.
@@ -74,6 +96,8 @@ pub(crate) struct RequestHead {
     /// The route may stay open past `max_request_age`.
     pub(crate) streaming: bool,
     pub(crate) trace: Option<TraceParent>,
+    /// For an outgoing call: where it went, and the request that made it.
+    pub(crate) upstream: Option<Box<UpstreamCall>>,
 }
 
 impl Scope {
@@ -90,6 +114,7 @@ impl Scope {
             route_slot,
             streaming,
             trace,
+            upstream,
         } = head;
         let tag = match &memory {
             Some(slot) => slot.tag(),
@@ -108,6 +133,7 @@ impl Scope {
             opened_at: Instant::now(),
             closed: AtomicU64::new(0),
             owner,
+            upstream,
         }
     }
 
@@ -120,8 +146,13 @@ impl Scope {
             .compare_exchange(0, nanos + 1, Ordering::Release, Ordering::Relaxed);
     }
 
-    /// How long after opening the scope closed, or `None` while it is open.
+    /// How long after opening the scope closed, or `None` while it is open. The scope of an
+    /// outgoing call made by a request closes when that request does.
     pub(crate) fn closed_after(&self) -> Option<Duration> {
+        if let Some(parent) = self.upstream.as_ref().and_then(|call| call.parent.as_ref()) {
+            let closed = parent.closed_at()?;
+            return Some(closed.saturating_duration_since(self.opened_at));
+        }
         match self.closed.load(Ordering::Acquire) {
             0 => None,
             n => Some(Duration::from_nanos(n - 1)),
@@ -147,11 +178,29 @@ impl Scope {
         location: Option<&'static Location<'static>>,
         type_name: Option<&'static str>,
     ) -> bool {
+        // The tasks a client spawns during a call (its connections) belong to its pool.
+        if self.upstream.is_some() && matches!(liveness, Liveness::Task(_)) {
+            return false;
+        }
         let Some(owner) = self.owner.upgrade() else {
             return false;
         };
         self.objects.store(true, Ordering::Relaxed);
         outside(|| owner.insert_object(self, liveness, location, type_name))
+    }
+
+    /// Whether this is the scope of an outgoing call rather than of a request.
+    pub(crate) fn is_upstream_call(&self) -> bool {
+        self.upstream.is_some()
+    }
+
+    /// The request this scope belongs to: itself, or for an outgoing call's scope the request
+    /// that made the call, if any.
+    pub(crate) fn request(self: &Arc<Self>) -> Option<&Arc<Scope>> {
+        match &self.upstream {
+            None => Some(self),
+            Some(call) => call.parent.as_ref(),
+        }
     }
 
     /// Whether the request left a task, body or watched object in the registry.
@@ -216,6 +265,7 @@ impl Scope {
             bytes_per_request: None,
             sites: Vec::new(),
             await_trace: None,
+            upstream: self.upstream.as_deref().map(UpstreamCall::report),
             detail,
         }
     }
@@ -254,17 +304,20 @@ pub(crate) fn make_current(scope: &Arc<Scope>) -> Option<Entered> {
     let previous = CURRENT
         .try_with(|cell| cell.replace(Some(scope.clone())))
         .ok()?;
+    // The allocator's tag is always the current scope's (`NONE` outside any scope).
+    let current_tag = previous.as_ref().map_or(Tag::NONE, |s| s.tag);
     Some(Entered {
         previous,
-        previous_tag: swap_tag_if(scope.tag),
+        previous_tag: swap_tag_if(scope.tag, current_tag),
     })
 }
 
-/// Sets the allocator's tag unless both are "nothing" (memory not tracked): then a request
-/// costs no extra thread-local write.
+/// Sets the allocator's tag to `tag` unless both it and the current tag are "nothing" (memory
+/// not tracked): then a request costs no extra thread-local write. Entering a scope without a
+/// tag (an outgoing call's) from one with a tag clears it.
 #[inline]
-fn swap_tag_if(tag: Tag) -> Option<Tag> {
-    (tag != Tag::NONE).then(|| alloc::swap_tag(tag))
+fn swap_tag_if(tag: Tag, current: Tag) -> Option<Tag> {
+    (tag != Tag::NONE || current != Tag::NONE).then(|| alloc::swap_tag(tag))
 }
 
 /// Runs `f` with no current scope, for the detector's own bookkeeping: nothing it allocates is
@@ -315,6 +368,11 @@ impl ScopeGuard {
     /// Runs `f` with the request's scope current.
     pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
         enter(&self.scope, f)
+    }
+
+    /// The scope held.
+    pub(crate) fn scope(&self) -> &Arc<Scope> {
+        &self.scope
     }
 }
 

@@ -39,6 +39,7 @@ pub(crate) fn fresh_scope(id: u64) -> Scope {
             route_slot: 0,
             streaming: false,
             trace: None,
+            upstream: None,
         },
         Weak::<Gone>::new(),
         None,
@@ -77,6 +78,7 @@ pub(crate) fn sample_report() -> LeakReport {
         bytes_per_request: None,
         sites: Vec::new(),
         await_trace: None,
+        upstream: None,
         detail: "task still running".into(),
     }
 }

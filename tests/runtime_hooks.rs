@@ -285,3 +285,81 @@ fn an_orphan_of_a_real_server_is_reported() {
         server.abort();
     });
 }
+
+/// A client's connection task, spawned during a call made through `client_layer()`, belongs to
+/// the client's pool, not to the request; the same call without the layer leaves the task on
+/// the request (which is why the layer exists).
+#[test]
+fn a_clients_connection_tasks_are_not_the_requests() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::client::legacy::Client;
+    use hyper_util::rt::TokioExecutor;
+
+    type Plain = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+    async fn call<S, B>(client: S, upstream: std::net::SocketAddr) -> usize
+    where
+        S: tower::Service<Request<Full<Bytes>>, Response = http::Response<B>>,
+        S::Error: std::fmt::Debug,
+        B: http_body::Body,
+        B::Error: std::fmt::Debug,
+    {
+        let request = Request::get(format!("http://{upstream}/data"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.oneshot(request).await.unwrap();
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .len()
+    }
+
+    support::on_both_hooked_runtimes(|| async {
+        let upstream = tower::service_fn(|_req: Request<hyper::body::Incoming>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(vec![
+                1u8;
+                1024
+            ]))))
+        });
+        let (upstream, upstream_server) = support::serve(upstream).await;
+        let (detector, reports) = support::detector();
+        // Two clients, two pools: each call opens a connection of its own.
+        let plain: Plain = Client::builder(TokioExecutor::new()).build_http();
+        let layered = tower::ServiceBuilder::new()
+            .layer(detector.client_layer())
+            .service(Client::builder(TokioExecutor::new()).build_http());
+        let app = Router::new()
+            .route(
+                "/through-layer",
+                get(move || {
+                    let client = layered.clone();
+                    async move { format!("{}", call(client, upstream).await) }
+                }),
+            )
+            .route(
+                "/plain-client",
+                get(move || {
+                    let client = plain.clone();
+                    async move { format!("{}", call(client, upstream).await) }
+                }),
+            )
+            .layer(detector.layer());
+
+        get_path(&app, "/through-layer").await;
+        detector.assert_no_leaks().await;
+        assert_eq!(detector.stats().tracked_tasks, 0);
+        assert!(reports.reports().is_empty(), "{:#?}", reports.reports());
+
+        get_path(&app, "/plain-client").await;
+        assert_eq!(
+            detector.stats().tracked_tasks,
+            1,
+            "without the layer, the new connection's task is the request's"
+        );
+        upstream_server.abort();
+    });
+}

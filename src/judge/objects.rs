@@ -29,7 +29,15 @@ pub(crate) fn judge_object(
             reports.push(object_report(id, object, state, now));
         } else if let Liveness::Body(body) = &object.liveness {
             if body.was_unconsumed() {
-                let detail = format!("request body dropped before its end: {}", body.describe());
+                let detail = if object.scope.is_upstream_call() {
+                    format!(
+                        "upstream response body dropped before its end: {}; its connection \
+                         cannot go back to the pool",
+                        body.describe()
+                    )
+                } else {
+                    format!("request body dropped before its end: {}", body.describe())
+                };
                 let kind = LeakKind::UnconsumedBody;
                 reports.push(
                     object
@@ -66,6 +74,10 @@ pub(crate) fn object_report(
             now.saturating_duration_since(object.created_at).as_millis()
         ),
         (Liveness::Body(body), LeakState::Released) => format!("body dropped; {}", body.describe()),
+        (Liveness::Body(body), _) if object.scope.is_upstream_call() => format!(
+            "upstream response body still alive after its request; {}",
+            body.describe()
+        ),
         (Liveness::Body(body), _) => format!("body still alive; {}", body.describe()),
         (Liveness::Object(_), LeakState::Released) => "object freed".to_owned(),
         (Liveness::Object(_), _) => "object still referenced".to_owned(),

@@ -216,6 +216,7 @@ fn process_report(kind: LeakKind, detail: String, growth: u64, now: Instant) -> 
         bytes_per_request: None,
         sites: Vec::new(),
         await_trace: None,
+        upstream: None,
         detail,
     }
 }

@@ -27,7 +27,8 @@ pub const INSTRUMENTATION_NAME: &str = "leakwatch";
 /// they exist — `http.route`, `http.request.method`, `code.filepath`, `code.lineno`,
 /// `code.function` — and `leak.*` for the rest: `leak.kind`, `leak.state`, `leak.id`,
 /// `leak.request_id`, `leak.age_ms`, `leak.retained_bytes`, `leak.retained_blocks`,
-/// `leak.type`, and `leak.await_trace` (where an orphan task is stuck, when known).
+/// `leak.type`, `leak.await_trace` (where an orphan task is stuck, when known), and for an
+/// outgoing call's report `leak.upstream.method` and `leak.upstream.host`.
 ///
 /// ```
 /// let detector = leakwatch::LeakDetector::builder()
@@ -186,6 +187,10 @@ pub(crate) fn attributes(report: &LeakReport) -> Vec<KeyValue> {
         // Bounded where it is made (`LeakReport::MAX_AWAIT_TRACE`).
         attributes.push(KeyValue::new("leak.await_trace", trace.clone()));
     }
+    if let Some(upstream) = &report.upstream {
+        attributes.push(KeyValue::new("leak.upstream.method", upstream.method.clone()));
+        attributes.push(KeyValue::new("leak.upstream.host", upstream.host.clone()));
+    }
     attributes
 }
 
@@ -214,6 +219,26 @@ impl ReportSink for OtelSink {
 mod tests {
     use super::*;
     use crate::test_helpers::sample_report;
+
+    #[test]
+    fn an_upstream_is_named_by_method_and_host() {
+        let mut report = sample_report();
+        report.upstream = Some(crate::report::Upstream {
+            method: "POST".into(),
+            host: "api.internal:8443".into(),
+        });
+        let attributes = attributes(&report);
+        let value = |key: &str| {
+            let found = attributes.iter().find(|kv| kv.key.as_str() == key);
+            found.map(|kv| kv.value.as_str().into_owned())
+        };
+        assert_eq!(value("leak.upstream.method").as_deref(), Some("POST"));
+        assert_eq!(
+            value("leak.upstream.host").as_deref(),
+            Some("api.internal:8443")
+        );
+        assert_eq!(value("http.route").as_deref(), Some("/jobs/{id}"));
+    }
 
     #[test]
     fn an_await_trace_is_a_span_attribute() {

@@ -50,6 +50,7 @@ macro_rules! emit {
             code.filepath = $r.location.map(|l| l.file),
             code.lineno = $r.location.map(|l| l.line),
             leak.await_trace = $r.await_trace.as_deref(),
+            leak.upstream = $r.upstream.as_ref().map(tracing::field::display),
             "{}",
             $r
         )

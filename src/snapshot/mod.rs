@@ -223,7 +223,7 @@ fn collect(engine: &Engine) -> Snapshot {
     let mut routes: BTreeMap<String, RouteSnapshot> = BTreeMap::new();
     // What requests in flight hold, per route: the rest of the route's live bytes is retained.
     let mut in_flight_bytes: HashMap<String, u64> = HashMap::new();
-    engine.registry().for_each_open_scope(|scope| {
+    engine.registry().for_each_open_request(|scope| {
         let entry = route(&mut routes, scope.route.as_str());
         entry.in_flight += 1;
         let age = now.saturating_duration_since(scope.opened_at);
