@@ -123,7 +123,7 @@
 //! | | `registry` | scopes and tracked objects: bounded, ids, scope reuse |
 //! | judges | `judge::objects`, `judge::memory`, `judge::trend` | state in, reports out |
 //! | engine | `engine`, `sweeper` | opens scopes, runs a sweep, delivers; the background thread |
-//! | API | `detector`, [`layer`], `task`, `hooks`, `assertions`, `metrics`, [`otlp`], [`snapshot`], [`client`] | what users call |
+//! | API | `detector`, [`layer`], `task`, `hooks`, `assertions`, `metrics`, [`otlp`], [`snapshot`], [`client`], [`guard`] | what users call |
 //!
 //! A request goes `layer` → `engine::open_scope` → `registry`; its tasks, body and watched
 //! objects go through `scope::Scope::track` to the registry; the sweeper thread calls
@@ -147,6 +147,7 @@ mod detector;
 #[cfg(leakwatch_taskdump)] // set by the build script
 mod dump;
 mod engine;
+pub mod guard;
 mod judge;
 pub mod layer;
 mod lifecycle;
