@@ -124,7 +124,7 @@ cfg_feature! {
         /// # }
         /// ```
         pub fn snapshot_service(&self) -> SnapshotService {
-            SnapshotService::new(self.clone())
+            SnapshotService::new(self.engine.clone())
         }
     }
 }

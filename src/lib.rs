@@ -112,7 +112,7 @@
 //! | layer | module | role |
 //! |---|---|---|
 //! | leaf | `report` | [`LeakReport`], [`LeakKind`], [`LeakState`]: what is found |
-//! | | `sync`, `clock` | the one lock helper; the one monotonic → wall-clock conversion |
+//! | | `sync`, `clock`, `table` | the one lock helper; the one monotonic → wall-clock conversion; text tables |
 //! | | `lifecycle` | Suspected → Confirmed → Released, and the standing alert built on it |
 //! | | `alloc` | [`TrackingAllocator`]: counters per request and route, allocation sites |
 //! | | `symbolize` | sampled return addresses → `file:line` |
@@ -163,6 +163,7 @@ mod stats;
 mod sweeper;
 mod symbolize;
 mod sync;
+mod table;
 mod task;
 #[cfg(test)]
 mod test_helpers;

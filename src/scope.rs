@@ -376,6 +376,15 @@ impl ScopeGuard {
     }
 }
 
+/// Runs `f` in the scope `guard` holds, or as it is when there is none (an untracked request).
+#[inline]
+pub(crate) fn enter_guarded<R>(guard: Option<&ScopeGuard>, f: impl FnOnce() -> R) -> R {
+    match guard {
+        Some(guard) => guard.enter(f),
+        None => f(),
+    }
+}
+
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
         self.scope.close();

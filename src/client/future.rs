@@ -8,7 +8,7 @@ use http::Response;
 use pin_project_lite::pin_project;
 
 use super::UpstreamBody;
-use crate::scope::ScopeGuard;
+use crate::scope::{self, ScopeGuard};
 
 pin_project! {
     /// Response future of [`ClientLeakService`](super::ClientLeakService).
@@ -40,10 +40,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let inner = this.inner;
-        let result = match this.guard {
-            Some(guard) => ready!(guard.enter(|| inner.poll(cx))),
-            None => ready!(inner.poll(cx)),
-        };
+        let result = ready!(scope::enter_guarded(this.guard.as_ref(), || inner.poll(cx)));
         // On an error the guard is dropped here: the call is over.
         let guard = this.guard.take();
         Poll::Ready(result.map(|response| response.map(|body| UpstreamBody::new(body, guard))))

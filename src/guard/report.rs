@@ -1,11 +1,12 @@
 //! What a guard run found: [`GuardReport`], one [`RouteVerdict`] per route, and
 //! [`GuardError`].
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 use std::path::PathBuf;
 
 use crate::config::ConfigError;
 use crate::report::{render_list, LeakReport};
+use crate::table::{self, Align};
 
 /// The most leak reports the table lists per route.
 const LEAKS_SHOWN: usize = 5;
@@ -109,20 +110,11 @@ impl fmt::Display for GuardReport {
             Some((path, false)) => writeln!(f, "; baseline {}", path.display())?,
             None => writeln!(f)?,
         }
-        let header = [
-            "ROUTE",
-            "BYTES/REQ",
-            "BUDGET",
-            "BASELINE",
-            "CHANGE",
-            "LEAKS",
-            "VERDICT",
-        ];
-        let rows: Vec<[String; 7]> = self
+        let rows: Vec<Vec<String>> = self
             .routes
             .iter()
             .map(|r| {
-                [
+                vec![
                     r.route.clone(),
                     or_dash(r.bytes_per_request),
                     r.budget.to_string(),
@@ -136,21 +128,17 @@ impl fmt::Display for GuardReport {
                 ]
             })
             .collect();
-        let mut widths = header.map(str::len);
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let header = header.map(str::to_owned);
-        for row in std::iter::once(&header).chain(&rows) {
-            let mut line = format!("  {:<w$}", row[0], w = widths[0]);
-            for (cell, width) in row[1..6].iter().zip(&widths[1..6]) {
-                write!(line, "  {cell:>width$}")?;
-            }
-            write!(line, "  {}", row[6])?;
-            writeln!(f, "{}", line.trim_end())?;
-        }
+        use Align::{Left, Right};
+        let headers = [
+            ("ROUTE", Left),
+            ("BYTES/REQ", Right),
+            ("BUDGET", Right),
+            ("BASELINE", Right),
+            ("CHANGE", Right),
+            ("LEAKS", Right),
+            ("VERDICT", Left),
+        ];
+        table::write(f, &headers, &rows)?;
         for route in self.routes.iter().filter(|r| !r.passed()) {
             writeln!(f, "\n{}:", route.route)?;
             for problem in &route.problems {

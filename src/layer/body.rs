@@ -8,7 +8,7 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::liveness::{BodyProgress, BodyState};
-use crate::scope::ScopeGuard;
+use crate::scope::{self, ScopeGuard};
 
 pin_project! {
     /// Request body handed to the inner service by [`LeakService`](super::LeakService).
@@ -125,13 +125,8 @@ impl<B: Body> Body for ResponseBody<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        let frame = match this.guard.as_ref() {
-            Some(guard) => {
-                let inner = this.inner.as_mut();
-                ready!(guard.enter(|| inner.poll_frame(cx)))
-            }
-            None => ready!(this.inner.as_mut().poll_frame(cx)),
-        };
+        let inner = this.inner.as_mut();
+        let frame = ready!(scope::enter_guarded(this.guard.as_ref(), || inner.poll_frame(cx)));
         if frame.is_none() || this.inner.is_end_stream() {
             // The response is finished: close the scope now, not when the body is dropped.
             this.guard.take();

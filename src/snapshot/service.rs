@@ -1,13 +1,15 @@
 //! [`SnapshotService`]: a detector's [`Snapshot`](super::Snapshot) over HTTP.
 
 use std::convert::Infallible;
+use std::fmt;
+use std::sync::Arc;
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tower_service::Service;
 
-use crate::detector::LeakDetector;
+use crate::engine::Engine;
 
 /// Answers `GET` with the detector's [`Snapshot`](super::Snapshot): JSON by default, a table
 /// for a terminal with `?format=text`. From
@@ -19,14 +21,20 @@ use crate::detector::LeakDetector;
 ///
 /// A snapshot shows the service's routes, request ids and source locations: mount it where only
 /// operators can reach it (an admin listener, or behind authentication).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SnapshotService {
-    detector: LeakDetector,
+    engine: Arc<Engine>,
+}
+
+impl fmt::Debug for SnapshotService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SnapshotService").finish_non_exhaustive()
+    }
 }
 
 impl SnapshotService {
-    pub(crate) fn new(detector: LeakDetector) -> Self {
-        SnapshotService { detector }
+    pub(crate) fn new(engine: Arc<Engine>) -> Self {
+        SnapshotService { engine }
     }
 
     fn respond<B>(&self, request: &Request<B>) -> Response<String> {
@@ -40,14 +48,14 @@ impl SnapshotService {
             return response;
         }
         match Format::of(request.uri().query()) {
-            Some(Format::Json) => match serde_json::to_string_pretty(&self.detector.snapshot()) {
+            Some(Format::Json) => match serde_json::to_string_pretty(&super::take(&self.engine)) {
                 Ok(json) => with_type(StatusCode::OK, json, "application/json"),
                 Err(error) => plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("the snapshot could not be serialised: {error}\n"),
                 ),
             },
-            Some(Format::Text) => plain(StatusCode::OK, self.detector.snapshot().to_string()),
+            Some(Format::Text) => plain(StatusCode::OK, super::take(&self.engine).to_string()),
             None => plain(
                 StatusCode::BAD_REQUEST,
                 "unknown format: use format=json (the default) or format=text\n".to_owned(),
@@ -120,13 +128,13 @@ mod tests {
         assert_eq!(Format::of(Some("format=json&format=text")), Some(Format::Text));
     }
 
-    fn detector() -> LeakDetector {
-        LeakDetector::builder().build().unwrap()
+    fn detector() -> crate::LeakDetector {
+        crate::LeakDetector::builder().build().unwrap()
     }
 
     fn call(method: Method, uri: &str) -> Response<String> {
         let request = Request::builder().method(method).uri(uri).body(()).unwrap();
-        SnapshotService::new(detector()).respond(&request)
+        detector().snapshot_service().respond(&request)
     }
 
     #[test]

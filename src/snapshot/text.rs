@@ -1,43 +1,11 @@
 //! A snapshot as text for a terminal: a summary line, then one table per section.
 
-use std::fmt::{self, Display, Write as _};
+use std::fmt::{self, Display};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Snapshot, TrendSample};
 use crate::report::{render_list, LeakKind};
-
-/// Text is left-aligned, numbers right-aligned.
-#[derive(Clone, Copy)]
-enum Align {
-    Left,
-    Right,
-}
-
-/// Writes `rows` under `headers`, each column as wide as its widest cell, indented by two.
-fn table(
-    out: &mut fmt::Formatter<'_>,
-    headers: &[(&str, Align)],
-    rows: &[Vec<String>],
-) -> fmt::Result {
-    let mut widths: Vec<usize> = headers.iter().map(|(h, _)| h.chars().count()).collect();
-    for row in rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let header_cells: Vec<String> = headers.iter().map(|(h, _)| (*h).to_owned()).collect();
-    for row in std::iter::once(&header_cells).chain(rows) {
-        let mut line = String::from(" ");
-        for ((cell, width), (_, align)) in row.iter().zip(&widths).zip(headers) {
-            match align {
-                Align::Left => write!(line, " {cell:<width$}")?,
-                Align::Right => write!(line, " {cell:>width$}")?,
-            }
-        }
-        writeln!(out, "{}", line.trim_end())?;
-    }
-    Ok(())
-}
+use crate::table::{self, Align};
 
 fn millis(d: Duration) -> String {
     format!("{} ms", d.as_millis())
@@ -101,7 +69,7 @@ impl Snapshot {
             })
             .collect();
         use Align::{Left, Right};
-        table(
+        table::write(
             f,
             &[
                 ("ROUTE", Left),
@@ -138,7 +106,7 @@ impl Snapshot {
             })
             .collect();
         use Align::{Left, Right};
-        table(
+        table::write(
             f,
             &[
                 ("ROUTE", Left),
@@ -206,30 +174,5 @@ impl Snapshot {
         } else {
             writeln!(f, "; {}", raised.join(", "))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    struct Table;
-
-    impl Display for Table {
-        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            let rows = vec![
-                vec!["/a".to_owned(), "1".to_owned()],
-                vec!["/longer".to_owned(), "1234".to_owned()],
-            ];
-            table(f, &[("ROUTE", Align::Left), ("N", Align::Right)], &rows)
-        }
-    }
-
-    #[test]
-    fn columns_are_as_wide_as_their_widest_cell() {
-        assert_eq!(
-            Table.to_string(),
-            "  ROUTE      N\n  /a         1\n  /longer 1234\n"
-        );
     }
 }
