@@ -355,10 +355,12 @@ fn a_clients_connection_tasks_are_not_the_requests() {
         assert!(reports.reports().is_empty(), "{:#?}", reports.reports());
 
         get_path(&app, "/plain-client").await;
-        assert_eq!(
-            detector.stats().tracked_tasks,
-            1,
-            "without the layer, the new connection's task is the request's"
+        // The connection's task, and — when the response arrived before its body ended — the
+        // task that returns the connection to the pool.
+        let tracked = detector.stats().tracked_tasks;
+        assert!(
+            (1..=2).contains(&tracked),
+            "without the layer, the client's tasks are the request's: {tracked} tracked"
         );
         upstream_server.abort();
     });
