@@ -1,6 +1,7 @@
 //! `TrackingAllocator` against `System`: one allocation and its free, for 16 B, 256 B, 4 KiB and
 //! 64 KiB, outside any request and inside one (where the block is also charged to the request's
-//! scope slot and route).
+//! scope slot and route) — in exact mode, and in sampled mode with Go's mean of 512 KiB (where
+//! most blocks go straight to `System`).
 //!
 //! ```text
 //! cargo bench --bench alloc
@@ -21,6 +22,9 @@ use tower::{ServiceBuilder, ServiceExt};
 
 #[global_allocator]
 static ALLOC: TrackingAllocator = TrackingAllocator::system();
+
+/// Sampled mode, called directly (the global allocator stays exact, for the requests).
+static SAMPLED: TrackingAllocator = TrackingAllocator::sampled(512 * 1024);
 
 const SIZES: [usize; 4] = [16, 256, 4096, 64 * 1024];
 
@@ -74,6 +78,11 @@ fn alloc_free(c: &mut Criterion) {
             BenchmarkId::new("Tracking, outside a request", size),
             &layout,
             |b, &layout| b.iter_custom(|iters| churn(&ALLOC, layout, iters)),
+        );
+        group.bench_with_input(
+            BenchmarkId::new("Tracking sampled", size),
+            &layout,
+            |b, &layout| b.iter_custom(|iters| churn(&SAMPLED, layout, iters)),
         );
         group.bench_with_input(
             BenchmarkId::new("Tracking, inside a request", size),

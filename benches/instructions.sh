@@ -26,7 +26,8 @@ for tool in valgrind callgrind_annotate python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool is needed (apt-get install valgrind python3)" >&2; exit 1; }
 done
 
-cargo build --release --quiet --example load_baseline --example load_leakwatch --example load_tracking_allocator
+cargo build --release --quiet --example load_baseline --example load_leakwatch \
+  --example load_sampled --example load_tracking_allocator
 
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
@@ -78,6 +79,8 @@ layer load_baseline LEAKWATCH_LAYER=on
 allocator load_leakwatch LEAKWATCH_LAYER=off
 leakwatch load_leakwatch LEAKWATCH_SITES=off
 leakwatch+sites load_leakwatch LEAKWATCH_SITES=sampled
+sampled-alloc load_sampled LEAKWATCH_LAYER=off
+sampled load_sampled X=1
 tracking-allocator load_tracking_allocator X=1
 VARIANTS
 done

@@ -8,6 +8,8 @@
 #   allocator          TrackingAllocator alone (no layer: every block outside a request)
 #   leakwatch          TrackingAllocator + LeakLayer (exact per-request attribution)
 #   leakwatch+sites    the same, with allocation sites sampled every 512 KiB on average
+#   sampled-alloc      TrackingAllocator in sampled mode (512 KiB) alone, no layer
+#   sampled            TrackingAllocator in sampled mode + LeakLayer
 #   tracking-allocator the tracking-allocator crate 0.4, an allocation group per request
 # on a hello-world route and an allocation-heavy one. Server pinned to core 0 (one runtime
 # thread), wrk to core 1; variants alternated within each round; medians over ROUNDS rounds.
@@ -27,7 +29,8 @@ ROUTES=${ROUTES:-/hello /alloc}
 # shellcheck source=benches/wrk_common.sh
 . benches/wrk_common.sh
 
-cargo build --release --quiet --example load_baseline --example load_leakwatch --example load_tracking_allocator
+cargo build --release --quiet --example load_baseline --example load_leakwatch \
+  --example load_sampled --example load_tracking_allocator
 
 run() { # variant binary env route
   local variant=$1 bin=$2 env=$3 route=$4
@@ -50,6 +53,8 @@ for round in $(seq "$ROUNDS"); do
     run allocator load_leakwatch "LEAKWATCH_LAYER=off" "$route"
     run leakwatch load_leakwatch "LEAKWATCH_SITES=off" "$route"
     run leakwatch+sites load_leakwatch "LEAKWATCH_SITES=sampled" "$route"
+    run sampled-alloc load_sampled "LEAKWATCH_LAYER=off" "$route"
+    run sampled load_sampled "X=1" "$route"
     run tracking-allocator load_tracking_allocator "X=1" "$route"
   done
 done

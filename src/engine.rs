@@ -395,6 +395,12 @@ impl Engine {
         self.memory_tracked
     }
 
+    /// The `TrackingAllocator` is the global allocator, in sampled mode: byte figures are
+    /// estimates.
+    pub(crate) fn memory_estimated(&self) -> bool {
+        self.memory_tracked && alloc::sampling_mean().is_some()
+    }
+
     /// Counters and gauges of the detector's own state.
     pub(crate) fn stats(&self) -> Stats {
         let counters = &self.counters;
@@ -415,6 +421,7 @@ impl Engine {
             released_total: counters.released.load(Ordering::Relaxed),
             sink_panics: counters.sink_panics.load(Ordering::Relaxed),
             memory_tracked: self.memory_tracked,
+            memory_estimated: self.memory_estimated(),
             live_heap_bytes: self.live_heap_bytes(),
             untracked_scopes: if self.memory_tracked {
                 alloc::slots_exhausted()
@@ -424,6 +431,7 @@ impl Engine {
             routes,
             alive_tasks,
             sites_dropped: alloc::sites_dropped(),
+            samples_unserved: alloc::samples_unserved(),
             ..Stats::default()
         };
         for &kind in LeakKind::ALL {

@@ -242,6 +242,10 @@ pub struct LeakReport {
     pub bytes: Option<u64>,
     /// Heap blocks still held, counted like [`bytes`](Self::bytes).
     pub allocations: Option<u64>,
+    /// Whether [`bytes`](Self::bytes), [`allocations`](Self::allocations) and
+    /// [`bytes_per_request`](Self::bytes_per_request) are estimates from sampled blocks (the
+    /// allocator is in [sampled mode](crate::TrackingAllocator::sampled)) rather than exact.
+    pub bytes_estimated: bool,
     /// For [`RetainedMemory`](LeakKind::RetainedMemory): the bytes each old request still holds,
     /// on average.
     pub bytes_per_request: Option<u64>,
@@ -320,11 +324,12 @@ impl fmt::Display for LeakReport {
         if let Some(upstream) = &self.upstream {
             write!(f, " upstream={upstream}")?;
         }
+        let about = if self.bytes_estimated { "~" } else { "" };
         if let Some(bytes) = self.bytes {
-            write!(f, " retained={bytes}B")?;
+            write!(f, " retained={about}{bytes}B")?;
         }
         if let Some(per_request) = self.bytes_per_request {
-            write!(f, " per_request={per_request}B")?;
+            write!(f, " per_request={about}{per_request}B")?;
         }
         if let Some(site) = self.sites.first() {
             write!(f, " allocated at {site}")?;

@@ -263,6 +263,7 @@ impl Scope {
             bytes: usage.map(|u| u.retained_bytes()),
             allocations: usage.map(|u| u.retained_blocks()),
             bytes_per_request: None,
+            bytes_estimated: usage.is_some() && alloc::sampling_mean().is_some(),
             sites: Vec::new(),
             await_trace: None,
             upstream: self.upstream.as_deref().map(UpstreamCall::report),

@@ -80,6 +80,9 @@ pub struct Stats {
     /// Whether heap memory is counted: the [`TrackingAllocator`](crate::TrackingAllocator) is
     /// the global allocator.
     pub memory_tracked: bool,
+    /// Whether the byte figures are estimates: the allocator is in
+    /// [sampled mode](crate::TrackingAllocator::sampled).
+    pub memory_estimated: bool,
     /// Live heap bytes of the whole process, from the allocator; `None` when memory is not
     /// tracked.
     pub live_heap_bytes: Option<u64>,
@@ -93,6 +96,10 @@ pub struct Stats {
     pub alive_tasks: Option<u64>,
     /// Allocation-site samples not recorded because the site table was full (process-wide).
     pub sites_dropped: u64,
+    /// In sampled mode: samples that could not be served from the sampled blocks' address
+    /// range (it could not be reserved, or is used up), so that their blocks went uncounted
+    /// and the estimates are low (process-wide). 0 in exact mode.
+    pub samples_unserved: u64,
 }
 
 /// Per-route memory numbers, in [`Stats::routes`].

@@ -76,6 +76,7 @@ pub(crate) fn sample_report() -> LeakReport {
         bytes: None,
         allocations: None,
         bytes_per_request: None,
+        bytes_estimated: false,
         sites: Vec::new(),
         await_trace: None,
         upstream: None,

@@ -12,7 +12,7 @@
 //!   block, a thread that found the pool used up).
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
 use super::header::{Header, Tag};
 use super::sites;
@@ -137,6 +137,10 @@ static NEXT_OWN_CELL: AtomicUsize = AtomicUsize::new(0);
 
 /// Set once an allocation made by the probe in [`is_installed`] reached the allocator.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// The mean bytes between samples of a sampled-mode allocator, once it has sampled (0: exact
+/// mode, or not seen yet).
+static SAMPLING: AtomicU64 = AtomicU64::new(0);
 
 const FLAG_BUSY: u8 = 1;
 const FLAG_PROBE: u8 = 2;
@@ -322,6 +326,75 @@ fn sample(local: &Local, tag: Tag, mean: u64, size: usize) -> u32 {
     site
 }
 
+/// Sampled mode: counts `size` bytes down to this thread's next sample; `true` when they reach
+/// it. One thread-local subtraction and one comparison.
+#[inline(always)]
+pub(crate) fn sample_due(size: usize) -> bool {
+    let Some(local) = local() else {
+        return false;
+    };
+    let countdown = local.countdown.get().wrapping_sub(size as i64);
+    local.countdown.set(countdown);
+    countdown <= 0
+}
+
+/// Sampled mode, for an allocation [`sample_due`] picked: draws the distance to the next
+/// sample and returns who allocates — or `None` when this allocation must not be sampled (the
+/// allocator is busy with itself, or this is [`is_installed`]'s probe, which it marks seen).
+pub(crate) fn begin_sample(mean: u64) -> Option<Tag> {
+    let local = local()?;
+    let mut rng = local.rng.get();
+    local
+        .countdown
+        .set(sites::next_interval(mean, &mut rng) as i64);
+    local.rng.set(rng);
+    SAMPLING.store(mean, Ordering::Relaxed);
+    let flags = local.flags.get();
+    if flags & FLAG_PROBE != 0 {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+    (flags == 0).then(|| local.tag.get())
+}
+
+/// Sampled mode: counts a sampled block's `weight` bytes and `blocks` for `tag` — its scope
+/// slot (while the request holds it) and its route.
+pub(crate) fn count_sample(tag: Tag, bytes: i64, blocks: i64) {
+    let local = local();
+    if tag.slot() != 0 {
+        let slot = ScopeSlot::get(tag.slot());
+        slot.add(tag.generation(), bytes as u64, blocks as u64, 0, 0);
+    }
+    add_route(local, tag.route(), bytes, blocks);
+}
+
+/// Sampled mode: takes back `bytes` and `blocks` of a sampled block of `tag` (freed, or
+/// shrunk; negative for growth).
+pub(crate) fn uncount_sample(tag: Tag, bytes: i64, blocks: i64) {
+    slots::charge_free(Header::new(tag, 0), bytes, blocks);
+    add_route(local(), tag.route(), -bytes, -blocks);
+}
+
+/// Sampled mode: records the call stack of a sampled block of `tag`, when allocation sites are
+/// on; returns its site for the block's header (0: none).
+pub(crate) fn record_site(tag: Tag, weight: u64) -> u32 {
+    let Some(local) = local() else {
+        return 0;
+    };
+    if !sites::enabled() {
+        return 0;
+    }
+    // Unwinding may allocate: such allocations are not sampled again.
+    local.flags.set(FLAG_BUSY);
+    let site = sites::record(tag.route(), weight);
+    local.flags.set(0);
+    site
+}
+
+/// The mean bytes between samples when a sampled-mode allocator is installed and has sampled.
+pub(crate) fn sampling_mean() -> Option<u64> {
+    Some(SAMPLING.load(Ordering::Relaxed)).filter(|&mean| mean != 0)
+}
+
 /// Counts a new block allocated under `tag`: outside requests in this thread's cell, inside one
 /// in the pending counts.
 #[inline(always)]
@@ -450,14 +523,19 @@ pub(crate) fn is_installed() -> bool {
     if INSTALLED.load(Ordering::Relaxed) {
         return true;
     }
-    if LOCAL
-        .try_with(|l| l.flags.set(l.flags.get() | FLAG_PROBE))
-        .is_err()
-    {
+    // The probe's allocation must reach the allocator's slow path in either mode: flagged for
+    // exact mode, due for a sample in sampled mode.
+    let Ok(countdown) = LOCAL.try_with(|l| {
+        l.flags.set(l.flags.get() | FLAG_PROBE);
+        l.countdown.replace(0)
+    }) else {
         return false;
-    }
+    };
     drop(std::hint::black_box(Box::new(0u64)));
-    let _ = LOCAL.try_with(|l| l.flags.set(l.flags.get() & !FLAG_PROBE));
+    let _ = LOCAL.try_with(|l| {
+        l.flags.set(l.flags.get() & !FLAG_PROBE);
+        l.countdown.set(countdown);
+    });
     INSTALLED.load(Ordering::Relaxed)
 }
 

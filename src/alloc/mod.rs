@@ -1,5 +1,9 @@
 //! [`TrackingAllocator`]: a global allocator wrapper that attributes heap memory to requests.
 //!
+//! Two modes. This module's own code is *exact* mode, described below; *sampled* mode, where
+//! only sampled blocks carry a header (and live in an address range of their own), is the
+//! `sampled` module's.
+//!
 //! Every block gets an 8-byte header (or `align` bytes, for alignments above 8) in front of the
 //! pointer handed out. The header names the request scope that allocated the block (a slot in a
 //! static slab, with the slot's generation) and the request's route (a slot in a static table);
@@ -23,18 +27,21 @@
 #![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::num::NonZeroU64;
 
 mod counters;
 mod header;
+mod sampled;
 mod sites;
 mod slots;
 
 pub(crate) use self::counters::{
-    is_installed, new_route_slot, process_live_bytes, route_live, swap_tag,
+    is_installed, new_route_slot, process_live_bytes, route_live, sampling_mean, swap_tag,
 };
 use self::counters::{on_alloc, on_dealloc, on_free, on_resize};
 use self::header::Header;
 pub(crate) use self::header::Tag;
+pub(crate) use self::sampled::unserved as samples_unserved;
 pub use self::sites::AllocationSites;
 pub(crate) use self::sites::{
     dropped as sites_dropped, enabled as sites_enabled, exact as sites_exact, top as top_sites,
@@ -82,22 +89,81 @@ pub const ROUTE_SLOTS: usize = 4096;
 /// allocated on these paths.
 ///
 /// Without it, everything else in the crate works and reports say memory is not tracked.
+///
+/// # Exact and sampled
+///
+/// The constructors above count every block exactly: the mode for tests, where
+/// [`assert_no_leaks`](crate::LeakDetector::assert_no_leaks) and the
+/// [leak guard](crate::guard) need exact figures. For a service that leaves attribution on in
+/// production, [`sampled`](Self::sampled) (or [`new_sampled`](Self::new_sampled)) counts
+/// only about one allocation per `mean_bytes` allocated bytes, the way Go's heap profiler
+/// samples every 512 KiB: the others go straight to the inner allocator with no header and no
+/// counting beyond a thread-local countdown. Figures are then unbiased estimates, and say so
+/// ([`MemoryAccounting::Estimated`](crate::snapshot::MemoryAccounting::Estimated)).
+///
+/// ```
+/// #[global_allocator]
+/// static ALLOC: leakwatch::TrackingAllocator =
+///     leakwatch::TrackingAllocator::sampled(512 * 1024);
+/// ```
 #[derive(Debug, Default)]
 pub struct TrackingAllocator<A = System> {
     inner: A,
+    /// The mean bytes between samples; 0 in exact mode.
+    sampling: u64,
 }
 
 impl TrackingAllocator<System> {
-    /// Wraps the system allocator.
+    /// Wraps the system allocator, counting every block exactly.
     pub const fn system() -> Self {
-        TrackingAllocator { inner: System }
+        TrackingAllocator {
+            inner: System,
+            sampling: 0,
+        }
+    }
+
+    /// Wraps the system allocator in sampled mode: about one allocation per `mean_bytes`
+    /// allocated bytes is counted, by the bytes it stands for; see [above](Self#exact-and-sampled).
+    ///
+    /// # Panics
+    ///
+    /// When `mean_bytes` is 0 (at compile time, for a `static`).
+    pub const fn sampled(mean_bytes: u64) -> Self {
+        let Some(mean) = NonZeroU64::new(mean_bytes) else {
+            panic!("the mean bytes between samples must not be 0");
+        };
+        Self::new_sampled(System, mean)
     }
 }
 
 impl<A> TrackingAllocator<A> {
-    /// Wraps `inner`.
+    /// Wraps `inner`, counting every block exactly.
     pub const fn new(inner: A) -> Self {
-        TrackingAllocator { inner }
+        TrackingAllocator { inner, sampling: 0 }
+    }
+
+    /// Wraps `inner` in sampled mode, with a mean of `mean_bytes` between samples (512 KiB is
+    /// Go's default and a good start); see [above](Self#exact-and-sampled).
+    ///
+    /// ```
+    /// use std::alloc::System;
+    /// use std::num::NonZeroU64;
+    ///
+    /// #[global_allocator]
+    /// static ALLOC: leakwatch::TrackingAllocator =
+    ///     leakwatch::TrackingAllocator::new_sampled(System, NonZeroU64::new(512 * 1024).unwrap());
+    /// ```
+    pub const fn new_sampled(inner: A, mean_bytes: NonZeroU64) -> Self {
+        TrackingAllocator {
+            inner,
+            sampling: mean_bytes.get(),
+        }
+    }
+
+    /// Whether the block at `ptr` was sampled (sampled mode serves sampled blocks from an
+    /// address range of their own). Any pointer may be asked about.
+    pub fn is_sampled(&self, ptr: *const u8) -> bool {
+        self.sampling != 0 && sampled::is_sampled(ptr)
     }
 
     /// Samples the call stacks of requests' allocations, so that
@@ -186,21 +252,36 @@ unsafe fn outer_unchecked(layout: Layout) -> (Layout, usize) {
 // header lives in the `HEADER_SIZE` bytes just before the returned pointer, which belong to the
 // block. `dealloc` and `realloc` recompute the same layout and offset from the caller's layout,
 // which the `GlobalAlloc` contract guarantees is the one the block was allocated with.
+//
+// In sampled mode, every method goes to the `sampled` module instead, whose own comments say why
+// it is sound.
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if self.sampling != 0 {
+            // SAFETY: forwarded (the caller's contract).
+            return unsafe { sampled::alloc(&self.inner, layout, self.sampling, false) };
+        }
         // SAFETY: forwarded to the inner allocator with a non-zero-sized layout.
         unsafe { self.allocate(layout, |inner, outer| inner.alloc(outer)) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        if self.sampling != 0 {
+            // SAFETY: forwarded (the caller's contract).
+            return unsafe { sampled::alloc(&self.inner, layout, self.sampling, true) };
+        }
         // SAFETY: as in `alloc`; the header overwrites zeroed bytes the caller never sees.
         unsafe { self.allocate(layout, |inner, outer| inner.alloc_zeroed(outer)) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if self.sampling != 0 {
+            // SAFETY: forwarded (the caller's contract).
+            return unsafe { sampled::dealloc(&self.inner, ptr, layout) };
+        }
         // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then;
         // a header precedes `ptr` and the block starts `offset` bytes before it.
         unsafe {
@@ -215,6 +296,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if self.sampling != 0 {
+            // SAFETY: forwarded (the caller's contract).
+            return unsafe { sampled::realloc(&self.inner, ptr, layout, new_size, self.sampling) };
+        }
         // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then.
         let (outer, offset) = unsafe { outer_unchecked(layout) };
         let Some(new_outer_size) = new_size.checked_add(offset) else {

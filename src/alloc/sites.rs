@@ -122,6 +122,11 @@ pub(crate) fn weight_of(size: u64) -> u64 {
     }
 }
 
+/// The bytes a block of `size` sampled with mean `mean` stands for (sampled allocator mode).
+pub(crate) fn weight_of_sample(size: u64, mean: u64) -> u64 {
+    weight(size, mean)
+}
+
 fn weight(size: u64, mean: u64) -> u64 {
     let p = 1.0 - (-(size as f64) / mean as f64).exp();
     if p <= 0.0 {
@@ -132,7 +137,7 @@ fn weight(size: u64, mean: u64) -> u64 {
 }
 
 /// An exponentially distributed distance to the next sample.
-fn next_interval(mean: u64, rng: &mut u64) -> u64 {
+pub(crate) fn next_interval(mean: u64, rng: &mut u64) -> u64 {
     if *rng == 0 {
         *rng = SEED.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed) | 1;
     }

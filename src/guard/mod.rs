@@ -296,6 +296,7 @@ impl<B> LeakGuard<B> {
             routes,
             warmup: self.warmup,
             memory_tracked,
+            memory_estimated: detector.engine.memory_estimated(),
             baseline: self.baseline.map(|mode| (mode.path, mode.update)),
         })
     }

@@ -57,6 +57,9 @@ pub struct GuardReport {
     pub warmup: usize,
     /// Whether heap memory was measured (the allocator is installed).
     pub memory_tracked: bool,
+    /// Whether the bytes per request are estimates (the allocator is in sampled mode; exact
+    /// mode is the one for a guard).
+    pub memory_estimated: bool,
     /// The baseline file, and whether this run rewrote it (else it was compared against).
     pub baseline: Option<(PathBuf, bool)>,
 }
@@ -247,6 +250,7 @@ mod tests {
             ],
             warmup: 50,
             memory_tracked: true,
+            memory_estimated: false,
             baseline: Some((PathBuf::from("leaks.baseline"), false)),
         };
         assert!(!report.passed());

@@ -214,6 +214,7 @@ fn process_report(kind: LeakKind, detail: String, growth: u64, now: Instant) -> 
         bytes: (kind == LeakKind::HeapGrowth).then_some(growth),
         allocations: None,
         bytes_per_request: None,
+        bytes_estimated: kind == LeakKind::HeapGrowth && crate::alloc::sampling_mean().is_some(),
         sites: Vec::new(),
         await_trace: None,
         upstream: None,

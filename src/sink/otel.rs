@@ -27,6 +27,7 @@ pub const INSTRUMENTATION_NAME: &str = "leakwatch";
 /// they exist — `http.route`, `http.request.method`, `code.filepath`, `code.lineno`,
 /// `code.function` — and `leak.*` for the rest: `leak.kind`, `leak.state`, `leak.id`,
 /// `leak.request_id`, `leak.age_ms`, `leak.retained_bytes`, `leak.retained_blocks`,
+/// `leak.bytes_estimated` (`true` when the byte figures are estimates from sampling),
 /// `leak.type`, `leak.await_trace` (where an orphan task is stuck, when known), and for an
 /// outgoing call's report `leak.upstream.method` and `leak.upstream.host`.
 ///
@@ -182,6 +183,9 @@ pub(crate) fn attributes(report: &LeakReport) -> Vec<KeyValue> {
     }
     if let Some(blocks) = report.allocations {
         attributes.push(KeyValue::new("leak.retained_blocks", blocks as i64));
+    }
+    if report.bytes_estimated {
+        attributes.push(KeyValue::new("leak.bytes_estimated", true));
     }
     if let Some(trace) = &report.await_trace {
         // Bounded where it is made (`LeakReport::MAX_AWAIT_TRACE`).

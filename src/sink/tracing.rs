@@ -44,6 +44,7 @@ macro_rules! emit {
             leak.request_id = %$r.request_id,
             leak.age_ms = $r.age.as_millis() as u64,
             leak.type = $r.type_name,
+            leak.bytes_estimated = $r.bytes_estimated,
             trace_id = $r.trace_id.as_deref(),
             http.route = %$r.route,
             http.request.method = %$r.method,

@@ -251,7 +251,8 @@ fn collect(engine: &Engine) -> Snapshot {
     }
     let (routes, routes_omitted) = most_active_routes(routes.into_values().collect());
     let (tasks, task_groups_omitted) = truncated(tasks, Snapshot::MAX_TASK_GROUPS);
-    let sites_accounting = match (tracked && alloc::sites_enabled(), alloc::sites_exact()) {
+    let exact_sites = alloc::sites_exact() && !engine.memory_estimated();
+    let sites_accounting = match (tracked && alloc::sites_enabled(), exact_sites) {
         (false, _) => MemoryAccounting::Untracked,
         (true, true) => MemoryAccounting::Exact,
         (true, false) => MemoryAccounting::Estimated,
@@ -261,10 +262,10 @@ fn collect(engine: &Engine) -> Snapshot {
     let (reports, reports_omitted) = truncated(reports, Snapshot::MAX_REPORTS);
     Snapshot {
         taken_at: clock::wall(now),
-        memory: if tracked {
-            MemoryAccounting::Exact
-        } else {
-            MemoryAccounting::Untracked
+        memory: match (tracked, engine.memory_estimated()) {
+            (false, _) => MemoryAccounting::Untracked,
+            (true, false) => MemoryAccounting::Exact,
+            (true, true) => MemoryAccounting::Estimated,
         },
         stats,
         routes,
