@@ -225,9 +225,15 @@ impl Engine {
             objects::judge_object(id, object, now, config, &mut reports)
         });
         let mut open = 0;
+        // What requests not judged yet hold, by route slot.
+        let mut unjudged: HashMap<u32, u64> = HashMap::new();
         let released = self.registry.sweep_scopes(|scope, lifecycle| {
             open += u64::from(scope.is_open() && !scope.is_upstream_call());
-            objects::judge_scope(scope, lifecycle, now, config, &mut reports)
+            let keep = objects::judge_scope(scope, lifecycle, now, config, &mut reports);
+            if let Some(usage) = scope.usage().filter(|_| keep) {
+                *unjudged.entry(scope.route_slot()).or_default() += usage.retained_bytes();
+            }
+            keep
         });
         let mut guard = lock(&self.judges);
         let judges = &mut *guard;
@@ -239,7 +245,9 @@ impl Engine {
             .memory
             .judge_requests(counted, config, &self.registry);
         finished.extend(returned);
-        judges.memory.judge_routes(now, config, &mut reports);
+        judges
+            .memory
+            .judge_routes(now, config, &unjudged, &mut reports);
         let live_heap = || self.live_heap_bytes();
         judges.trend.sample(now, live_heap, open, &mut reports);
         for finding in reports

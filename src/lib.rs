@@ -78,6 +78,10 @@
 //! criterion counts requests, not seconds: it holds whether a route's requests arrive in one
 //! burst between two sweeps or spread over many.
 //!
+//! Requests that each keep less than the threshold are judged together: a route whose retained
+//! bytes grow by at least a byte per request, window after window of `memory_window` requests
+//! (or across doublings of its request count, for a list whose buffer doubles), is reported too.
+//!
 //! # Trend alerts
 //!
 //! Per-request attribution finds what a request leaves behind; a trend catches what it cannot

@@ -18,11 +18,15 @@
 //!
 //! The criterion counts requests, not seconds: it holds whether a route's requests arrive in a
 //! burst between two sweeps or spread over many.
+//!
+//! Requests that keep less than the threshold each are judged together: a route whose retained
+//! bytes grow steadily with its requests is reported too (see [`growth`](super::growth)).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::growth::{RetainedGrowth, Steady};
 use crate::alloc;
 use crate::clock;
 use crate::config::Config;
@@ -50,6 +54,10 @@ struct RouteMemory {
     /// Requests of the route judged so far.
     judged: u64,
     witnesses: VecDeque<Witness>,
+    /// The route's retained bytes, window by window (small leaks).
+    growth: RetainedGrowth,
+    /// The request judged last: a report of steady growth names it.
+    latest: Option<Arc<Scope>>,
     /// The route's `RetainedMemory` finding.
     alert: StandingAlert,
 }
@@ -101,9 +109,12 @@ impl MemoryJudge {
             .or_insert_with(|| RouteMemory {
                 judged: 0,
                 witnesses: VecDeque::new(),
+                growth: RetainedGrowth::default(),
+                latest: None,
                 alert: StandingAlert::new(registry.next_id()),
             });
         route.judged += 1;
+        route.latest = Some(scope.clone());
         if usage.retained_bytes() >= config.memory_threshold
             && route.witnesses.len() < WITNESSES_PER_ROUTE
         {
@@ -119,13 +130,21 @@ impl MemoryJudge {
     }
 
     /// Once per sweep: drops witnesses that let go of their memory and judges every route.
+    /// `unjudged` holds, by route slot, what the route's requests not judged yet (in flight,
+    /// or in their grace period) hold: the rest of its live bytes is retained.
     pub(crate) fn judge_routes(
         &mut self,
         now: Instant,
         config: &Config,
+        unjudged: &HashMap<u32, u64>,
         reports: &mut Vec<LeakReport>,
     ) {
         for (&slot, route) in &mut self.routes {
+            let held = unjudged.get(&slot).copied().unwrap_or(0);
+            let retained = alloc::route_live(slot).0 - held as i64;
+            route
+                .growth
+                .observe(route.judged, retained, config.memory_window);
             route.witnesses.retain(|w| {
                 let holds = w
                     .scope
@@ -142,13 +161,20 @@ impl MemoryJudge {
                 .iter()
                 .filter(|w| judged - w.seq >= config.memory_window)
                 .collect();
-            let change = if old.len() >= MIN_OLD_WITNESSES {
-                let mut current = route_report(slot, judged, &old, now, config);
+            let steady = route.growth.steady();
+            let current = if old.len() >= MIN_OLD_WITNESSES {
+                Some(route_report(slot, judged, &old, now, config))
+            } else {
+                steady.zip(route.latest.as_ref()).map(|(steady, latest)| {
+                    growth_report(slot, judged, steady, latest, now, config)
+                })
+            };
+            let change = if let Some(mut current) = current {
                 current.sites = self
                     .symbols
                     .sites(&alloc::top_sites(slot, LeakReport::MAX_SITES));
                 route.alert.raise(current, config.confirm_sweeps)
-            } else if old.is_empty() {
+            } else if old.is_empty() && steady.is_none() {
                 let detail = "the route's old requests no longer hold memory".to_owned();
                 route.alert.settle(clock::wall(now), detail)
             } else {
@@ -181,6 +207,41 @@ impl MemoryJudge {
             .collect();
         stats.sort_by(|a, b| a.route.cmp(&b.route));
         stats
+    }
+}
+
+/// The `RetainedMemory` report of a route whose retained bytes grow steadily with its requests
+/// (its id and state are the alert's), naming the request judged last.
+fn growth_report(
+    slot: u32,
+    judged: u64,
+    steady: Steady,
+    latest: &Scope,
+    now: Instant,
+    config: &Config,
+) -> LeakReport {
+    let per_request = steady.bytes.max(0) as u64 / steady.requests.max(1);
+    let (live_bytes, live_blocks) = alloc::route_live(slot);
+    let (live_bytes, live_blocks) = (live_bytes.max(0) as u64, live_blocks.max(0) as u64);
+    let detail =
+        format!(
+        "the memory the route's finished requests hold grows with their number: by {} bytes over \
+         the last {} requests ({} bytes per request), in every window of at least {} requests; \
+         the route's requests hold {} bytes in {} blocks ({} requests judged)",
+        steady.bytes, steady.requests, per_request, config.memory_window, live_bytes, live_blocks,
+        judged
+    );
+    LeakReport {
+        bytes: Some(live_bytes),
+        allocations: Some(live_blocks),
+        bytes_per_request: Some(per_request),
+        ..latest.report(
+            0,
+            LeakKind::RetainedMemory,
+            LeakState::Suspected,
+            now,
+            detail,
+        )
     }
 }
 

@@ -6,8 +6,10 @@
 //! - [`objects`]: tasks, bodies and watched objects that outlived their request, and requests
 //!   open for too long;
 //! - [`memory`]: routes whose old requests still hold heap memory (with the allocator);
+//! - [`growth`]: routes whose retained memory grows with their requests, a few bytes each;
 //! - [`trend`]: the process's live heap and tokio's alive tasks, growing over a window.
 
+pub(crate) mod growth;
 pub(crate) mod memory;
 pub(crate) mod objects;
 pub(crate) mod trend;
