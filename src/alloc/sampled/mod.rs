@@ -266,7 +266,7 @@ unsafe fn realloc_sampled<A: GlobalAlloc>(
     let header_ptr = ptr.wrapping_sub(HEADER).cast::<SampleHeader>();
     // SAFETY: a sampled block's header is `HEADER` bytes before it, in its run.
     let header = unsafe { &mut *header_ptr };
-    let room = header.units * region::UNIT - (ptr as usize - header.run as usize);
+    let room = region::units_of(header.units) * region::UNIT - (ptr as usize - header.run as usize);
     if new_size > room {
         // SAFETY: forwarded: the block moves.
         return unsafe { move_block(inner, ptr, layout, new_size, mean) };

@@ -3,12 +3,13 @@
 //! (tcmalloc serves its sampled objects from pages of their own for the same reason).
 //!
 //! The range is mapped readable and writable without reserving swap (`MAP_NORESERVE`): the
-//! kernel backs a page only once it is touched. It is handed out in runs of whole
-//! [`UNIT`]-sized units. A freed run goes onto a free list by its length (one list per length up
-//! to [`SMALL_RUNS`] units, one first-fit list for longer runs); a freed run longer than
-//! [`RETURN_FROM`] units gives its memory back to the kernel first. The lists are kept inside the
-//! free runs themselves, under one lock that only sampled allocations and frees take — never an
-//! allocation of the inner allocator.
+//! kernel backs a page only once it is touched. It is handed out in runs of a power of two of
+//! [`UNIT`]-sized units, one free list per size: a run is never split or merged, so freed runs
+//! are reused by blocks of their size class and the resident memory stays at the peak each
+//! class needed (a sampled block wastes at most half its run, in address space more than in
+//! memory). A freed run longer than [`RETURN_FROM`] units gives its memory back to the kernel
+//! first. The lists are kept inside the free runs themselves, under one lock that only sampled
+//! allocations and frees take — never an allocation of the inner allocator.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -24,12 +25,12 @@ pub(crate) const RANGE: usize = 32 << 30;
 #[cfg(not(target_pointer_width = "64"))]
 pub(crate) const RANGE: usize = 256 << 20;
 
-/// Runs of up to this many units have a free list of their own length.
-const SMALL_RUNS: usize = 32;
+/// Size classes: runs of 2^0 to 2^(CLASSES − 1) units (the whole range).
+const CLASSES: usize = (RANGE / UNIT).trailing_zeros() as usize + 1;
 
 /// Freed runs longer than this many units (1 MiB) give their pages back to the kernel; shorter
-/// ones stay resident for the next samples (a page fault per page would cost more than the
-/// sample).
+/// ones stay resident for the next samples of their class (a page fault per page would cost
+/// more than the sample).
 const RETURN_FROM: usize = 256;
 
 /// Where the range starts. Until it is reserved: the top of the address space, where no block
@@ -39,15 +40,13 @@ static BASE: AtomicUsize = AtomicUsize::new(usize::MAX - RANGE + 1);
 static STATE: Mutex<State> = Mutex::new(State::new());
 
 /// The region's bookkeeping. Offsets are from [`BASE`]; a list's head is `0` when empty (no run
-/// starts at offset 0 once the first is handed out, see [`State::new`]).
+/// starts at offset 0, see [`State::new`]).
 struct State {
     reserved: Reservation,
     /// The first offset never handed out.
     bump: usize,
-    /// Free runs of `i + 1` units.
-    small: [usize; SMALL_RUNS],
-    /// Free runs longer than [`SMALL_RUNS`] units, each with its length.
-    large: usize,
+    /// Free runs of 2^`i` units.
+    free: [usize; CLASSES],
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -57,23 +56,27 @@ enum Reservation {
     Failed,
 }
 
-/// What a free run keeps in its first bytes.
-#[repr(C)]
-struct FreeRun {
-    next: usize,
-    units: usize,
-}
-
 impl State {
     const fn new() -> Self {
         State {
             reserved: Reservation::NotYet,
             // The first unit is never handed out: offset 0 marks an empty list.
             bump: UNIT,
-            small: [0; SMALL_RUNS],
-            large: 0,
+            free: [0; CLASSES],
         }
     }
+}
+
+/// The size class of a run of at least `units` units, or `None` past the range.
+fn class_of(units: usize) -> Option<usize> {
+    let class = units.max(1).checked_next_power_of_two()?.trailing_zeros() as usize;
+    (class < CLASSES).then_some(class)
+}
+
+/// The units a run of a size class spans; [`allocate`] hands out and [`free`] takes back runs
+/// of this length.
+pub(crate) fn units_of(units: usize) -> usize {
+    class_of(units).map_or(units, |class| 1 << class)
 }
 
 /// Whether `ptr` lies in the region: whether it is a sampled block.
@@ -82,8 +85,10 @@ pub(crate) fn contains(ptr: *const u8) -> bool {
     (ptr as usize).wrapping_sub(BASE.load(Ordering::Relaxed)) < RANGE
 }
 
-/// A run of `units` units, or `None` when the range cannot be reserved or is used up.
+/// A run of at least `units` units ([`units_of`]`(units)`), or `None` when the range cannot be
+/// reserved or is used up.
 pub(crate) fn allocate(units: usize) -> Option<*mut u8> {
+    let class = class_of(units)?;
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     if state.reserved == Reservation::NotYet {
         state.reserved = reserve();
@@ -92,63 +97,22 @@ pub(crate) fn allocate(units: usize) -> Option<*mut u8> {
         return None;
     }
     let base = BASE.load(Ordering::Relaxed);
-    let offset = take_free(&mut state, base, units).or_else(|| {
-        let offset = state.bump;
-        let end = offset.checked_add(units.checked_mul(UNIT)?)?;
-        (end <= RANGE).then(|| {
-            state.bump = end;
-            offset
-        })
-    })?;
-    Some((base + offset) as *mut u8)
-}
-
-/// Takes a free run of `units` units off the lists: one of that length, else the first longer
-/// one, split.
-fn take_free(state: &mut State, base: usize, units: usize) -> Option<usize> {
-    if units <= SMALL_RUNS {
-        let head = state.small[units - 1];
-        if head != 0 {
-            // SAFETY: `head` is the offset of a free run in the reserved range, which holds a
-            // `FreeRun` at its start (written by `free`).
-            state.small[units - 1] = unsafe { (*((base + head) as *const FreeRun)).next };
-            return Some(head);
-        }
-    }
-    let mut link: *mut usize = &mut state.large;
-    // SAFETY: `link` points at the list head or at the `next` field of a free run in the
-    // reserved range; every offset on the list is a free run holding a `FreeRun`.
-    unsafe {
-        while *link != 0 {
-            let offset = *link;
-            let run = (base + offset) as *mut FreeRun;
-            if (*run).units >= units {
-                *link = (*run).next;
-                let rest = (*run).units - units;
-                if rest > 0 {
-                    push(state, base, offset + units * UNIT, rest);
-                }
-                return Some(offset);
-            }
-            link = &mut (*run).next;
-        }
-    }
-    None
-}
-
-/// Puts a free run on its list.
-fn push(state: &mut State, base: usize, offset: usize, units: usize) {
-    let head = if units <= SMALL_RUNS {
-        &mut state.small[units - 1]
+    let head = state.free[class];
+    let offset = if head != 0 {
+        // SAFETY: `head` is the offset of a free run in the reserved range, whose first word
+        // holds the next free run's offset (written by `free`).
+        state.free[class] = unsafe { ((base + head) as *const usize).read() };
+        head
     } else {
-        &mut state.large
+        let offset = state.bump;
+        let end = offset.checked_add(UNIT << class)?;
+        if end > RANGE {
+            return None;
+        }
+        state.bump = end;
+        offset
     };
-    // SAFETY: `offset` is a free run of `units` units in the reserved, writable range; its
-    // first bytes are the list's.
-    unsafe {
-        ((base + offset) as *mut FreeRun).write(FreeRun { next: *head, units });
-    }
-    *head = offset;
+    Some((base + offset) as *mut u8)
 }
 
 /// Gives back a run that [`allocate`] returned for `units` units.
@@ -157,12 +121,18 @@ fn push(state: &mut State, base: usize, offset: usize, units: usize) {
 ///
 /// `run` came from [`allocate`] with `units`, and nothing uses it any more.
 pub(crate) unsafe fn free(run: *mut u8, units: usize) {
-    if units > RETURN_FROM {
-        forget_pages(run, units * UNIT);
+    let Some(class) = class_of(units) else {
+        return;
+    };
+    if 1 << class > RETURN_FROM {
+        forget_pages(run, UNIT << class);
     }
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let base = BASE.load(Ordering::Relaxed);
-    push(&mut state, base, run as usize - base, units);
+    // SAFETY: the run is free, in the reserved writable range, and at least a unit long; its
+    // first word is the list's.
+    unsafe { run.cast::<usize>().write(state.free[class]) };
+    state.free[class] = run as usize - base;
 }
 
 /// Reserves the range; on success publishes its start in [`BASE`].
@@ -211,7 +181,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_are_reused_by_length_and_split() {
+    fn runs_come_in_powers_of_two_and_are_reused_by_size() {
+        assert_eq!(
+            (units_of(1), units_of(3), units_of(4), units_of(5)),
+            (1, 4, 4, 8)
+        );
         let a = allocate(1).unwrap();
         let b = allocate(40).unwrap();
         assert!(contains(a) && contains(b));
@@ -223,15 +197,15 @@ mod tests {
             free(a, 1);
             free(b, 40);
         }
-        // Other tests share the region: ask until a reused run comes back.
-        let again: Vec<*mut u8> = (0..8).map(|_| allocate(1).unwrap()).collect();
-        assert!(again.contains(&a), "a freed run of one unit is reused");
-        let split = allocate(39).unwrap();
-        let rest = allocate(1).unwrap();
-        for (run, units) in again
+        // Other tests share the region: ask until the freed runs come back.
+        let ones: Vec<*mut u8> = (0..8).map(|_| allocate(1).unwrap()).collect();
+        assert!(ones.contains(&a), "a freed run of one unit is reused");
+        let sixties: Vec<*mut u8> = (0..8).map(|_| allocate(60).unwrap()).collect();
+        assert!(sixties.contains(&b), "runs of 33 to 64 units share a class");
+        for (run, units) in ones
             .iter()
             .map(|&r| (r, 1))
-            .chain([(split, 39), (rest, 1)])
+            .chain(sixties.iter().map(|&r| (r, 60)))
         {
             // SAFETY: from `allocate` with these lengths, unused.
             unsafe { free(run, units) };
