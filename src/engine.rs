@@ -440,6 +440,7 @@ impl Engine {
             alive_tasks,
             sites_dropped: alloc::sites_dropped(),
             samples_unserved: alloc::samples_unserved(),
+            sampled_region_bytes: alloc::sampled_region_bytes(),
             ..Stats::default()
         };
         for &kind in LeakKind::ALL {

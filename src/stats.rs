@@ -100,6 +100,9 @@ pub struct Stats {
     /// range (it could not be reserved, or is used up), so that their blocks went uncounted
     /// and the estimates are low (process-wide). 0 in exact mode.
     pub samples_unserved: u64,
+    /// In sampled mode: bytes of the sampled blocks' address range handed out so far, free runs
+    /// included — at most this much of it is resident (process-wide). 0 in exact mode.
+    pub sampled_region_bytes: u64,
 }
 
 /// Per-route memory numbers, in [`Stats::routes`].

@@ -36,6 +36,11 @@ pub(crate) fn write(
     Ok(())
 }
 
+/// A cell for a value that may be missing: the value, or `-`.
+pub(crate) fn or_dash<T: fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,7 +3,8 @@
 //! leak layer, then 10 000 requests held in flight at once.
 //!
 //! It prints, and checks: the registry back to 0 entries once the requests have finished, no
-//! leak report, the resident set's growth after the warm-up, and the detector's own heap bytes
+//! leak report, the resident set's growth after the warm-up (each read after `malloc_trim`),
+//! and the detector's own heap bytes
 //! per request in flight (with a tracking allocator: the process's live heap with 10 000
 //! requests in flight through the layer, less the same without it).
 
@@ -48,8 +49,15 @@ fn routes(gate: Arc<Notify>) -> Router {
         )
 }
 
-/// The resident set size, from `/proc/self/status` (Linux).
+/// The resident set size, from `/proc/self/status` (Linux), after asking glibc's `malloc` to
+/// give its free memory back (`malloc_trim`): what is left is what the process holds, not what
+/// the allocator kept cached for it.
 fn rss_bytes() -> Option<u64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: `malloc_trim` only releases free memory of the allocator's own arenas.
+    unsafe {
+        libc::malloc_trim(0);
+    }
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
@@ -159,6 +167,7 @@ async fn soak(mode: &str) -> bool {
     settle(&detector).await;
     let rss_before = rss_bytes();
     let heap_before = detector.stats().live_heap_bytes;
+    let region_before = detector.stats().sampled_region_bytes;
     let started = Instant::now();
     drive(addr, REQUESTS).await;
     let elapsed = started.elapsed();
@@ -192,9 +201,12 @@ async fn soak(mode: &str) -> bool {
     );
     if let Some((before, after)) = heap_before.zip(heap_after) {
         println!(
-            "{mode}: live heap (allocator's count) {} KB -> {} KB",
+            "{mode}: live heap (allocator's count) {} KB -> {} KB; sampled blocks' range used: \
+             {} KB -> {} KB",
             before / 1024,
-            after / 1024
+            after / 1024,
+            region_before / 1024,
+            stats.sampled_region_bytes / 1024
         );
     }
     match per_request {

@@ -41,7 +41,9 @@ pub(crate) use self::counters::{
 use self::counters::{on_alloc, on_dealloc, on_free, on_resize};
 use self::header::Header;
 pub(crate) use self::header::Tag;
-pub(crate) use self::sampled::unserved as samples_unserved;
+pub(crate) use self::sampled::{
+    region_bytes as sampled_region_bytes, unserved as samples_unserved,
+};
 pub use self::sites::AllocationSites;
 pub(crate) use self::sites::{
     dropped as sites_dropped, enabled as sites_enabled, exact as sites_exact, top as top_sites,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::config::ConfigError;
 use crate::report::{render_list, LeakReport};
-use crate::table::{self, Align};
+use crate::table::{self, or_dash, Align};
 
 /// The most leak reports the table lists per route.
 const LEAKS_SHOWN: usize = 5;
@@ -88,10 +88,6 @@ fn change(now: i64, before: u64) -> String {
         let percent = delta as f64 * 100.0 / before as f64;
         format!("{delta:+} B ({percent:+.0}%)")
     }
-}
-
-fn or_dash<T: fmt::Display>(value: Option<T>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 impl fmt::Display for GuardReport {

@@ -5,14 +5,10 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Snapshot, TrendSample};
 use crate::report::{render_list, LeakKind};
-use crate::table::{self, Align};
+use crate::table::{self, or_dash, Align};
 
 fn millis(d: Duration) -> String {
     format!("{} ms", d.as_millis())
-}
-
-fn or_dash<T: Display>(value: Option<T>) -> String {
-    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
 }
 
 impl Display for Snapshot {

@@ -291,6 +291,11 @@ unsafe fn realloc_sampled<A: GlobalAlloc>(
 /// up): those blocks went to the inner allocator uncounted.
 static UNSERVED: AtomicU64 = AtomicU64::new(0);
 
+/// Bytes of the sampled blocks' range handed out so far (at most this much is resident).
+pub(crate) fn region_bytes() -> u64 {
+    region::used_bytes()
+}
+
 /// How many samples could not be served from the region.
 pub(crate) fn unserved() -> u64 {
     UNSERVED.load(Ordering::Relaxed)

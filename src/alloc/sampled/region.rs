@@ -3,11 +3,11 @@
 //! (tcmalloc serves its sampled objects from pages of their own for the same reason).
 //!
 //! The range is mapped readable and writable without reserving swap (`MAP_NORESERVE`): the
-//! kernel backs a page only once it is touched. It is handed out in runs of a power of two of
-//! [`UNIT`]-sized units, one free list per size: a run is never split or merged, so freed runs
-//! are reused by blocks of their size class and the resident memory stays at the peak each
-//! class needed (a sampled block wastes at most half its run, in address space more than in
-//! memory). A freed run longer than [`RETURN_FROM`] units gives its memory back to the kernel
+//! kernel backs a page only once it is touched. It is handed out in runs of [`UNIT`]-sized
+//! units, in size classes of powers of two and the halfway steps between them (1, 2, 3, 4, 6,
+//! 8, 12, … units), one free list per class: a run is never split or merged, so freed runs are
+//! reused by blocks of their class and the resident memory stays at the peak each class needed
+//! (a sampled block wastes at most a third of its run, in address space more than in memory). A freed run longer than [`RETURN_FROM`] units gives its memory back to the kernel
 //! first. The lists are kept inside the free runs themselves, under one lock that only sampled
 //! allocations and frees take — never an allocation of the inner allocator.
 
@@ -25,8 +25,20 @@ pub(crate) const RANGE: usize = 32 << 30;
 #[cfg(not(target_pointer_width = "64"))]
 pub(crate) const RANGE: usize = 256 << 20;
 
-/// Size classes: runs of 2^0 to 2^(CLASSES − 1) units (the whole range).
-const CLASSES: usize = (RANGE / UNIT).trailing_zeros() as usize + 1;
+/// Size classes: runs of 1, 2, 3, 4, 6, 8, 12, … units — powers of two and the halfway steps
+/// between them — up to the whole range.
+const CLASSES: usize = 2 * (RANGE / UNIT).trailing_zeros() as usize;
+
+/// The units a run of class `class` spans.
+const fn class_units(class: usize) -> usize {
+    if class == 0 {
+        1
+    } else if class % 2 == 1 {
+        1 << class.div_ceil(2)
+    } else {
+        3 << (class / 2 - 1)
+    }
+}
 
 /// Freed runs longer than this many units (1 MiB) give their pages back to the kernel; shorter
 /// ones stay resident for the next samples of their class (a page fault per page would cost
@@ -69,14 +81,23 @@ impl State {
 
 /// The size class of a run of at least `units` units, or `None` past the range.
 fn class_of(units: usize) -> Option<usize> {
-    let class = units.max(1).checked_next_power_of_two()?.trailing_zeros() as usize;
-    (class < CLASSES).then_some(class)
+    (0..CLASSES).find(|&class| class_units(class) >= units)
 }
 
-/// The units a run of a size class spans; [`allocate`] hands out and [`free`] takes back runs
-/// of this length.
+/// The units a run for `units` units spans (its class's); [`allocate`] hands out and [`free`]
+/// takes back runs of this length.
 pub(crate) fn units_of(units: usize) -> usize {
-    class_of(units).map_or(units, |class| 1 << class)
+    class_of(units).map_or(units, class_units)
+}
+
+/// Bytes of the range handed out so far, free runs included: at most this much of it is
+/// resident.
+pub(crate) fn used_bytes() -> u64 {
+    let state = STATE.lock().unwrap_or_else(|e| e.into_inner());
+    match state.reserved {
+        Reservation::Reserved => (state.bump - UNIT) as u64,
+        _ => 0,
+    }
 }
 
 /// Whether `ptr` lies in the region: whether it is a sampled block.
@@ -105,7 +126,7 @@ pub(crate) fn allocate(units: usize) -> Option<*mut u8> {
         head
     } else {
         let offset = state.bump;
-        let end = offset.checked_add(UNIT << class)?;
+        let end = offset.checked_add(UNIT * class_units(class))?;
         if end > RANGE {
             return None;
         }
@@ -124,8 +145,8 @@ pub(crate) unsafe fn free(run: *mut u8, units: usize) {
     let Some(class) = class_of(units) else {
         return;
     };
-    if 1 << class > RETURN_FROM {
-        forget_pages(run, UNIT << class);
+    if class_units(class) > RETURN_FROM {
+        forget_pages(run, UNIT * class_units(class));
     }
     let mut state = STATE.lock().unwrap_or_else(|e| e.into_inner());
     let base = BASE.load(Ordering::Relaxed);
@@ -181,11 +202,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn runs_come_in_powers_of_two_and_are_reused_by_size() {
-        assert_eq!(
-            (units_of(1), units_of(3), units_of(4), units_of(5)),
-            (1, 4, 4, 8)
-        );
+    fn runs_come_in_size_classes_and_are_reused_by_class() {
+        let units: Vec<usize> = (1..=9).map(units_of).collect();
+        assert_eq!(units, [1, 2, 3, 4, 6, 6, 8, 8, 12]);
+        assert_eq!(class_units(CLASSES - 1), RANGE / UNIT);
         let a = allocate(1).unwrap();
         let b = allocate(40).unwrap();
         assert!(contains(a) && contains(b));
@@ -200,8 +220,8 @@ mod tests {
         // Other tests share the region: ask until the freed runs come back.
         let ones: Vec<*mut u8> = (0..8).map(|_| allocate(1).unwrap()).collect();
         assert!(ones.contains(&a), "a freed run of one unit is reused");
-        let sixties: Vec<*mut u8> = (0..8).map(|_| allocate(60).unwrap()).collect();
-        assert!(sixties.contains(&b), "runs of 33 to 64 units share a class");
+        let sixties: Vec<*mut u8> = (0..8).map(|_| allocate(48).unwrap()).collect();
+        assert!(sixties.contains(&b), "runs of 33 to 48 units share a class");
         for (run, units) in ones
             .iter()
             .map(|&r| (r, 1))
