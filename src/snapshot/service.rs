@@ -41,7 +41,7 @@ impl SnapshotService {
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
             let mut response = plain(
                 StatusCode::METHOD_NOT_ALLOWED,
-                "only GET is supported\n".to_owned(),
+                "only GET and HEAD are supported\n".to_owned(),
             );
             let allow = HeaderValue::from_static("GET, HEAD");
             response.headers_mut().insert(header::ALLOW, allow);
