@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind: the same variants and routes as
-# benches/load.sh, but deterministic — the count does not depend on the machine's load, so a
-# change of a few hundred instructions per request shows (requests per second on a shared VM
+# benches/load.sh, but all but deterministic — the count hardly depends on the machine's load,
+# so a change of a few dozen instructions per request shows (requests per second on a shared VM
 # move by several per cent from one run to the next).
 #
 # Each variant runs twice under callgrind: once serving WARMUP requests, once WARMUP + COUNT;
-# the difference over COUNT is the cost of one request, start-up and shutdown excluded. The
-# requests come one at a time over one keep-alive connection (Python's http.client).
+# the difference over COUNT is the cost of one request, start-up and shutdown excluded. Each
+# run goes on for SETTLE seconds after its last request, so that what the sweeper thread does
+# for the requests is counted too (its idle sweeps, a few per run, are the one part that
+# depends on how long a run takes). The requests come one at a time over one keep-alive
+# connection (Python's http.client).
 #
 #   bash benches/instructions.sh                 # COUNT=1000 WARMUP=200 ROUTES="/hello /alloc"
 #   ROUTES=/alloc COUNT=2000 bash benches/instructions.sh
+#   ONLY="baseline identity layer" bash benches/instructions.sh
 #
 # Counts are of user-space instructions only (no kernel, no cache misses); they track, not
 # replace, the requests per second of benches/load.sh. Everything listens on and is sent to
@@ -21,6 +25,10 @@ COUNT=${COUNT:-1000}
 WARMUP=${WARMUP:-200}
 PORT=${PORT:-8098}
 ROUTES=${ROUTES:-/hello /alloc}
+# A space-separated subset of the variants below (the first one run is the ratios' base).
+ONLY=${ONLY:-}
+# Seconds each server runs on after its last request, for the sweeper's share to be counted.
+SETTLE=${SETTLE:-2.5}
 
 for tool in valgrind callgrind_annotate python3; do
   command -v "$tool" >/dev/null || { echo "error: $tool is needed (apt-get install valgrind python3)" >&2; exit 1; }
@@ -57,6 +65,9 @@ run() { # binary env route n
     sleep 0.1
   done
   client "$4" "$3"
+  # Let the sweeper (its interval is 1 s) get through what the requests left it: its share of
+  # each request is part of the request's cost.
+  sleep "$SETTLE"
   kill -TERM "$pid"
   wait "$pid" 2>/dev/null || true
   callgrind_annotate "$file" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}'
@@ -66,6 +77,7 @@ printf '%-20s %-8s %16s %12s\n' variant route "instr/request" "vs baseline"
 for route in $ROUTES; do
   base=""
   while read -r variant bin env; do
+    if [ -n "$ONLY" ] && [[ " $ONLY " != *" $variant "* ]]; then continue; fi
     short=$(run "$bin" "$env" "$route" "$WARMUP")
     long=$(run "$bin" "$env" "$route" $((WARMUP + COUNT)))
     per=$(( (long - short) / COUNT ))
@@ -75,6 +87,7 @@ for route in $ROUTES; do
   done <<'VARIANTS'
 baseline load_baseline LEAKWATCH_LAYER=off
 baseline+thread load_baseline LOAD_IDLE_THREAD=1
+identity load_baseline LEAKWATCH_LAYER=identity
 layer load_baseline LEAKWATCH_LAYER=on
 allocator load_leakwatch LEAKWATCH_LAYER=off
 leakwatch load_leakwatch LEAKWATCH_SITES=off

@@ -1,5 +1,7 @@
 //! Load-benchmark server without the tracking allocator: the system allocator, and no layer —
-//! or, with `LEAKWATCH_LAYER=on`, the layer alone (memory not tracked). See `benches/load.sh`.
+//! or, with `LEAKWATCH_LAYER=on`, the layer alone (memory not tracked), or with
+//! `LEAKWATCH_LAYER=identity` a layer that does nothing (what `Router::layer` itself costs).
+//! See `benches/load.sh`.
 //!
 //! With `LOAD_BUSY_NS=<ns>` (and no leakwatch) every request first busy-waits that long in a
 //! layer of its own: a known cost per request, for seeing how much a given per-request cost
@@ -16,6 +18,9 @@ fn main() {
             .build()
             .expect("valid configuration");
         common::serve(common::routes().layer(detector.layer()));
+    } else if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("identity") {
+        // What any middleware costs under `Router::layer`, before it does anything.
+        common::serve(common::routes().layer(tower::layer::util::Identity::new()));
     } else if let Some(busy) = std::env::var("LOAD_BUSY_NS")
         .ok()
         .and_then(|ns| ns.parse().ok())

@@ -26,16 +26,6 @@ pub(crate) struct Config {
     pub(crate) streaming_routes: Vec<Box<str>>,
 }
 
-impl Config {
-    pub(crate) fn is_ignored(&self, route: &str) -> bool {
-        self.ignored_routes.iter().any(|r| &**r == route)
-    }
-
-    pub(crate) fn is_streaming(&self, route: &str) -> bool {
-        self.streaming_routes.iter().any(|r| &**r == route)
-    }
-}
-
 /// The trend sampler's settings.
 #[derive(Clone, Debug)]
 pub(crate) struct TrendConfig {

@@ -21,7 +21,7 @@ use crate::liveness::Liveness;
 use crate::registry::{Registry, TrackedObject};
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request_id::{self, RequestId};
-use crate::route::{self, Interner};
+use crate::route::{self, Interner, RouteInfo, RoutePolicy};
 use crate::scope::{self, Owner, RequestHead, Scope, UpstreamCall};
 use crate::sink::ReportSink;
 use crate::stats::{KindCounts, Stats};
@@ -59,9 +59,6 @@ struct Judges {
     trend: Trend,
     /// The most recent one-shot findings, oldest first ([`FINDINGS_CAPACITY`] at most).
     findings: VecDeque<LeakReport>,
-    /// Requests finished and let go by the sweeper, by route template (as many entries as the
-    /// interner has routes, plus the few fixed names).
-    finished: HashMap<Box<str>, u64>,
 }
 
 /// Totals since the detector was built.
@@ -104,20 +101,23 @@ impl Engine {
         clock::wall(Instant::now()); // fixes the wall-clock epoch before any request
         let memory_tracked = alloc::is_installed();
         let registry = Arc::new(Registry::new(config.registry_capacity));
+        let policy = RoutePolicy {
+            ignored: config.ignored_routes.clone(),
+            streaming: config.streaming_routes.clone(),
+        };
         let trend = Trend::new(config.trend.clone(), config.confirm_sweeps, &registry);
         let (sweeper, stopped) = Sweeper::new();
         let interval = config.sweep_interval;
         let engine = Arc::new(Engine {
             config,
             registry,
-            routes: Interner::new(memory_tracked),
+            routes: Interner::new(memory_tracked, policy),
             memory_tracked,
             id_prefix: request_id::random_prefix(),
             judges: Mutex::new(Judges {
                 memory: MemoryJudge::default(),
                 trend,
                 findings: VecDeque::new(),
-                finished: HashMap::new(),
             }),
             sweeping: Mutex::new(()),
             sinks,
@@ -139,21 +139,21 @@ impl Engine {
         // Nothing the detector allocates here is charged to an enclosing request.
         scope::outside(|| {
             let route_fn = self.config.route_fn.as_deref();
-            let (route, route_slot) = route::resolve(request, route_fn, &self.routes);
-            if self.config.is_ignored(route.as_str()) {
+            let (route, info) = route::resolve(request, route_fn, &self.routes);
+            if info.ignored {
                 return None;
             }
             let id = self.registry.next_id();
-            let memory = (self.memory_tracked && route_slot != 0)
-                .then(|| SlotGuard::acquire(route_slot))
+            let memory = (self.memory_tracked && info.slot != 0)
+                .then(|| SlotGuard::acquire(info.slot))
                 .flatten();
+            let found = request_id::scan(request.headers());
             let head = RequestHead {
-                request_id: RequestId::from_headers(request.headers(), self.id_prefix, id),
+                request_id: RequestId::from_header(found.request_id, self.id_prefix, id),
                 method: request.method().clone(),
-                streaming: self.config.is_streaming(route.as_str()),
                 route,
-                route_slot,
-                trace: trace_context::capture(request.headers()),
+                info,
+                trace: trace_context::capture(request.headers(), found.traceparent),
                 upstream: None,
             };
             let owner: Weak<dyn Owner> = Arc::downgrade(&self.registry) as Weak<Registry>;
@@ -199,9 +199,11 @@ impl Engine {
                 request_id,
                 method,
                 route,
-                route_slot: 0,
                 // A call is as long as its request, which is judged on its own.
-                streaming: true,
+                info: RouteInfo {
+                    streaming: true,
+                    ..RouteInfo::NONE
+                },
                 trace,
                 upstream: Some(Box::new(UpstreamCall {
                     method: request.method().clone(),
@@ -210,7 +212,7 @@ impl Engine {
                 })),
             };
             let owner: Weak<dyn Owner> = Arc::downgrade(&self.registry) as Weak<Registry>;
-            self.registry.open(Scope::new(id, head, owner, None))
+            self.registry.open_call(Scope::new(id, head, owner, None))
         })
     }
 
@@ -237,7 +239,6 @@ impl Engine {
         });
         let mut guard = lock(&self.judges);
         let judges = &mut *guard;
-        count_finished(&mut judges.finished, &released);
         let (counted, mut finished): (Vec<_>, Vec<_>) = released
             .into_iter()
             .partition(|scope| scope.memory.is_some());
@@ -307,8 +308,8 @@ impl Engine {
                 f(Finding::Object(id, object, state));
             }
         });
-        self.registry.for_each_swept_scope(|scope, lifecycle| {
-            if let Some(state) = lifecycle.reported().filter(|s| s.is_active()) {
+        self.registry.for_each_scope(|scope| {
+            if let Some(state) = scope.stuck.load().reported().filter(|s| s.is_active()) {
                 f(Finding::Stuck(scope, state));
             }
         });
@@ -380,11 +381,13 @@ impl Engine {
         &self.registry
     }
 
-    /// Requests the sweeper has let go of since the detector was built, by route template.
+    /// Requests finished and let go of since the detector was built, by route template.
     pub(crate) fn finished_requests(&self) -> Vec<(String, u64)> {
-        let judges = lock(&self.judges);
-        let counts = judges.finished.iter();
-        counts.map(|(route, n)| (route.to_string(), *n)).collect()
+        let counts = self.registry.finished_requests().into_iter().enumerate();
+        counts
+            .filter(|&(_, n)| n > 0)
+            .filter_map(|(index, n)| Some((self.routes.name_at(index as u32)?.to_string(), n)))
+            .collect()
     }
 
     /// The trend sampler's window: how many samples, and the oldest and newest with their
@@ -454,19 +457,6 @@ impl Engine {
                 Liveness::Object(_) => stats.watched_objects += 1,
             });
         stats
-    }
-}
-
-/// Adds the scopes in `released` to the finished count of their route.
-fn count_finished(finished: &mut HashMap<Box<str>, u64>, released: &[Arc<Scope>]) {
-    for scope in released.iter().filter(|s| !s.is_upstream_call()) {
-        let route = scope.route.as_str();
-        match finished.get_mut(route) {
-            Some(n) => *n += 1,
-            None => {
-                finished.insert(route.into(), 1);
-            }
-        }
     }
 }
 

@@ -6,6 +6,7 @@
 //! having been reported → [`Released`](LeakState::Released), so that a false positive shows up
 //! instead of vanishing; gone before it was ever reported → forgotten silently.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use crate::report::{LeakReport, LeakState};
@@ -54,6 +55,41 @@ impl Lifecycle {
         }
         self.reported = Some(LeakState::Released);
         Some(LeakState::Released)
+    }
+}
+
+/// A [`Lifecycle`] in one atomic word, for a finding whose subject is shared: a request's
+/// `StuckRequest` life cycle lives in its scope, written by the sweeper and read, when the
+/// request ends, by the thread that ends it.
+#[derive(Debug, Default)]
+pub(crate) struct AtomicLifecycle(AtomicU64);
+
+impl AtomicLifecycle {
+    pub(crate) fn load(&self) -> Lifecycle {
+        let word = self.0.load(Ordering::Acquire);
+        let reported = match word & 0b11 {
+            0 => None,
+            1 => Some(LeakState::Suspected),
+            2 => Some(LeakState::Confirmed),
+            _ => Some(LeakState::Released),
+        };
+        Lifecycle {
+            reported,
+            sweeps: (word >> 32) as u32,
+        }
+    }
+
+    pub(crate) fn store(&self, lifecycle: Lifecycle) {
+        let reported = match lifecycle.reported {
+            None => 0,
+            Some(LeakState::Suspected) => 1,
+            Some(LeakState::Confirmed) => 2,
+            Some(LeakState::Released) => 3,
+        };
+        self.0.store(
+            u64::from(lifecycle.sweeps) << 32 | reported,
+            Ordering::Release,
+        );
     }
 }
 
@@ -113,6 +149,22 @@ impl StandingAlert {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_atomic_life_cycle_round_trips_every_state() {
+        let shared = AtomicLifecycle::default();
+        assert_eq!(shared.load(), Lifecycle::default());
+        let mut lifecycle = Lifecycle::default();
+        for _ in 0..4 {
+            lifecycle.alive(3);
+            shared.store(lifecycle);
+            assert_eq!(shared.load(), lifecycle);
+        }
+        assert_eq!(lifecycle.reported(), Some(LeakState::Confirmed));
+        lifecycle.gone();
+        shared.store(lifecycle);
+        assert_eq!(shared.load().reported(), Some(LeakState::Released));
+    }
     use crate::test_helpers::sample_report;
 
     #[test]

@@ -5,7 +5,12 @@
 //! bounded: past its capacity, new scopes and objects are not tracked and a counter says how many
 //! were skipped. It owns that count, hands out the ids of everything it tracks, and keeps a small
 //! pool of finished scopes for new requests to reuse.
+//!
+//! A request that ends having left nothing behind — no task, body or watched object alive, no
+//! memory to judge, no `StuckRequest` reported — is forgotten as it ends, by the thread that
+//! ends it: the sweeper never sees it. Only the others wait for a sweep.
 
+use std::cell::Cell;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -15,7 +20,8 @@ use dashmap::DashMap;
 
 use crate::lifecycle::Lifecycle;
 use crate::liveness::Liveness;
-use crate::scope::{Owner, Scope};
+use crate::route::RouteInfo;
+use crate::scope::{Owner, Place, Scope};
 use crate::sync::lock;
 
 /// An object a request left behind: a task, a request body or a watched object.
@@ -28,12 +34,6 @@ pub(crate) struct TrackedObject {
     pub(crate) lifecycle: Lifecycle,
     /// Where a task is stuck, from a task dump (see [`crate::dump`]).
     pub(crate) await_trace: Option<Arc<str>>,
-}
-
-/// A request the sweeper has taken over, with the life cycle of its `StuckRequest` finding.
-struct ScopeEntry {
-    scope: Arc<Scope>,
-    lifecycle: Lifecycle,
 }
 
 /// Hashes the registry's sequential `u64` ids with one multiplication (Fibonacci hashing): the
@@ -59,48 +59,114 @@ impl std::hash::Hasher for IdHasher {
 
 type IdMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
-/// How many shards new scopes are spread over (by id), so that requests on different threads
+/// How many shards requests are spread over (by thread), so that requests on different threads
 /// rarely meet on one lock.
 const SHARDS: usize = 16;
 
 /// The most finished scopes kept for reuse per shard.
 const POOLED_PER_SHARD: usize = 256;
 
-/// A spare intake queue keeps at least this much room however quiet the traffic gets.
-const MIN_SPARE_ROOM: usize = 1024;
+/// Source of each thread's shard.
+static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
 
-/// One shard of the scopes' intake.
+thread_local! {
+    /// This thread's shard (`usize::MAX` until the thread opens its first scope).
+    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
+}
+
+/// The shard the requests of this thread open in: one per thread, handed out in turn.
+fn this_threads_shard() -> usize {
+    SHARD
+        .try_with(|shard| {
+            if shard.get() == usize::MAX {
+                shard.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);
+            }
+            shard.get()
+        })
+        .unwrap_or(0)
+}
+
+/// One shard of the scopes.
 struct Shard {
-    /// Scopes opened since the sweeper last took them.
-    queue: Vec<Arc<Scope>>,
+    /// Requests in flight, each at its [`Place::index`]; `None` where a request has ended.
+    live: Vec<Option<Arc<Scope>>>,
+    /// The free places in `live`.
+    vacant: Vec<u32>,
+    /// Scopes for the sweeper to take over: requests that ended with something left to judge,
+    /// and outgoing calls.
+    handed: Vec<Arc<Scope>>,
     /// Finished scopes nothing else holds, for new requests to reuse (at most
     /// [`POOLED_PER_SHARD`]).
     pool: Vec<Arc<Scope>>,
+    /// Requests that ended with nothing left to judge, by route index.
+    finished: Vec<u64>,
 }
 
 impl Shard {
     const fn new() -> Self {
         Shard {
-            queue: Vec::new(),
+            live: Vec::new(),
+            vacant: Vec::new(),
+            handed: Vec::new(),
             pool: Vec::new(),
+            finished: Vec::new(),
         }
     }
+
+    /// `fresh`, in a pooled allocation when one is free (overwritten in place: no allocation
+    /// on the request's thread, and none freed in bulk on the sweeper's).
+    fn place(&mut self, fresh: Scope) -> Arc<Scope> {
+        match self.pool.pop() {
+            Some(mut reused) => match Arc::get_mut(&mut reused) {
+                Some(place) => {
+                    *place = fresh;
+                    reused
+                }
+                None => Arc::new(fresh),
+            },
+            None => Arc::new(fresh),
+        }
+    }
+
+    fn vacant_index(&mut self) -> u32 {
+        self.vacant.pop().unwrap_or_else(|| {
+            self.live.push(None);
+            (self.live.len() - 1) as u32
+        })
+    }
+}
+
+/// Adds one finished request of route `index` to `counts`.
+fn count_finished(counts: &mut Vec<u64>, index: u32) {
+    if index == RouteInfo::NO_INDEX {
+        return;
+    }
+    let index = index as usize;
+    if counts.len() <= index {
+        counts.resize(index + 1, 0);
+    }
+    counts[index] += 1;
+}
+
+/// What the sweeper has taken over.
+#[derive(Default)]
+struct Taken {
+    scopes: Vec<Arc<Scope>>,
+    /// Requests it let go of, by route index.
+    finished: Vec<u64>,
 }
 
 /// Scopes and objects, bounded by one capacity.
 ///
-/// New scopes are appended to short queues — a push under an uncontended lock, no hashing —
-/// which the sweeper drains into its own list: it never holds a lock a request needs while it
-/// judges.
+/// A request's scope is kept in its thread's shard while the request is in flight — one lock
+/// to open, one to close, no hashing. A request that ends with nothing left behind is
+/// forgotten there and then; only the others (memory to judge, objects, a reported stuck
+/// request) and outgoing calls go to the sweeper, which takes them over into its own list: it
+/// never holds a lock a request needs while it judges them.
 pub(crate) struct Registry {
-    /// New scopes and pooled ones, spread over shards by id: a request takes one lock.
     shards: [Mutex<Shard>; SHARDS],
-    /// Emptied queues kept by the sweeper to swap in for full ones, so that requests push into
-    /// vectors that already have room (and memory already paged in) instead of regrowing one
-    /// from nothing after every sweep.
-    spare_queues: Mutex<Vec<Vec<Arc<Scope>>>>,
     /// Scopes taken over by the sweeper; only the sweeper changes it.
-    taken: Mutex<Vec<ScopeEntry>>,
+    taken: Mutex<Taken>,
     objects: IdMap<TrackedObject>,
     len: AtomicUsize,
     capacity: usize,
@@ -112,8 +178,7 @@ impl Registry {
     pub(crate) fn new(capacity: usize) -> Self {
         Registry {
             shards: [const { Mutex::new(Shard::new()) }; SHARDS],
-            spare_queues: Mutex::new(Vec::new()),
-            taken: Mutex::new(Vec::new()),
+            taken: Mutex::new(Taken::default()),
             objects: IdMap::default(),
             len: AtomicUsize::new(0),
             capacity,
@@ -139,27 +204,33 @@ impl Registry {
         }
     }
 
-    /// Tracks a new scope and returns it, or `None` when the registry is full.
-    ///
-    /// A pooled scope is overwritten in place when nothing else holds it: no allocation on the
-    /// request's thread, and none freed in bulk on the sweeper's. The pool and the queue share
-    /// one lock.
-    pub(crate) fn open(&self, fresh: Scope) -> Option<Arc<Scope>> {
+    /// Tracks the scope of a request now in flight and returns it, or `None` when the registry
+    /// is full. The request gives it back with [`retire`](Owner::retire) when it ends.
+    pub(crate) fn open(&self, mut fresh: Scope) -> Option<Arc<Scope>> {
         if !self.reserve() {
             return None;
         }
-        let mut shard = lock(&self.shards[fresh.id as usize % SHARDS]);
-        let scope = match shard.pool.pop() {
-            Some(mut reused) => match Arc::get_mut(&mut reused) {
-                Some(place) => {
-                    *place = fresh;
-                    reused
-                }
-                None => Arc::new(fresh),
-            },
-            None => Arc::new(fresh),
+        let number = this_threads_shard();
+        let mut shard = lock(&self.shards[number]);
+        let index = shard.vacant_index();
+        fresh.place = Place {
+            shard: number as u32,
+            index,
         };
-        shard.queue.push(scope.clone());
+        let scope = shard.place(fresh);
+        shard.live[index as usize] = Some(scope.clone());
+        Some(scope)
+    }
+
+    /// Tracks the scope of an outgoing call, handed to the sweeper at once (it closes with the
+    /// request that made it), or returns `None` when the registry is full.
+    pub(crate) fn open_call(&self, fresh: Scope) -> Option<Arc<Scope>> {
+        if !self.reserve() {
+            return None;
+        }
+        let mut shard = lock(&self.shards[this_threads_shard()]);
+        let scope = shard.place(fresh);
+        shard.handed.push(scope.clone());
         Some(scope)
     }
 
@@ -175,20 +246,39 @@ impl Registry {
         self.len.fetch_sub(removed, Ordering::Relaxed);
     }
 
-    /// Takes over the scopes opened since the last sweep, then judges every scope with `judge`,
-    /// which says whether to keep it. Returns the scopes let go, which the registry no longer
-    /// holds, for the caller to hand to [`recycle`](Self::recycle) once it is done with them.
+    /// Judges every scope with `judge`, which gets the scope's `StuckRequest` life cycle to
+    /// update and says whether to keep a scope that has closed: requests in flight (in their
+    /// shard, under its lock), then the scopes handed over, which the sweeper takes into its own
+    /// list. Returns the scopes let go, which the registry no longer holds, for the caller to
+    /// hand to [`recycle`](Self::recycle) once it is done with them.
     pub(crate) fn sweep_scopes(
         &self,
         mut judge: impl FnMut(&Arc<Scope>, &mut Lifecycle) -> bool,
     ) -> Vec<Arc<Scope>> {
+        let mut judge_one = |scope: &Arc<Scope>| {
+            let mut lifecycle = scope.stuck.load();
+            let keep = judge(scope, &mut lifecycle);
+            scope.stuck.store(lifecycle);
+            keep
+        };
         let mut taken = lock(&self.taken);
-        self.take_new_scopes(&mut taken);
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            taken.scopes.append(&mut shard.handed);
+            // A request that has just closed is its own thread's to retire.
+            for scope in shard.live.iter().flatten().filter(|s| s.is_open()) {
+                judge_one(scope);
+            }
+        }
+        let Taken { scopes, finished } = &mut *taken;
         let mut released = Vec::new();
-        taken.retain_mut(|entry| {
-            let keep = judge(&entry.scope, &mut entry.lifecycle);
+        scopes.retain(|scope| {
+            let keep = judge_one(scope);
             if !keep {
-                released.push(entry.scope.clone());
+                if !scope.is_upstream_call() {
+                    count_finished(finished, scope.route_index);
+                }
+                released.push(scope.clone());
             }
             keep
         });
@@ -197,39 +287,32 @@ impl Registry {
         released
     }
 
-    /// Moves every shard's queue of new scopes into the sweeper's list, swapping in a spare
-    /// queue that already has room.
-    fn take_new_scopes(&self, taken: &mut Vec<ScopeEntry>) {
-        let mut spares = lock(&self.spare_queues);
-        for shard in &self.shards {
-            let mut queue = spares.pop().unwrap_or_default();
-            std::mem::swap(&mut queue, &mut lock(shard).queue);
-            let n = queue.len();
-            taken.extend(queue.drain(..).map(|scope| ScopeEntry {
-                scope,
-                lifecycle: Lifecycle::default(),
-            }));
-            // Keep the room the traffic needs, not what one burst once needed.
-            if queue.capacity() > MIN_SPARE_ROOM && queue.capacity() > 4 * n {
-                queue.shrink_to(MIN_SPARE_ROOM.max(2 * n));
-            }
-            spares.push(queue);
-        }
-    }
-
     /// Pools the scopes that nothing but `finished` holds, spread evenly over the shards; drops
     /// the rest.
     pub(crate) fn recycle(&self, finished: Vec<Arc<Scope>>) {
         let share = finished.len().div_ceil(SHARDS);
         // A scope still held — by a task, a tracked object or the memory judge — is not reused.
-        let mut unused = finished
-            .into_iter()
-            .filter(|scope| Arc::strong_count(scope) == 1 && Arc::weak_count(scope) == 0);
+        let mut unused = finished.into_iter().filter(is_unused);
         for shard in &self.shards {
             let pool = &mut lock(shard).pool;
             let room = POOLED_PER_SHARD.saturating_sub(pool.len());
             pool.extend(unused.by_ref().take(share.min(room)));
         }
+    }
+
+    /// Requests finished and let go of since the registry was made, by route index.
+    pub(crate) fn finished_requests(&self) -> Vec<u64> {
+        let mut total = lock(&self.taken).finished.clone();
+        for shard in &self.shards {
+            let shard = lock(shard);
+            if total.len() < shard.finished.len() {
+                total.resize(shard.finished.len(), 0);
+            }
+            for (sum, n) in total.iter_mut().zip(&shard.finished) {
+                *sum += n;
+            }
+        }
+        total
     }
 
     /// Attaches a task's await trace to the object `id`, if it is still tracked.
@@ -253,33 +336,29 @@ impl Registry {
         }
     }
 
-    /// Calls `f` with every scope the sweeper has taken over and its `StuckRequest` life cycle.
-    pub(crate) fn for_each_swept_scope(&self, mut f: impl FnMut(&Scope, &Lifecycle)) {
-        for entry in lock(&self.taken).iter() {
-            f(&entry.scope, &entry.lifecycle);
-        }
-    }
-
-    /// Calls `f` with the scope of every request in flight (not of outgoing calls), whether the
-    /// sweeper has taken it over or not. Each lock is held only while its own scopes are
-    /// visited.
-    pub(crate) fn for_each_open_request(&self, mut f: impl FnMut(&Scope)) {
-        let in_flight = |s: &Scope| s.is_open() && !s.is_upstream_call();
-        lock(&self.taken)
-            .iter()
-            .filter(|entry| in_flight(&entry.scope))
-            .for_each(|entry| f(&entry.scope));
+    /// Calls `f` with every scope: requests in flight, scopes handed to the sweeper and those
+    /// it has taken over. Each lock is held only while its own scopes are visited.
+    pub(crate) fn for_each_scope(&self, mut f: impl FnMut(&Scope)) {
+        lock(&self.taken).scopes.iter().for_each(|s| f(s));
         for shard in &self.shards {
             let shard = lock(shard);
-            shard
-                .queue
-                .iter()
-                .filter(|s| in_flight(s))
-                .for_each(|s| f(s));
+            shard.live.iter().flatten().for_each(|s| f(s));
+            shard.handed.iter().for_each(|s| f(s));
         }
     }
 
-    /// Requests in flight, whether the sweeper has taken them over or not.
+    /// Calls `f` with the scope of every request in flight (never an outgoing call's: those are
+    /// handed to the sweeper when they open). Each shard's lock is held only while its own
+    /// scopes are visited.
+    pub(crate) fn for_each_open_request(&self, mut f: impl FnMut(&Scope)) {
+        for shard in &self.shards {
+            let shard = lock(shard);
+            let live = shard.live.iter().flatten();
+            live.filter(|s| s.is_open()).for_each(|s| f(s));
+        }
+    }
+
+    /// Requests in flight.
     pub(crate) fn open_scopes(&self) -> usize {
         let mut open = 0;
         self.for_each_open_request(|_| open += 1);
@@ -327,59 +406,166 @@ impl Owner for Registry {
         );
         true
     }
+
+    fn retire(&self, scope: Arc<Scope>) {
+        let Place { shard, index } = scope.place;
+        if index == Place::NONE.index {
+            return; // an outgoing call's scope: the sweeper has it
+        }
+        let mut shard = lock(&self.shards[shard as usize]);
+        let Some(held) = shard.live.get_mut(index as usize).and_then(Option::take) else {
+            return;
+        };
+        shard.vacant.push(index);
+        if scope.memory.is_some() || scope.stuck.load().reported().is_some() {
+            // Memory to judge, or a `StuckRequest` to release: the sweeper's.
+            shard.handed.push(held);
+            return;
+        }
+        count_finished(&mut shard.finished, scope.route_index);
+        drop(held);
+        self.len.fetch_sub(1, Ordering::Relaxed);
+        // Whatever the request left behind holds its scope and judges itself.
+        if is_unused(&scope) && shard.pool.len() < POOLED_PER_SHARD {
+            shard.pool.push(scope);
+        }
+    }
+}
+
+/// Nothing but the caller holds `scope`: it can be reused.
+fn is_unused(scope: &Arc<Scope>) -> bool {
+    Arc::strong_count(scope) == 1 && Arc::weak_count(scope) == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::liveness::TaskToken;
-    use crate::test_helpers::{fresh_scope, scope};
+    use crate::test_helpers::scope;
+    use std::sync::Weak;
 
     fn task(registry: &Registry, scope: &Arc<Scope>, token: &Arc<TaskToken>) -> bool {
         registry.insert_object(scope, Liveness::Task(Arc::downgrade(token)), None, None)
     }
 
+    /// A scope of this registry, for a request to route number `index`.
+    fn request(registry: &Arc<Registry>, id: u64, index: u32) -> Scope {
+        let mut head = crate::test_helpers::head(id);
+        head.info.index = index;
+        let owner: Weak<dyn Owner> = Arc::downgrade(registry) as Weak<Registry>;
+        Scope::new(id, head, owner, None)
+    }
+
+    /// What a request's `ScopeGuard` does when the request ends.
+    fn end(registry: &Registry, scope: Arc<Scope>) {
+        scope.close();
+        registry.retire(scope);
+    }
+
     #[test]
     fn capacity_bounds_scopes_and_objects_together() {
-        let registry = Registry::new(3);
-        let s = registry.open(fresh_scope(1)).unwrap();
+        let registry = Arc::new(Registry::new(3));
+        let s = registry.open(request(&registry, 1, 0)).unwrap();
         let token = Arc::new(TaskToken::default());
         assert!(task(&registry, &s, &token));
         assert!(task(&registry, &s, &token));
         assert!(!task(&registry, &s, &token));
-        assert!(registry.open(fresh_scope(2)).is_none());
+        assert!(registry.open(request(&registry, 2, 0)).is_none());
         assert_eq!((registry.len(), registry.skipped()), (3, 2));
 
-        // The registry gives back the room of what a sweep lets go.
-        s.close();
-        let released = registry.sweep_scopes(|_, _| false);
-        assert_eq!(released.len(), 1);
+        // A request that ends gives its room back at once; its task keeps its own.
+        end(&registry, s);
         assert_eq!(registry.len(), 2);
         drop(token);
         registry.sweep_objects(|_, object| object.liveness.is_alive());
         assert_eq!(registry.len(), 0);
-        assert!(registry.open(fresh_scope(3)).is_some());
+        assert!(registry.open(request(&registry, 3, 0)).is_some());
     }
 
     #[test]
-    fn sweeps_see_new_scopes_and_count_open_ones() {
-        let registry = Registry::new(8);
-        let open = registry.open(fresh_scope(1)).unwrap();
-        let closed = registry.open(fresh_scope(2)).unwrap();
-        closed.close();
-        assert_eq!(registry.open_scopes(), 1, "queued scopes are counted");
+    fn a_clean_request_is_forgotten_when_it_ends_and_its_scope_reused() {
+        let registry = Arc::new(Registry::new(8));
+        let first = registry.open(request(&registry, 1, 4)).unwrap();
+        let address = Arc::as_ptr(&first);
+        assert_eq!((registry.len(), registry.open_scopes()), (1, 1));
+        end(&registry, first);
+        assert_eq!((registry.len(), registry.open_scopes()), (0, 0));
+        assert_eq!(registry.finished_requests(), [0, 0, 0, 0, 1]);
+        let mut judged = 0;
+        assert!(registry
+            .sweep_scopes(|_, _| {
+                judged += 1;
+                true
+            })
+            .is_empty());
+        assert_eq!(judged, 0, "the sweeper never sees it");
+        // The next request on this thread reuses the scope's allocation and its place.
+        let second = registry.open(request(&registry, 2, 4)).unwrap();
+        assert_eq!(Arc::as_ptr(&second), address);
+        assert_eq!((second.id, second.place.index), (2, 0));
+        assert!(second.stuck.load().reported().is_none());
+    }
+
+    #[test]
+    fn a_request_reported_stuck_is_handed_to_the_sweeper() {
+        let registry = Arc::new(Registry::new(8));
+        let stuck = registry.open(request(&registry, 1, 0)).unwrap();
+        let fine = registry.open(request(&registry, 2, 0)).unwrap();
         let mut seen = Vec::new();
-        let released = registry.sweep_scopes(|scope, _| {
+        let released = registry.sweep_scopes(|scope, lifecycle| {
             seen.push(scope.id);
-            scope.is_open()
+            if scope.id == 1 {
+                lifecycle.alive(0);
+            }
+            true
         });
         seen.sort_unstable();
-        assert_eq!(seen, [1, 2]);
-        assert_eq!(released.iter().map(|s| s.id).collect::<Vec<_>>(), [2]);
-        assert_eq!(registry.open_scopes(), 1, "taken scopes are counted");
-        let mut swept = Vec::new();
-        registry.for_each_swept_scope(|scope, _| swept.push(scope.id));
-        assert_eq!(swept, [open.id]);
+        assert_eq!((seen, released.len()), (vec![1, 2], 0));
+        assert!(stuck.stuck.load().is_active());
+        let mut active = Vec::new();
+        registry.for_each_scope(|s| {
+            if s.stuck.load().is_active() {
+                active.push(s.id)
+            }
+        });
+        assert_eq!(active, [1]);
+
+        end(&registry, fine);
+        end(&registry, stuck);
+        assert_eq!(registry.len(), 1, "the stuck one waits for its release");
+        assert_eq!(registry.open_scopes(), 0);
+        let mut gone = Vec::new();
+        let released = registry.sweep_scopes(|scope, lifecycle| {
+            gone.extend(lifecycle.gone().map(|state| (scope.id, state)));
+            scope.is_open()
+        });
+        assert_eq!(gone, [(1, crate::report::LeakState::Released)]);
+        assert_eq!(released.len(), 1);
+        assert_eq!(registry.len(), 0);
+        assert_eq!(registry.finished_requests(), [2]);
+    }
+
+    #[test]
+    fn calls_go_to_the_sweeper_when_they_open() {
+        let registry = Arc::new(Registry::new(8));
+        let call = registry
+            .open_call(request(&registry, 1, RouteInfo::NO_INDEX))
+            .unwrap();
+        assert_eq!(
+            registry.open_scopes(),
+            0,
+            "a call is not a request in flight"
+        );
+        let mut seen = Vec::new();
+        registry.sweep_scopes(|scope, _| {
+            seen.push(scope.id);
+            true
+        });
+        assert_eq!(seen, [1]);
+        end(&registry, call);
+        assert_eq!(registry.len(), 1, "the sweeper lets it go");
+        assert_eq!(registry.sweep_scopes(|s, _| s.is_open()).len(), 1);
+        assert!(registry.finished_requests().iter().all(|&n| n == 0));
     }
 
     #[test]
@@ -390,19 +576,12 @@ mod tests {
         let held = scope(2);
         let holder = held.clone(); // say, a task the request spawned
         registry.recycle(vec![unused, held]);
-        // One new scope per shard: exactly one of them is the pooled scope, overwritten.
-        let opened: Vec<Arc<Scope>> = (0..SHARDS as u64)
-            .map(|id| registry.open(fresh_scope(100 + id)).unwrap())
-            .collect();
-        let reused: Vec<&Arc<Scope>> = opened
+        let pooled: Vec<*const Scope> = registry
+            .shards
             .iter()
-            .filter(|s| Arc::as_ptr(s) == address)
+            .flat_map(|shard| lock(shard).pool.iter().map(Arc::as_ptr).collect::<Vec<_>>())
             .collect();
-        assert_eq!(reused.len(), 1);
-        assert!(
-            reused[0].id >= 100,
-            "the reused scope carries its new request"
-        );
+        assert_eq!(pooled, [address]);
         assert_eq!(
             Arc::strong_count(&holder),
             1,

@@ -10,18 +10,30 @@ use std::hash::{BuildHasher, Hasher};
 /// The header read for an incoming request id.
 pub(crate) const HEADER: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
-/// The first value of header `name`. A request usually has a handful of headers, and for those a
-/// scan comparing names is cheaper than hashing the name for a lookup (most names are standard
-/// ones, which differ from a custom name at the first comparison).
-pub(crate) fn find<'a>(
-    headers: &'a http::HeaderMap,
-    name: &http::HeaderName,
-) -> Option<&'a http::HeaderValue> {
-    const SCAN_UP_TO: usize = 12;
-    if headers.keys_len() <= SCAN_UP_TO {
-        headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
-    } else {
-        headers.get(name)
+/// W3C trace context's header, named once (not parsed from a string on every request).
+pub(crate) const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+
+/// What a scope reads from its request's headers.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Found<'a> {
+    /// The first `x-request-id` value.
+    pub(crate) request_id: Option<&'a http::HeaderValue>,
+    /// A `traceparent` header is present.
+    pub(crate) traceparent: bool,
+}
+
+/// Looks for both headers a scope reads in one pass over the distinct names — a plain walk
+/// of a short list, cheaper than hashing two names for two lookups — then fetches the value of
+/// the one found, if any.
+pub(crate) fn scan(headers: &http::HeaderMap) -> Found<'_> {
+    let (mut request_id, mut traceparent) = (false, false);
+    for name in headers.keys() {
+        request_id |= *name == HEADER;
+        traceparent |= *name == TRACEPARENT;
+    }
+    Found {
+        request_id: request_id.then(|| headers.get(&HEADER)).flatten(),
+        traceparent,
     }
 }
 
@@ -38,9 +50,10 @@ pub(crate) enum RequestId {
 }
 
 impl RequestId {
-    /// Takes the request id from the headers when it is well formed, else generates one.
-    pub(crate) fn from_headers(headers: &http::HeaderMap, prefix: u32, number: u64) -> Self {
-        match find(headers, &HEADER) {
+    /// Takes the request id from the `x-request-id` value when it is well formed, else
+    /// generates one.
+    pub(crate) fn from_header(value: Option<&http::HeaderValue>, prefix: u32, number: u64) -> Self {
+        match value {
             Some(value) if is_well_formed(value.as_bytes()) => {
                 // The bytes are checked ASCII, so this conversion cannot fail.
                 match std::str::from_utf8(value.as_bytes()) {
@@ -93,11 +106,11 @@ mod tests {
     fn id_for(value: &[u8]) -> RequestId {
         let mut headers = HeaderMap::new();
         headers.insert(HEADER, HeaderValue::from_bytes(value).unwrap());
-        RequestId::from_headers(&headers, 0xabcd, 9)
+        RequestId::from_header(scan(&headers).request_id, 0xabcd, 9)
     }
 
     #[test]
-    fn find_agrees_with_get_for_small_and_large_maps() {
+    fn one_scan_finds_both_headers_in_small_and_large_maps() {
         for extra in [0, 3, 40] {
             let mut headers = http::HeaderMap::new();
             for i in 0..extra {
@@ -107,11 +120,14 @@ mod tests {
                 );
             }
             headers.insert(http::header::HOST, http::HeaderValue::from_static("h"));
-            assert_eq!(find(&headers, &HEADER), None);
+            let found = scan(&headers);
+            assert!(found.request_id.is_none() && !found.traceparent);
             headers.append(&HEADER, http::HeaderValue::from_static("first"));
             headers.append(&HEADER, http::HeaderValue::from_static("second"));
-            assert_eq!(find(&headers, &HEADER), headers.get(&HEADER), "{extra}");
-            assert_eq!(find(&headers, &HEADER).unwrap(), "first");
+            assert_eq!(scan(&headers).request_id.unwrap(), "first", "{extra}");
+            assert!(!scan(&headers).traceparent);
+            headers.insert(TRACEPARENT, http::HeaderValue::from_static("00-x"));
+            assert!(scan(&headers).traceparent);
         }
     }
 
@@ -151,7 +167,7 @@ mod tests {
 
     #[test]
     fn missing_header_generates_an_id() {
-        let id = RequestId::from_headers(&HeaderMap::new(), 1, 2);
+        let id = RequestId::from_header(scan(&HeaderMap::new()).request_id, 1, 2);
         assert_eq!(id.to_string(), "lw-00000001-2");
     }
 

@@ -18,9 +18,11 @@ use std::cell::RefCell;
 use std::fmt;
 #[cfg(feature = "axum")]
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
+
+use crate::sync::lock;
 
 /// The route name of a request whose route template is unknown.
 pub const UNMATCHED: &str = "<unmatched>";
@@ -66,13 +68,55 @@ impl fmt::Display for Route {
     }
 }
 
-/// Interns route templates so that a request costs a lookup, not an allocation, and gives each
-/// route its slot in the allocator's route table when memory is tracked.
+/// What a detector knows of one route template, worked out once when the template is first
+/// seen, so that a request looks nothing up in its configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct RouteInfo {
+    /// The route's number among its interner's routes ([`RouteInfo::NO_INDEX`] for a name no
+    /// request has, such as [`CLIENT`]); requests finished are counted by it.
+    pub(crate) index: u32,
+    /// The allocator's route slot (0 when memory is not tracked).
+    pub(crate) slot: u32,
+    /// The route is [ignored](crate::LeakDetectorBuilder::ignore_route).
+    pub(crate) ignored: bool,
+    /// The route [streams](crate::LeakDetectorBuilder::streaming_route): its requests may stay
+    /// open past `max_request_age`.
+    pub(crate) streaming: bool,
+}
+
+impl RouteInfo {
+    /// The index of a name that is not a request's route.
+    pub(crate) const NO_INDEX: u32 = u32::MAX;
+
+    /// A name that no request has ([`CLIENT`]): not counted, no memory slot.
+    pub(crate) const NONE: RouteInfo = RouteInfo {
+        index: Self::NO_INDEX,
+        slot: 0,
+        ignored: false,
+        streaming: false,
+    };
+}
+
+/// Which routes the configuration ignores or lets stream.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RoutePolicy {
+    pub(crate) ignored: Vec<Box<str>>,
+    pub(crate) streaming: Vec<Box<str>>,
+}
+
+/// Interns route templates so that a request costs a lookup, not an allocation, and numbers
+/// them: each route gets an index, its allocator slot when memory is tracked, and the
+/// configuration's verdict on it.
 pub(crate) struct Interner {
-    routes: DashMap<Arc<str>, u32>,
+    routes: DashMap<Arc<str>, RouteInfo>,
+    /// The template of each index handed out, in order.
+    by_index: Mutex<Vec<Arc<str>>>,
     /// The template of each route slot handed out.
     names: DashMap<u32, Arc<str>>,
     memory: bool,
+    policy: RoutePolicy,
+    /// [`OVERFLOW`], interned up front: it has an index however many templates came before.
+    overflow: (Route, RouteInfo),
     /// Tells this interner's entries apart in the per-thread [`RECENT`] cache.
     #[cfg(feature = "axum")]
     id: u64,
@@ -87,12 +131,14 @@ static NEXT_INTERNER: AtomicU64 = AtomicU64::new(1);
 const RECENT_SLOTS: usize = 8;
 
 #[cfg(feature = "axum")]
-/// A template this thread resolved recently, keyed by the address of the caller's string.
+/// A template this thread resolved recently, keyed by the address of axum's string.
 struct Recent {
     interner: u64,
-    address: usize,
+    /// axum's own string, kept alive by this clone: while it is cached its address cannot be
+    /// reused for another template, so the address alone identifies it.
+    matched: axum::extract::MatchedPath,
     route: Arc<str>,
-    slot: u32,
+    info: RouteInfo,
 }
 
 #[cfg(feature = "axum")]
@@ -106,72 +152,112 @@ thread_local! {
 
 impl Interner {
     /// An interner; with `memory`, each new route also gets an allocator route slot.
-    pub(crate) fn new(memory: bool) -> Self {
-        Interner {
+    pub(crate) fn new(memory: bool, policy: RoutePolicy) -> Self {
+        let mut interner = Interner {
             routes: DashMap::new(),
+            by_index: Mutex::new(Vec::new()),
             names: DashMap::new(),
             memory,
+            policy,
+            overflow: (Route::Static(OVERFLOW), RouteInfo::NONE),
             #[cfg(feature = "axum")]
             id: NEXT_INTERNER.fetch_add(1, Ordering::Relaxed),
-        }
+        };
+        let index = interner.push_name(Arc::from(OVERFLOW));
+        let info = interner.info(OVERFLOW, index, 0);
+        interner.overflow = (Route::Static(OVERFLOW), info);
+        interner
     }
 
     #[cfg(feature = "axum")]
-    /// As [`intern`](Self::intern), first asking this thread's cache of recent templates. A
-    /// hit needs the same interner, the same string address and the same text, so a string
-    /// freed and another allocated at its address can never be taken for it.
-    pub(crate) fn intern_cached(&self, template: &str) -> (Route, u32) {
-        let address = template.as_ptr() as usize;
+    /// As [`intern`](Self::intern) for axum's `MatchedPath`, first asking this thread's cache
+    /// of recent templates. A hit needs the same interner and the same string, which the cache
+    /// keeps alive.
+    pub(crate) fn intern_matched(
+        &self,
+        matched: &axum::extract::MatchedPath,
+    ) -> (Route, RouteInfo) {
+        let address = matched.as_str().as_ptr() as usize;
         let index = (address >> 4) % RECENT_SLOTS;
         let hit = RECENT
             .try_with(|recent| {
                 let recent = recent.try_borrow().ok()?;
                 let entry = recent[index].as_ref()?;
-                (entry.interner == self.id && entry.address == address && *entry.route == *template)
-                    .then(|| (Route::Interned(entry.route.clone()), entry.slot))
+                let same = entry.interner == self.id
+                    && entry.matched.as_str().as_ptr() as usize == address
+                    && entry.matched.as_str().len() == matched.as_str().len();
+                same.then(|| (Route::Interned(entry.route.clone()), entry.info))
             })
             .ok()
             .flatten();
         if let Some(hit) = hit {
             return hit;
         }
-        let (route, slot) = self.intern(template);
+        let (route, info) = self.intern(matched.as_str());
         if let Route::Interned(shared) = &route {
             let _ = RECENT.try_with(|recent| {
                 if let Ok(mut recent) = recent.try_borrow_mut() {
                     recent[index] = Some(Recent {
                         interner: self.id,
-                        address,
+                        matched: matched.clone(),
                         route: shared.clone(),
-                        slot,
+                        info,
                     });
                 }
             });
         }
-        (route, slot)
+        (route, info)
     }
 
-    /// The shared name of a template and its route slot (0 when memory is not tracked).
-    pub(crate) fn intern(&self, template: &str) -> (Route, u32) {
+    /// The shared name of a template and what is known of it.
+    pub(crate) fn intern(&self, template: &str) -> (Route, RouteInfo) {
         if let Some(entry) = self.routes.get(template) {
             return (Route::Interned(entry.key().clone()), *entry.value());
         }
         if self.routes.len() >= MAX_ROUTES {
-            return (Route::Static(OVERFLOW), 0);
+            return self.overflow.clone();
         }
-        let slot = if self.memory {
-            crate::alloc::new_route_slot()
-        } else {
-            0
-        };
         let shared: Arc<str> = Arc::from(template);
-        let entry = self.routes.entry(shared.clone()).or_insert(slot);
-        let (shared, slot) = (entry.key().clone(), *entry.value());
+        // Numbered under the entry's lock, so that a template racing in on two threads gets one
+        // index and one slot.
+        let entry = self.routes.entry(shared.clone()).or_insert_with(|| {
+            let slot = if self.memory {
+                crate::alloc::new_route_slot()
+            } else {
+                0
+            };
+            let index = self.push_name(shared);
+            self.info(template, index, slot)
+        });
+        let (shared, info) = (entry.key().clone(), *entry.value());
         drop(entry);
-        if slot != 0 {
-            self.names.entry(slot).or_insert_with(|| shared.clone());
+        if info.slot != 0 {
+            self.names
+                .entry(info.slot)
+                .or_insert_with(|| shared.clone());
         }
-        (Route::Interned(shared), slot)
+        (Route::Interned(shared), info)
+    }
+
+    fn push_name(&self, name: Arc<str>) -> u32 {
+        let mut names = lock(&self.by_index);
+        names.push(name);
+        (names.len() - 1) as u32
+    }
+
+    fn info(&self, template: &str, index: u32, slot: u32) -> RouteInfo {
+        let listed = |list: &[Box<str>]| list.iter().any(|r| &**r == template);
+        RouteInfo {
+            index,
+            slot,
+            ignored: listed(&self.policy.ignored),
+            streaming: listed(&self.policy.streaming),
+        }
+    }
+
+    /// The template numbered `index`.
+    pub(crate) fn name_at(&self, index: u32) -> Option<Arc<str>> {
+        lock(&self.by_index).get(index as usize).cloned()
     }
 
     /// The template that has route slot `slot`.
@@ -184,33 +270,24 @@ impl Interner {
         let names = self.names.iter();
         names.map(|e| (*e.key(), e.value().clone())).collect()
     }
-
-    /// A `'static` name needs interning only for its route slot.
-    fn name(&self, name: &'static str) -> (Route, u32) {
-        if self.memory {
-            self.intern(name)
-        } else {
-            (Route::Static(name), 0)
-        }
-    }
 }
 
-/// Names the route of a request; returns it with its allocator route slot.
+/// Names the route of a request; returns it with what the interner knows of it.
 pub(crate) fn resolve<B>(
     request: &http::Request<B>,
     route_fn: Option<&RouteFn>,
     interner: &Interner,
-) -> (Route, u32) {
+) -> (Route, RouteInfo) {
     #[cfg(feature = "axum")]
     if let Some(matched) = request.extensions().get::<axum::extract::MatchedPath>() {
-        return interner.intern_cached(matched.as_str());
+        return interner.intern_matched(matched);
     }
     if let Some(route_fn) = route_fn {
         if let Some(route) = route_fn(request.method(), request.uri()) {
-            return interner.name(route);
+            return interner.intern(route);
         }
     }
-    interner.name(UNMATCHED)
+    interner.intern(UNMATCHED)
 }
 
 #[cfg(test)]
@@ -219,7 +296,7 @@ mod tests {
 
     #[test]
     fn interning_returns_the_same_allocation() {
-        let interner = Interner::new(false);
+        let interner = Interner::new(false, RoutePolicy::default());
         let (a, _) = interner.intern("/users/{id}");
         let (b, _) = interner.intern("/users/{id}");
         match (a, b) {
@@ -230,30 +307,79 @@ mod tests {
 
     #[cfg(feature = "axum")]
     #[test]
-    fn the_cache_answers_only_for_the_same_interner_and_text() {
-        let memory = Interner::new(true);
-        let other = Interner::new(true);
-        let template = String::from("/users/{id}");
-        let (a, slot_a) = memory.intern_cached(&template);
-        let (b, slot_b) = memory.intern_cached(&template);
-        assert_eq!((a.as_str(), slot_a), (b.as_str(), slot_b));
+    fn the_cache_answers_only_for_the_same_interner_and_string() {
+        use axum::extract::MatchedPath;
+        use axum::routing::get;
+        use tower::ServiceExt;
+
+        // A real `MatchedPath`, as axum's router hands it to a layer.
+        let (sender, receiver) = std::sync::mpsc::channel::<MatchedPath>();
+        let app = axum::Router::new()
+            .route("/users/{id}", get(|| async { "" }))
+            .layer(axum::middleware::from_fn(
+                move |request: axum::extract::Request, next: axum::middleware::Next| {
+                    let sender = sender.clone();
+                    async move {
+                        let matched = request.extensions().get::<MatchedPath>().cloned();
+                        sender.send(matched.unwrap()).unwrap();
+                        next.run(request).await
+                    }
+                },
+            ));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let request = || http::Request::get("/users/7").body(axum::body::Body::empty());
+        runtime
+            .block_on(app.clone().oneshot(request().unwrap()))
+            .unwrap();
+        let matched = receiver.recv().unwrap();
+
+        let memory = Interner::new(true, RoutePolicy::default());
+        let other = Interner::new(true, RoutePolicy::default());
+        let (a, info_a) = memory.intern_matched(&matched);
+        let (b, info_b) = memory.intern_matched(&matched);
+        assert_eq!((a.as_str(), info_a), (b.as_str(), info_b));
+        assert_eq!(a.as_str(), "/users/{id}");
         // Another detector's interner has its own slots, even for the same string.
-        let (_, slot_other) = other.intern_cached(&template);
-        assert_eq!(other.intern("/users/{id}").1, slot_other);
-        // A different text at the same address (the string rewritten in place) is not a hit.
-        let mut reused = template;
-        reused.replace_range(1..6, "posts");
-        let (c, _) = memory.intern_cached(&reused);
-        assert_eq!(c.as_str(), "/posts/{id}");
+        let (_, info_other) = other.intern_matched(&matched);
+        assert_eq!(other.intern("/users/{id}").1, info_other);
+        assert_ne!(info_other.slot, info_a.slot);
+    }
+
+    #[test]
+    fn the_policy_is_worked_out_once_per_route() {
+        let policy = RoutePolicy {
+            ignored: vec!["/health".into()],
+            streaming: vec!["/events".into()],
+        };
+        let interner = Interner::new(false, policy);
+        let (_, health) = interner.intern("/health");
+        let (_, events) = interner.intern("/events");
+        let (_, users) = interner.intern("/users");
+        assert!(health.ignored && !health.streaming);
+        assert!(events.streaming && !events.ignored);
+        assert!(!users.ignored && !users.streaming);
+        let indexes = [health.index, events.index, users.index];
+        for index in indexes {
+            assert_ne!(index, RouteInfo::NO_INDEX);
+        }
+        assert_eq!(interner.name_at(users.index).as_deref(), Some("/users"));
+        assert_eq!(
+            interner.intern("/users").1,
+            users,
+            "the same route, the same info"
+        );
     }
 
     #[test]
     fn route_slots_name_their_templates() {
-        let interner = Interner::new(true);
-        let (_, slot) = interner.intern("/users/{id}");
+        let interner = Interner::new(true, RoutePolicy::default());
+        let (_, info) = interner.intern("/users/{id}");
+        let slot = info.slot;
         assert_ne!(slot, 0);
         assert_eq!(
-            interner.intern("/users/{id}").1,
+            interner.intern("/users/{id}").1.slot,
             slot,
             "one slot per template"
         );
@@ -263,11 +389,13 @@ mod tests {
 
     #[test]
     fn interner_is_bounded() {
-        let interner = Interner::new(false);
+        let interner = Interner::new(false, RoutePolicy::default());
         for i in 0..MAX_ROUTES {
             interner.intern(&format!("/r/{i}"));
         }
-        assert_eq!(interner.intern("/one/more").0.as_str(), OVERFLOW);
+        let (overflow, info) = interner.intern("/one/more");
+        assert_eq!(overflow.as_str(), OVERFLOW);
+        assert_eq!(interner.name_at(info.index).as_deref(), Some(OVERFLOW));
         assert_eq!(interner.intern("/r/7").0.as_str(), "/r/7");
     }
 }

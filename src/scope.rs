@@ -21,10 +21,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::alloc::{self, SlotGuard, Tag, Usage};
 use crate::clock;
+use crate::lifecycle::AtomicLifecycle;
 use crate::liveness::Liveness;
 use crate::report::{LeakKind, LeakReport, LeakState, Upstream};
 use crate::request_id::RequestId;
-use crate::route::Route;
+use crate::route::{Route, RouteInfo};
 use crate::trace_context::TraceParent;
 
 /// Where the objects a request leaves behind are tracked (the registry of its detector).
@@ -37,6 +38,10 @@ pub(crate) trait Owner: Send + Sync {
         location: Option<&'static Location<'static>>,
         type_name: Option<&'static str>,
     ) -> bool;
+
+    /// Takes back the scope of a request that has just closed: forgets it at once when nothing
+    /// about it is left to judge, else hands it to the sweeper.
+    fn retire(&self, scope: Arc<Scope>);
 }
 
 /// The detector's record of one request.
@@ -46,8 +51,15 @@ pub(crate) struct Scope {
     pub(crate) request_id: RequestId,
     pub(crate) method: http::Method,
     pub(crate) route: Route,
+    /// The route's number in its detector's interner ([`RouteInfo::NO_INDEX`] for an outgoing
+    /// call's scope).
+    pub(crate) route_index: u32,
     /// The route may stay open past `max_request_age`.
     pub(crate) streaming: bool,
+    /// Where the registry keeps the scope while the request is in flight.
+    pub(crate) place: Place,
+    /// The life cycle of the request's `StuckRequest` finding.
+    pub(crate) stuck: AtomicLifecycle,
     pub(crate) opened_at: Instant,
     /// 0 while open; once closed, nanoseconds from `opened_at` to the close, plus one.
     closed: AtomicU64,
@@ -86,15 +98,30 @@ impl UpstreamCall {
     }
 }
 
+/// Where the registry keeps a request's scope while the request is in flight: a shard and a
+/// place in it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Place {
+    pub(crate) shard: u32,
+    pub(crate) index: u32,
+}
+
+impl Place {
+    /// Not kept among the requests in flight (an outgoing call's scope, handed straight to the
+    /// sweeper, or a scope of no registry).
+    pub(crate) const NONE: Place = Place {
+        shard: 0,
+        index: u32::MAX,
+    };
+}
+
 /// What a scope records of its request when it opens.
 pub(crate) struct RequestHead {
     pub(crate) request_id: RequestId,
     pub(crate) method: http::Method,
     pub(crate) route: Route,
-    /// The allocator's route slot (0 when memory is not tracked).
-    pub(crate) route_slot: u32,
-    /// The route may stay open past `max_request_age`.
-    pub(crate) streaming: bool,
+    /// The route's index, allocator slot and whether it streams.
+    pub(crate) info: RouteInfo,
     pub(crate) trace: Option<TraceParent>,
     /// For an outgoing call: where it went, and the request that made it.
     pub(crate) upstream: Option<Box<UpstreamCall>>,
@@ -111,14 +138,13 @@ impl Scope {
             request_id,
             method,
             route,
-            route_slot,
-            streaming,
+            info,
             trace,
             upstream,
         } = head;
         let tag = match &memory {
             Some(slot) => slot.tag(),
-            None => Tag::route_only(route_slot),
+            None => Tag::route_only(info.slot),
         };
         Scope {
             memory,
@@ -129,7 +155,10 @@ impl Scope {
             request_id,
             method,
             route,
-            streaming,
+            route_index: info.index,
+            streaming: info.streaming,
+            place: Place::NONE,
+            stuck: AtomicLifecycle::default(),
             opened_at: Instant::now(),
             closed: AtomicU64::new(0),
             owner,
@@ -290,7 +319,8 @@ pub(crate) fn current() -> Option<Arc<Scope>> {
 }
 
 /// Runs `f` with `scope` current, then restores whatever was current before — also when `f`
-/// panics.
+/// panics. (Requests and tasks move their scope in with [`enter_owned`] instead.)
+#[cfg(test)]
 pub(crate) fn enter<R>(scope: &Arc<Scope>, f: impl FnOnce() -> R) -> R {
     let _entered = make_current(scope);
     f()
@@ -300,7 +330,8 @@ pub(crate) fn enter<R>(scope: &Arc<Scope>, f: impl FnOnce() -> R) -> R {
 /// before. `None` while thread-locals are torn down (nothing was changed).
 ///
 /// For callers that enter and leave in two separate calls (the runtime's poll hooks); others
-/// use [`enter`].
+/// use [`enter_owned`].
+#[cfg(any(test, tokio_unstable))]
 pub(crate) fn make_current(scope: &Arc<Scope>) -> Option<Entered> {
     let previous = CURRENT
         .try_with(|cell| cell.replace(Some(scope.clone())))
@@ -355,31 +386,77 @@ impl Drop for Entered {
     }
 }
 
-/// A request's hold on its scope: enters it around polls, and closes it when dropped (response
-/// finished, future dropped or panicked).
+/// Runs `f` with the scope in `slot` current (none: as it is), then restores whatever was
+/// current before — also when `f` panics.
+///
+/// The scope is *moved* into the thread-local and back, not cloned: entering costs no
+/// reference-count traffic. While `f` runs `slot` is `None`.
+pub(crate) fn enter_owned<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -> R) -> R {
+    let Some(tag) = slot.as_ref().map(|scope| scope.tag) else {
+        return f();
+    };
+    let mut moving = slot.take();
+    let Ok(previous) = CURRENT.try_with(|cell| cell.replace(moving.take())) else {
+        // Thread-locals are being torn down: run without a scope.
+        *slot = moving;
+        return f();
+    };
+    let current_tag = previous.as_ref().map_or(Tag::NONE, |s| s.tag);
+    let _restore = Restore {
+        slot,
+        previous,
+        previous_tag: swap_tag_if(tag, current_tag),
+    };
+    f()
+}
+
+/// Puts back, when dropped, what [`enter_owned`] changed: the scope into its slot, and the
+/// scope and allocator tag that were current before.
+struct Restore<'a> {
+    slot: &'a mut Option<Arc<Scope>>,
+    previous: Option<Arc<Scope>>,
+    previous_tag: Option<Tag>,
+}
+
+impl Drop for Restore<'_> {
+    fn drop(&mut self) {
+        if let Some(tag) = self.previous_tag {
+            alloc::swap_tag(tag);
+        }
+        let previous = self.previous.take();
+        // Entering and leaving nest, so what comes back is the scope moved in.
+        if let Ok(mine) = CURRENT.try_with(|cell| cell.replace(previous)) {
+            *self.slot = mine;
+        }
+    }
+}
+
+/// A request's hold on its scope: enters it around polls, and when dropped (response finished,
+/// future dropped or panicked) closes it and gives it back to its registry.
 pub(crate) struct ScopeGuard {
-    scope: Arc<Scope>,
+    /// `None` only while entered (the scope is then the thread's current one).
+    scope: Option<Arc<Scope>>,
 }
 
 impl ScopeGuard {
     pub(crate) fn new(scope: Arc<Scope>) -> Self {
-        ScopeGuard { scope }
+        ScopeGuard { scope: Some(scope) }
     }
 
     /// Runs `f` with the request's scope current.
-    pub(crate) fn enter<R>(&self, f: impl FnOnce() -> R) -> R {
-        enter(&self.scope, f)
+    pub(crate) fn enter<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        enter_owned(&mut self.scope, f)
     }
 
-    /// The scope held.
-    pub(crate) fn scope(&self) -> &Arc<Scope> {
-        &self.scope
+    /// The scope held (`None` while entered).
+    pub(crate) fn scope(&self) -> Option<&Arc<Scope>> {
+        self.scope.as_ref()
     }
 }
 
 /// Runs `f` in the scope `guard` holds, or as it is when there is none (an untracked request).
 #[inline]
-pub(crate) fn enter_guarded<R>(guard: Option<&ScopeGuard>, f: impl FnOnce() -> R) -> R {
+pub(crate) fn enter_guarded<R>(guard: Option<&mut ScopeGuard>, f: impl FnOnce() -> R) -> R {
     match guard {
         Some(guard) => guard.enter(f),
         None => f(),
@@ -388,14 +465,20 @@ pub(crate) fn enter_guarded<R>(guard: Option<&ScopeGuard>, f: impl FnOnce() -> R
 
 impl Drop for ScopeGuard {
     fn drop(&mut self) {
-        self.scope.close();
+        let Some(scope) = self.scope.take() else {
+            return;
+        };
+        scope.close();
+        if let Some(owner) = scope.owner.upgrade() {
+            owner.retire(scope);
+        }
     }
 }
 
 impl std::fmt::Debug for ScopeGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ScopeGuard")
-            .field("scope", &self.scope.id)
+            .field("scope", &self.scope.as_ref().map(|s| s.id))
             .finish()
     }
 }
@@ -438,6 +521,31 @@ mod tests {
     }
 
     #[test]
+    fn entering_an_owned_scope_moves_it_and_puts_it_back() {
+        let outer = scope(7);
+        let mut slot = Some(scope(8));
+        enter(&outer, || {
+            enter_owned(&mut slot, || {
+                assert_eq!(current().unwrap().id, 8);
+                outside(|| assert!(current().is_none()));
+            });
+            assert_eq!(current().unwrap().id, 7);
+        });
+        assert_eq!(slot.as_ref().unwrap().id, 8);
+        assert_eq!(Arc::strong_count(slot.as_ref().unwrap()), 1, "never cloned");
+
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            enter_owned(&mut slot, || panic!("poll panicked"))
+        }));
+        assert!(result.is_err());
+        assert!(current().is_none());
+        assert_eq!(slot.unwrap().id, 8, "put back after a panic");
+
+        let mut empty = None;
+        assert!(enter_owned(&mut empty, || current().is_none()));
+    }
+
+    #[test]
     fn a_scope_whose_owner_is_gone_tracks_nothing() {
         let s = scope(4);
         let token = Arc::new(crate::liveness::TaskToken::default());
@@ -449,8 +557,13 @@ mod tests {
     fn guard_closes_once_on_drop() {
         let s = scope(5);
         assert!(s.is_open());
-        let guard = ScopeGuard::new(s.clone());
+        let mut guard = ScopeGuard::new(s.clone());
         guard.enter(|| assert_eq!(current().unwrap().id, 5));
+        assert_eq!(
+            guard.scope().unwrap().id,
+            5,
+            "the scope is back in its guard"
+        );
         drop(guard);
         let first = s.closed_after().unwrap();
         s.close();

@@ -126,10 +126,7 @@ impl<F: Future> Future for Scoped<F> {
             }
         }
         let inner = this.inner;
-        let poll = match this.scope {
-            Some(scope) => scope::enter(scope, || inner.poll(cx)),
-            None => inner.poll(cx),
-        };
+        let poll = scope::enter_owned(this.scope, || inner.poll(cx));
         if poll.is_ready() {
             // The task has ended, even if whoever holds the future keeps it around.
             *this.token = None;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use crate::liveness::Liveness;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request_id::RequestId;
-use crate::route::Route;
+use crate::route::{Route, RouteInfo};
 use crate::scope::{Owner, RequestHead, Scope};
 
 /// The owner of a scope whose detector is gone.
@@ -23,27 +23,30 @@ impl Owner for Gone {
     ) -> bool {
         unreachable!("a scope whose owner is gone tracks nothing")
     }
+
+    fn retire(&self, _: Arc<Scope>) {
+        unreachable!("a scope whose owner is gone is given back to nothing")
+    }
+}
+
+/// What a `GET /t` request numbered `id` tells its scope.
+pub(crate) fn head(id: u64) -> RequestHead {
+    RequestHead {
+        request_id: RequestId::Generated {
+            prefix: 0,
+            number: id,
+        },
+        method: http::Method::GET,
+        route: Route::Static("/t"),
+        info: RouteInfo::NONE,
+        trace: None,
+        upstream: None,
+    }
 }
 
 /// A fresh scope of a `GET /t` request numbered `id`, of no detector.
 pub(crate) fn fresh_scope(id: u64) -> Scope {
-    Scope::new(
-        id,
-        RequestHead {
-            request_id: RequestId::Generated {
-                prefix: 0,
-                number: id,
-            },
-            method: http::Method::GET,
-            route: Route::Static("/t"),
-            route_slot: 0,
-            streaming: false,
-            trace: None,
-            upstream: None,
-        },
-        Weak::<Gone>::new(),
-        None,
-    )
+    Scope::new(id, head(id), Weak::<Gone>::new(), None)
 }
 
 /// [`fresh_scope`], shared.

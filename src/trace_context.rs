@@ -35,9 +35,10 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// The trace context of a request arriving now: the current `tracing` span's, else the
-/// propagated one from its headers. `None` without the `otel` feature.
+/// propagated one from its headers (looked at only when `traceparent` says there is one).
+/// `None` without the `otel` feature.
 #[cfg(feature = "otel")]
-pub(crate) fn capture(headers: &http::HeaderMap) -> Option<TraceParent> {
+pub(crate) fn capture(headers: &http::HeaderMap, traceparent: bool) -> Option<TraceParent> {
     use opentelemetry::trace::TraceContextExt;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -49,13 +50,19 @@ pub(crate) fn capture(headers: &http::HeaderMap) -> Option<TraceParent> {
             span_id: sc.span_id().to_bytes(),
         })
     };
-    let current = tracing::Span::current();
-    if !current.is_disabled() {
-        if let Some(parent) = valid(&current.context()) {
-            return Some(parent);
+    // No subscriber was ever set, so there is no current span to ask (and asking costs more
+    // than the rest of opening a scope).
+    if tracing::dispatcher::has_been_set() {
+        let current = tracing::Span::current();
+        if !current.is_disabled() {
+            if let Some(parent) = valid(&current.context()) {
+                return Some(parent);
+            }
         }
     }
-    crate::request_id::find(headers, &TRACEPARENT)?;
+    if !traceparent {
+        return None;
+    }
     let cx =
         opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
     valid(&cx)
@@ -63,13 +70,9 @@ pub(crate) fn capture(headers: &http::HeaderMap) -> Option<TraceParent> {
 
 /// Without the `otel` feature no trace context is recorded.
 #[cfg(not(feature = "otel"))]
-pub(crate) fn capture(_headers: &http::HeaderMap) -> Option<TraceParent> {
+pub(crate) fn capture(_headers: &http::HeaderMap, _traceparent: bool) -> Option<TraceParent> {
     None
 }
-
-/// W3C trace context's header, named once (not parsed from a string on every request).
-#[cfg(feature = "otel")]
-const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
 
 #[cfg(feature = "otel")]
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
@@ -101,6 +104,6 @@ mod tests {
 
     #[test]
     fn no_context_without_a_traceparent() {
-        assert!(capture(&http::HeaderMap::new()).is_none());
+        assert!(capture(&http::HeaderMap::new(), false).is_none());
     }
 }

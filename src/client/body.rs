@@ -39,8 +39,8 @@ impl<B: Body> UpstreamBody<B> {
             };
         };
         let (inner, state) = RequestBody::tracked(inner);
-        if let Some(state) = state {
-            guard.scope().track(Liveness::Body(state), None, None);
+        if let (Some(state), Some(scope)) = (state, guard.scope()) {
+            scope.track(Liveness::Body(state), None, None);
         }
         UpstreamBody {
             inner,

@@ -40,7 +40,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let inner = this.inner;
-        let result = ready!(scope::enter_guarded(this.guard.as_ref(), || inner.poll(cx)));
+        let result = ready!(scope::enter_guarded(this.guard.as_mut(), || inner.poll(cx)));
         // On an error the guard is dropped here: the call is over.
         let guard = this.guard.take();
         Poll::Ready(result.map(|response| response.map(|body| UpstreamBody::new(body, guard))))

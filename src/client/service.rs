@@ -51,7 +51,7 @@ where
         let Some(scope) = self.engine.open_call_scope(&request) else {
             return ResponseFuture::new(self.inner.call(request), None);
         };
-        let guard = ScopeGuard::new(scope);
+        let mut guard = ScopeGuard::new(scope);
         let inner = &mut self.inner;
         let future = guard.enter(|| inner.call(request));
         ResponseFuture::new(future, Some(guard))

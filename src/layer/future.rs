@@ -37,7 +37,7 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let inner = this.inner;
-        let result = ready!(scope::enter_guarded(this.guard.as_ref(), || inner.poll(cx)));
+        let result = ready!(scope::enter_guarded(this.guard.as_mut(), || inner.poll(cx)));
         // On error the guard drops here and closes the scope.
         let guard = this.guard.take();
         Poll::Ready(result.map(|response| response.map(|body| ResponseBody::new(body, guard))))

@@ -65,16 +65,19 @@
 //!
 //! A scope closes when the response body reaches its end or is dropped — not when the handler's
 //! future returns, so a streaming response keeps its request open — or when the response future
-//! fails, panics or is dropped (a client that disconnects). Closing is one clock read and one
-//! atomic store; the sweeper does all the reporting.
+//! fails, panics or is dropped (a client that disconnects). Closing is one clock read, one
+//! atomic store and one uncontended lock: a request that left nothing behind is forgotten there
+//! and then (its scope goes back to a pool), and the sweeper does all the reporting on the
+//! others.
 //!
 //! # Cost when disabled
 //!
 //! A request to an [ignored route](crate::LeakDetectorBuilder::ignore_route), or one arriving
 //! while the registry is full, takes a path that allocates nothing and wraps bodies without
 //! tracking them. On a tracked request the layer costs a scope (reused from a pool when one is
-//! free, else one small allocation), a push onto a short queue, and for a request body that is
-//! not empty one more small allocation and registry insert.
+//! free, else one small allocation) kept in its thread's shard of the registry while the
+//! request is in flight, and for a request body that is not empty one more small allocation and
+//! registry insert.
 
 mod body;
 mod future;

@@ -69,7 +69,7 @@ where
             scope.track(Liveness::Body(state), None, None);
         }
         let request = Request::from_parts(parts, body);
-        let guard = ScopeGuard::new(scope);
+        let mut guard = ScopeGuard::new(scope);
         let inner = &mut self.inner;
         let future = guard.enter(|| inner.call(request));
         ResponseFuture::new(future, Some(guard))
