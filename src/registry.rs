@@ -410,20 +410,29 @@ impl Owner for Registry {
     fn retire(&self, scope: Arc<Scope>) {
         let Place { shard, index } = scope.place;
         if index == Place::NONE.index {
-            return; // an outgoing call's scope: the sweeper has it
+            // An outgoing call's scope: the sweeper has it.
+            scope.close();
+            return;
         }
         let mut shard = lock(&self.shards[shard as usize]);
         let Some(held) = shard.live.get_mut(index as usize).and_then(Option::take) else {
+            scope.close();
             return;
         };
         shard.vacant.push(index);
-        if scope.memory.is_some() || scope.stuck.load().reported().is_some() {
-            // Memory to judge, or a `StuckRequest` to release: the sweeper's.
-            shard.handed.push(held);
+        drop(held);
+        // Memory to judge, or a `StuckRequest` to release: the sweeper's.
+        let judged_later = scope.memory.is_some() || scope.stuck.load().reported().is_some();
+        // When nothing else holds the scope (no task, body, watched object or outgoing call of
+        // the request), nothing can ever read when it closed: the clock is not read for it.
+        if judged_later || !is_unused(&scope) {
+            scope.close();
+        }
+        if judged_later {
+            shard.handed.push(scope);
             return;
         }
         count_finished(&mut shard.finished, scope.route_index);
-        drop(held);
         self.len.fetch_sub(1, Ordering::Relaxed);
         // Whatever the request left behind holds its scope and judges itself.
         if is_unused(&scope) && shard.pool.len() < POOLED_PER_SHARD {
@@ -458,7 +467,6 @@ mod tests {
 
     /// What a request's `ScopeGuard` does when the request ends.
     fn end(registry: &Registry, scope: Arc<Scope>) {
-        scope.close();
         registry.retire(scope);
     }
 
@@ -473,9 +481,11 @@ mod tests {
         assert!(registry.open(request(&registry, 2, 0)).is_none());
         assert_eq!((registry.len(), registry.skipped()), (3, 2));
 
-        // A request that ends gives its room back at once; its task keeps its own.
-        end(&registry, s);
+        // A request that ends gives its room back at once; its task keeps its own, and is
+        // judged from when the request closed.
+        end(&registry, s.clone());
         assert_eq!(registry.len(), 2);
+        assert!(s.closed_at().is_some());
         drop(token);
         registry.sweep_objects(|_, object| object.liveness.is_alive());
         assert_eq!(registry.len(), 0);

@@ -39,8 +39,8 @@ pub(crate) trait Owner: Send + Sync {
         type_name: Option<&'static str>,
     ) -> bool;
 
-    /// Takes back the scope of a request that has just closed: forgets it at once when nothing
-    /// about it is left to judge, else hands it to the sweeper.
+    /// Takes back the scope of a request that has just ended and closes it: forgets it at once
+    /// when nothing about it is left to judge, else hands it to the sweeper.
     fn retire(&self, scope: Arc<Scope>);
 }
 
@@ -468,9 +468,9 @@ impl Drop for ScopeGuard {
         let Some(scope) = self.scope.take() else {
             return;
         };
-        scope.close();
-        if let Some(owner) = scope.owner.upgrade() {
-            owner.retire(scope);
+        match scope.owner.upgrade() {
+            Some(owner) => owner.retire(scope),
+            None => scope.close(),
         }
     }
 }

@@ -65,10 +65,9 @@
 //!
 //! A scope closes when the response body reaches its end or is dropped — not when the handler's
 //! future returns, so a streaming response keeps its request open — or when the response future
-//! fails, panics or is dropped (a client that disconnects). Closing is one clock read, one
-//! atomic store and one uncontended lock: a request that left nothing behind is forgotten there
-//! and then (its scope goes back to a pool), and the sweeper does all the reporting on the
-//! others.
+//! fails, panics or is dropped (a client that disconnects). Closing takes one uncontended lock:
+//! a request that left nothing behind is forgotten there and then (its scope goes back to a
+//! pool, and the clock is not even read), and the sweeper does all the reporting on the others.
 //!
 //! # Cost when disabled
 //!
