@@ -22,7 +22,7 @@ use crate::registry::{Registry, TrackedObject};
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request_id::{self, RequestId};
 use crate::route::{self, Interner, RouteInfo, RoutePolicy};
-use crate::scope::{self, Owner, RequestHead, Scope, UpstreamCall};
+use crate::scope::{self, RequestHead, Scope, UpstreamCall};
 use crate::sink::ReportSink;
 use crate::stats::{KindCounts, Stats};
 use crate::sweeper::Sweeper;
@@ -100,7 +100,7 @@ impl Engine {
     pub(crate) fn start(config: Config, sinks: Vec<Box<dyn ReportSink>>) -> Arc<Engine> {
         clock::wall(Instant::now()); // fixes the wall-clock epoch before any request
         let memory_tracked = alloc::is_installed();
-        let registry = Arc::new(Registry::new(config.registry_capacity));
+        let registry = Registry::new(config.registry_capacity);
         let policy = RoutePolicy {
             ignored: config.ignored_routes.clone(),
             streaming: config.streaming_routes.clone(),
@@ -156,8 +156,7 @@ impl Engine {
                 trace: trace_context::capture(request.headers(), found.traceparent),
                 upstream: None,
             };
-            let owner: Weak<dyn Owner> = Arc::downgrade(&self.registry) as Weak<Registry>;
-            self.registry.open(Scope::new(id, head, owner, memory))
+            self.registry.open(id, head, memory)
         })
     }
 
@@ -211,8 +210,7 @@ impl Engine {
                     parent,
                 })),
             };
-            let owner: Weak<dyn Owner> = Arc::downgrade(&self.registry) as Weak<Registry>;
-            self.registry.open_call(Scope::new(id, head, owner, None))
+            self.registry.open_call(id, head)
         })
     }
 

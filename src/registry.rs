@@ -13,15 +13,16 @@
 use std::cell::Cell;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
 use dashmap::DashMap;
 
+use crate::alloc::SlotGuard;
 use crate::lifecycle::Lifecycle;
 use crate::liveness::Liveness;
 use crate::route::RouteInfo;
-use crate::scope::{Owner, Place, Scope};
+use crate::scope::{Owner, Place, RequestHead, Scope};
 use crate::sync::lock;
 
 /// An object a request left behind: a task, a request body or a watched object.
@@ -113,19 +114,25 @@ impl Shard {
         }
     }
 
-    /// `fresh`, in a pooled allocation when one is free (overwritten in place: no allocation
-    /// on the request's thread, and none freed in bulk on the sweeper's).
-    fn place(&mut self, fresh: Scope) -> Arc<Scope> {
-        match self.pool.pop() {
-            Some(mut reused) => match Arc::get_mut(&mut reused) {
-                Some(place) => {
-                    *place = fresh;
-                    reused
-                }
-                None => Arc::new(fresh),
-            },
-            None => Arc::new(fresh),
+    /// The scope of a new request: a pooled one renewed in place when one is free (no
+    /// allocation on the request's thread, and none freed in bulk on the sweeper's), else a new
+    /// one.
+    fn scope(
+        &mut self,
+        id: u64,
+        head: RequestHead,
+        memory: Option<SlotGuard>,
+        place: Place,
+        owner: &Weak<Registry>,
+    ) -> Arc<Scope> {
+        if let Some(mut pooled) = self.pool.pop() {
+            if let Some(scope) = Arc::get_mut(&mut pooled) {
+                scope.renew(id, head, memory, place);
+                return pooled;
+            }
         }
+        let owner: Weak<dyn Owner> = owner.clone();
+        Arc::new(Scope::new(id, head, owner, memory, place))
     }
 
     fn vacant_index(&mut self) -> u32 {
@@ -164,6 +171,8 @@ struct Taken {
 /// request) and outgoing calls go to the sweeper, which takes them over into its own list: it
 /// never holds a lock a request needs while it judges them.
 pub(crate) struct Registry {
+    /// The registry itself, for the scopes it makes to point back at.
+    me: Weak<Registry>,
     shards: [Mutex<Shard>; SHARDS],
     /// Scopes taken over by the sweeper; only the sweeper changes it.
     taken: Mutex<Taken>,
@@ -175,8 +184,9 @@ pub(crate) struct Registry {
 }
 
 impl Registry {
-    pub(crate) fn new(capacity: usize) -> Self {
-        Registry {
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        Arc::new_cyclic(|me| Registry {
+            me: me.clone(),
             shards: [const { Mutex::new(Shard::new()) }; SHARDS],
             taken: Mutex::new(Taken::default()),
             objects: IdMap::default(),
@@ -184,7 +194,7 @@ impl Registry {
             capacity,
             skipped: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
-        }
+        })
     }
 
     /// A fresh id for a scope, an object or a standing alert: one sequence, so report ids never
@@ -204,32 +214,38 @@ impl Registry {
         }
     }
 
-    /// Tracks the scope of a request now in flight and returns it, or `None` when the registry
-    /// is full. The request gives it back with [`retire`](Owner::retire) when it ends.
-    pub(crate) fn open(&self, mut fresh: Scope) -> Option<Arc<Scope>> {
+    /// Tracks the scope of a request now in flight, numbered `id`, and returns it, or `None`
+    /// when the registry is full. The request gives it back with [`retire`](Owner::retire)
+    /// when it ends.
+    pub(crate) fn open(
+        &self,
+        id: u64,
+        head: RequestHead,
+        memory: Option<SlotGuard>,
+    ) -> Option<Arc<Scope>> {
         if !self.reserve() {
             return None;
         }
         let number = this_threads_shard();
         let mut shard = lock(&self.shards[number]);
         let index = shard.vacant_index();
-        fresh.place = Place {
+        let place = Place {
             shard: number as u32,
             index,
         };
-        let scope = shard.place(fresh);
+        let scope = shard.scope(id, head, memory, place, &self.me);
         shard.live[index as usize] = Some(scope.clone());
         Some(scope)
     }
 
     /// Tracks the scope of an outgoing call, handed to the sweeper at once (it closes with the
     /// request that made it), or returns `None` when the registry is full.
-    pub(crate) fn open_call(&self, fresh: Scope) -> Option<Arc<Scope>> {
+    pub(crate) fn open_call(&self, id: u64, head: RequestHead) -> Option<Arc<Scope>> {
         if !self.reserve() {
             return None;
         }
         let mut shard = lock(&self.shards[this_threads_shard()]);
-        let scope = shard.place(fresh);
+        let scope = shard.scope(id, head, None, Place::NONE, &self.me);
         shard.handed.push(scope.clone());
         Some(scope)
     }
@@ -451,18 +467,16 @@ mod tests {
     use super::*;
     use crate::liveness::TaskToken;
     use crate::test_helpers::scope;
-    use std::sync::Weak;
 
     fn task(registry: &Registry, scope: &Arc<Scope>, token: &Arc<TaskToken>) -> bool {
         registry.insert_object(scope, Liveness::Task(Arc::downgrade(token)), None, None)
     }
 
-    /// A scope of this registry, for a request to route number `index`.
-    fn request(registry: &Arc<Registry>, id: u64, index: u32) -> Scope {
+    /// What a request to route number `index` tells its scope.
+    fn request(id: u64, index: u32) -> RequestHead {
         let mut head = crate::test_helpers::head(id);
         head.info.index = index;
-        let owner: Weak<dyn Owner> = Arc::downgrade(registry) as Weak<Registry>;
-        Scope::new(id, head, owner, None)
+        head
     }
 
     /// What a request's `ScopeGuard` does when the request ends.
@@ -472,13 +486,13 @@ mod tests {
 
     #[test]
     fn capacity_bounds_scopes_and_objects_together() {
-        let registry = Arc::new(Registry::new(3));
-        let s = registry.open(request(&registry, 1, 0)).unwrap();
+        let registry = Registry::new(3);
+        let s = registry.open(1, request(1, 0), None).unwrap();
         let token = Arc::new(TaskToken::default());
         assert!(task(&registry, &s, &token));
         assert!(task(&registry, &s, &token));
         assert!(!task(&registry, &s, &token));
-        assert!(registry.open(request(&registry, 2, 0)).is_none());
+        assert!(registry.open(2, request(2, 0), None).is_none());
         assert_eq!((registry.len(), registry.skipped()), (3, 2));
 
         // A request that ends gives its room back at once; its task keeps its own, and is
@@ -489,13 +503,13 @@ mod tests {
         drop(token);
         registry.sweep_objects(|_, object| object.liveness.is_alive());
         assert_eq!(registry.len(), 0);
-        assert!(registry.open(request(&registry, 3, 0)).is_some());
+        assert!(registry.open(3, request(3, 0), None).is_some());
     }
 
     #[test]
     fn a_clean_request_is_forgotten_when_it_ends_and_its_scope_reused() {
-        let registry = Arc::new(Registry::new(8));
-        let first = registry.open(request(&registry, 1, 4)).unwrap();
+        let registry = Registry::new(8);
+        let first = registry.open(1, request(1, 4), None).unwrap();
         let address = Arc::as_ptr(&first);
         assert_eq!((registry.len(), registry.open_scopes()), (1, 1));
         end(&registry, first);
@@ -510,7 +524,7 @@ mod tests {
             .is_empty());
         assert_eq!(judged, 0, "the sweeper never sees it");
         // The next request on this thread reuses the scope's allocation and its place.
-        let second = registry.open(request(&registry, 2, 4)).unwrap();
+        let second = registry.open(2, request(2, 4), None).unwrap();
         assert_eq!(Arc::as_ptr(&second), address);
         assert_eq!((second.id, second.place.index), (2, 0));
         assert!(second.stuck.load().reported().is_none());
@@ -518,9 +532,9 @@ mod tests {
 
     #[test]
     fn a_request_reported_stuck_is_handed_to_the_sweeper() {
-        let registry = Arc::new(Registry::new(8));
-        let stuck = registry.open(request(&registry, 1, 0)).unwrap();
-        let fine = registry.open(request(&registry, 2, 0)).unwrap();
+        let registry = Registry::new(8);
+        let stuck = registry.open(1, request(1, 0), None).unwrap();
+        let fine = registry.open(2, request(2, 0), None).unwrap();
         let mut seen = Vec::new();
         let released = registry.sweep_scopes(|scope, lifecycle| {
             seen.push(scope.id);
@@ -557,9 +571,9 @@ mod tests {
 
     #[test]
     fn calls_go_to_the_sweeper_when_they_open() {
-        let registry = Arc::new(Registry::new(8));
+        let registry = Registry::new(8);
         let call = registry
-            .open_call(request(&registry, 1, RouteInfo::NO_INDEX))
+            .open_call(1, request(1, RouteInfo::NO_INDEX))
             .unwrap();
         assert_eq!(
             registry.open_scopes(),

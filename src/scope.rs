@@ -128,12 +128,48 @@ pub(crate) struct RequestHead {
 }
 
 impl Scope {
+    /// The scope of a new request, tracked in `owner` and kept at `place` while in flight.
     pub(crate) fn new(
         id: u64,
         head: RequestHead,
         owner: Weak<dyn Owner>,
         memory: Option<SlotGuard>,
+        place: Place,
     ) -> Self {
+        let mut scope = Scope {
+            id: 0,
+            request_id: RequestId::Generated {
+                prefix: 0,
+                number: 0,
+            },
+            method: http::Method::GET,
+            route: Route::Static(""),
+            route_index: RouteInfo::NO_INDEX,
+            streaming: false,
+            place: Place::NONE,
+            stuck: AtomicLifecycle::default(),
+            opened_at: Instant::now(),
+            closed: AtomicU64::new(0),
+            owner,
+            memory: None,
+            tag: Tag::NONE,
+            objects: AtomicBool::new(false),
+            trace: None,
+            upstream: None,
+        };
+        scope.renew(id, head, memory, place);
+        scope
+    }
+
+    /// Makes this scope, finished and held by nothing else, the scope of a new request of the
+    /// same owner: field by field, in place (its owner stays).
+    pub(crate) fn renew(
+        &mut self,
+        id: u64,
+        head: RequestHead,
+        memory: Option<SlotGuard>,
+        place: Place,
+    ) {
         let RequestHead {
             request_id,
             method,
@@ -142,28 +178,24 @@ impl Scope {
             trace,
             upstream,
         } = head;
-        let tag = match &memory {
+        self.tag = match &memory {
             Some(slot) => slot.tag(),
             None => Tag::route_only(info.slot),
         };
-        Scope {
-            memory,
-            tag,
-            objects: AtomicBool::new(false),
-            trace,
-            id,
-            request_id,
-            method,
-            route,
-            route_index: info.index,
-            streaming: info.streaming,
-            place: Place::NONE,
-            stuck: AtomicLifecycle::default(),
-            opened_at: Instant::now(),
-            closed: AtomicU64::new(0),
-            owner,
-            upstream,
-        }
+        self.memory = memory;
+        self.id = id;
+        self.request_id = request_id;
+        self.method = method;
+        self.route = route;
+        self.route_index = info.index;
+        self.streaming = info.streaming;
+        self.place = place;
+        self.stuck = AtomicLifecycle::default();
+        self.opened_at = Instant::now();
+        *self.closed.get_mut() = 0;
+        *self.objects.get_mut() = false;
+        self.trace = trace;
+        self.upstream = upstream;
     }
 
     /// Marks the scope closed. One clock read and one atomic operation: safe on drop paths.

@@ -8,7 +8,7 @@ use crate::liveness::Liveness;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request_id::RequestId;
 use crate::route::{Route, RouteInfo};
-use crate::scope::{Owner, RequestHead, Scope};
+use crate::scope::{Owner, Place, RequestHead, Scope};
 
 /// The owner of a scope whose detector is gone.
 struct Gone;
@@ -46,7 +46,7 @@ pub(crate) fn head(id: u64) -> RequestHead {
 
 /// A fresh scope of a `GET /t` request numbered `id`, of no detector.
 pub(crate) fn fresh_scope(id: u64) -> Scope {
-    Scope::new(id, head(id), Weak::<Gone>::new(), None)
+    Scope::new(id, head(id), Weak::<Gone>::new(), None, Place::NONE)
 }
 
 /// [`fresh_scope`], shared.
