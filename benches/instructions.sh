@@ -88,6 +88,7 @@ for route in $ROUTES; do
 baseline load_baseline LEAKWATCH_LAYER=off
 baseline+thread load_baseline LOAD_IDLE_THREAD=1
 identity load_baseline LEAKWATCH_LAYER=identity
+ignored load_baseline LEAKWATCH_LAYER=ignored
 layer load_baseline LEAKWATCH_LAYER=on
 allocator load_leakwatch LEAKWATCH_LAYER=off
 leakwatch load_leakwatch LEAKWATCH_SITES=off

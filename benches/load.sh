@@ -6,6 +6,7 @@
 #                      sweeper, or any multi-threaded runtime)
 #   identity           tower's identity layer under Router::layer: what any middleware costs
 #                      in axum before it does anything (axum boxes and clones per request)
+#   ignored            LeakLayer with every route ignored: bodies wrapped, no scope
 #   layer              LeakLayer alone (system allocator: memory not tracked)
 #   allocator          TrackingAllocator alone (no layer: every block outside a request)
 #   leakwatch          TrackingAllocator + LeakLayer (exact per-request attribution)
@@ -52,6 +53,7 @@ for round in $(seq "$ROUNDS"); do
     run baseline load_baseline "LEAKWATCH_LAYER=off" "$route"
     run baseline+thread load_baseline "LOAD_IDLE_THREAD=1" "$route"
     run identity load_baseline "LEAKWATCH_LAYER=identity" "$route"
+    run ignored load_baseline "LEAKWATCH_LAYER=ignored" "$route"
     run layer load_baseline "LEAKWATCH_LAYER=on" "$route"
     run allocator load_leakwatch "LEAKWATCH_LAYER=off" "$route"
     run leakwatch load_leakwatch "LEAKWATCH_SITES=off" "$route"

@@ -1,6 +1,7 @@
 //! Load-benchmark server without the tracking allocator: the system allocator, and no layer —
 //! or, with `LEAKWATCH_LAYER=on`, the layer alone (memory not tracked), or with
-//! `LEAKWATCH_LAYER=identity` a layer that does nothing (what `Router::layer` itself costs).
+//! `LEAKWATCH_LAYER=identity` a layer that does nothing (what `Router::layer` itself costs), or
+//! with `LEAKWATCH_LAYER=ignored` the layer with every route ignored (bodies wrapped, no scope).
 //! See `benches/load.sh`.
 //!
 //! With `LOAD_BUSY_NS=<ns>` (and no leakwatch) every request first busy-waits that long in a
@@ -15,6 +16,15 @@ use std::time::{Duration, Instant};
 fn main() {
     if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("on") {
         let detector = leakwatch::LeakDetector::builder()
+            .build()
+            .expect("valid configuration");
+        common::serve(common::routes().layer(detector.layer()));
+    } else if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("ignored") {
+        // The layer with both routes ignored: bodies wrapped, no scope — the floor of a layer
+        // that watches bodies.
+        let detector = leakwatch::LeakDetector::builder()
+            .ignore_route("/hello")
+            .ignore_route("/alloc")
             .build()
             .expect("valid configuration");
         common::serve(common::routes().layer(detector.layer()));
