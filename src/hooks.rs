@@ -69,7 +69,7 @@ thread_local! {
     /// Set while [`crate::spawn`] spawns: that task is tracked by its own wrapper.
     static SPAWNING_TRACKED: Cell<bool> = const { Cell::new(false) };
     /// The tracked task being polled on this thread, and what to restore after its poll.
-    static POLLING: Cell<Option<(Id, Entered)>> = const { Cell::new(None) };
+    static POLLING: Cell<Option<(Id, Entered<'static>)>> = const { Cell::new(None) };
 }
 
 /// Runs `spawn` telling the spawn hook that the task it spawns is already tracked.

@@ -479,11 +479,6 @@ mod tests {
         head
     }
 
-    /// What a request's `ScopeGuard` does when the request ends.
-    fn end(registry: &Registry, scope: Arc<Scope>) {
-        registry.retire(scope);
-    }
-
     #[test]
     fn capacity_bounds_scopes_and_objects_together() {
         let registry = Registry::new(3);
@@ -497,7 +492,7 @@ mod tests {
 
         // A request that ends gives its room back at once; its task keeps its own, and is
         // judged from when the request closed.
-        end(&registry, s.clone());
+        registry.retire(s.clone());
         assert_eq!(registry.len(), 2);
         assert!(s.closed_at().is_some());
         drop(token);
@@ -512,7 +507,7 @@ mod tests {
         let first = registry.open(1, request(1, 4), None).unwrap();
         let address = Arc::as_ptr(&first);
         assert_eq!((registry.len(), registry.open_scopes()), (1, 1));
-        end(&registry, first);
+        registry.retire(first);
         assert_eq!((registry.len(), registry.open_scopes()), (0, 0));
         assert_eq!(registry.finished_requests(), [0, 0, 0, 0, 1]);
         let mut judged = 0;
@@ -554,8 +549,8 @@ mod tests {
         });
         assert_eq!(active, [1]);
 
-        end(&registry, fine);
-        end(&registry, stuck);
+        registry.retire(fine);
+        registry.retire(stuck);
         assert_eq!(registry.len(), 1, "the stuck one waits for its release");
         assert_eq!(registry.open_scopes(), 0);
         let mut gone = Vec::new();
@@ -586,7 +581,7 @@ mod tests {
             true
         });
         assert_eq!(seen, [1]);
-        end(&registry, call);
+        registry.retire(call);
         assert_eq!(registry.len(), 1, "the sweeper lets it go");
         assert_eq!(registry.sweep_scopes(|s, _| s.is_open()).len(), 1);
         assert!(registry.finished_requests().iter().all(|&n| n == 0));

@@ -104,6 +104,19 @@ pub(crate) struct RoutePolicy {
     pub(crate) streaming: Vec<Box<str>>,
 }
 
+impl RoutePolicy {
+    /// What is known of `template`, numbered `index`, with allocator slot `slot`.
+    fn info(&self, template: &str, index: u32, slot: u32) -> RouteInfo {
+        let listed = |list: &[Box<str>]| list.iter().any(|r| &**r == template);
+        RouteInfo {
+            index,
+            slot,
+            ignored: listed(&self.ignored),
+            streaming: listed(&self.streaming),
+        }
+    }
+}
+
 /// Interns route templates so that a request costs a lookup, not an allocation, and numbers
 /// them: each route gets an index, its allocator slot when memory is tracked, and the
 /// configuration's verdict on it.
@@ -153,20 +166,18 @@ thread_local! {
 impl Interner {
     /// An interner; with `memory`, each new route also gets an allocator route slot.
     pub(crate) fn new(memory: bool, policy: RoutePolicy) -> Self {
-        let mut interner = Interner {
+        // `OVERFLOW` is index 0, without a memory slot.
+        let overflow = (Route::Static(OVERFLOW), policy.info(OVERFLOW, 0, 0));
+        Interner {
             routes: DashMap::new(),
-            by_index: Mutex::new(Vec::new()),
+            by_index: Mutex::new(vec![Arc::from(OVERFLOW)]),
             names: DashMap::new(),
             memory,
             policy,
-            overflow: (Route::Static(OVERFLOW), RouteInfo::NONE),
+            overflow,
             #[cfg(feature = "axum")]
             id: NEXT_INTERNER.fetch_add(1, Ordering::Relaxed),
-        };
-        let index = interner.push_name(Arc::from(OVERFLOW));
-        let info = interner.info(OVERFLOW, index, 0);
-        interner.overflow = (Route::Static(OVERFLOW), info);
-        interner
+        }
     }
 
     #[cfg(feature = "axum")]
@@ -227,7 +238,7 @@ impl Interner {
                 0
             };
             let index = self.push_name(shared);
-            self.info(template, index, slot)
+            self.policy.info(template, index, slot)
         });
         let (shared, info) = (entry.key().clone(), *entry.value());
         drop(entry);
@@ -243,16 +254,6 @@ impl Interner {
         let mut names = lock(&self.by_index);
         names.push(name);
         (names.len() - 1) as u32
-    }
-
-    fn info(&self, template: &str, index: u32, slot: u32) -> RouteInfo {
-        let listed = |list: &[Box<str>]| list.iter().any(|r| &**r == template);
-        RouteInfo {
-            index,
-            slot,
-            ignored: listed(&self.policy.ignored),
-            streaming: listed(&self.policy.streaming),
-        }
     }
 
     /// The template numbered `index`.

@@ -350,21 +350,13 @@ pub(crate) fn current() -> Option<Arc<Scope>> {
         .flatten()
 }
 
-/// Runs `f` with `scope` current, then restores whatever was current before — also when `f`
-/// panics. (Requests and tasks move their scope in with [`enter_owned`] instead.)
-#[cfg(test)]
-pub(crate) fn enter<R>(scope: &Arc<Scope>, f: impl FnOnce() -> R) -> R {
-    let _entered = make_current(scope);
-    f()
-}
-
 /// Makes `scope` current until the returned guard is dropped, which restores what was current
 /// before. `None` while thread-locals are torn down (nothing was changed).
 ///
 /// For callers that enter and leave in two separate calls (the runtime's poll hooks); others
 /// use [`enter_owned`].
-#[cfg(any(test, tokio_unstable))]
-pub(crate) fn make_current(scope: &Arc<Scope>) -> Option<Entered> {
+#[cfg(tokio_unstable)]
+pub(crate) fn make_current(scope: &Arc<Scope>) -> Option<Entered<'static>> {
     let previous = CURRENT
         .try_with(|cell| cell.replace(Some(scope.clone())))
         .ok()?;
@@ -373,6 +365,7 @@ pub(crate) fn make_current(scope: &Arc<Scope>) -> Option<Entered> {
     Some(Entered {
         previous,
         previous_tag: swap_tag_if(scope.tag, current_tag),
+        back: None,
     })
 }
 
@@ -395,26 +388,33 @@ pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
     let _restore = Entered {
         previous,
         previous_tag,
+        back: None,
     };
     f()
 }
 
 /// Puts back, when dropped, the scope and allocator tag that were current before
-/// [`make_current`] or [`outside`].
+/// [`make_current`], [`outside`] or [`enter_owned`].
 #[must_use = "the scope is left as soon as this is dropped"]
-pub(crate) struct Entered {
+pub(crate) struct Entered<'a> {
     previous: Option<Arc<Scope>>,
     previous_tag: Option<Tag>,
+    /// Where the scope made current goes back to ([`enter_owned`]'s slot); without one it is
+    /// dropped (a clone) or there is none ([`outside`]).
+    back: Option<&'a mut Option<Arc<Scope>>>,
 }
 
-impl Drop for Entered {
+impl Drop for Entered<'_> {
     fn drop(&mut self) {
         if let Some(tag) = self.previous_tag {
             alloc::swap_tag(tag);
         }
         let previous = self.previous.take();
-        // What comes back is the scope `enter` made current (dropped here) or nothing.
-        let _ = CURRENT.try_with(|cell| cell.replace(previous));
+        // Entering and leaving nest, so what comes back is the scope made current here.
+        let mine = CURRENT.try_with(|cell| cell.replace(previous));
+        if let (Ok(mine), Some(back)) = (mine, self.back.take()) {
+            *back = mine;
+        }
     }
 }
 
@@ -434,33 +434,12 @@ pub(crate) fn enter_owned<R>(slot: &mut Option<Arc<Scope>>, f: impl FnOnce() -> 
         return f();
     };
     let current_tag = previous.as_ref().map_or(Tag::NONE, |s| s.tag);
-    let _restore = Restore {
-        slot,
+    let _restore = Entered {
         previous,
         previous_tag: swap_tag_if(tag, current_tag),
+        back: Some(slot),
     };
     f()
-}
-
-/// Puts back, when dropped, what [`enter_owned`] changed: the scope into its slot, and the
-/// scope and allocator tag that were current before.
-struct Restore<'a> {
-    slot: &'a mut Option<Arc<Scope>>,
-    previous: Option<Arc<Scope>>,
-    previous_tag: Option<Tag>,
-}
-
-impl Drop for Restore<'_> {
-    fn drop(&mut self) {
-        if let Some(tag) = self.previous_tag {
-            alloc::swap_tag(tag);
-        }
-        let previous = self.previous.take();
-        // Entering and leaving nest, so what comes back is the scope moved in.
-        if let Ok(mine) = CURRENT.try_with(|cell| cell.replace(previous)) {
-            *self.slot = mine;
-        }
-    }
 }
 
 /// A request's hold on its scope: enters it around polls, and when dropped (response finished,
@@ -525,9 +504,11 @@ mod tests {
         assert!(current().is_none());
         let outer = scope(1);
         let inner = scope(2);
-        enter(&outer, || {
+        enter_owned(&mut Some(outer.clone()), || {
             assert_eq!(current().unwrap().id, 1);
-            enter(&inner, || assert_eq!(current().unwrap().id, 2));
+            enter_owned(&mut Some(inner.clone()), || {
+                assert_eq!(current().unwrap().id, 2)
+            });
             assert_eq!(current().unwrap().id, 1);
             outside(|| assert!(current().is_none()));
             assert_eq!(current().unwrap().id, 1);
@@ -545,7 +526,7 @@ mod tests {
     fn enter_restores_after_a_panic() {
         let s = scope(3);
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            enter(&s, || panic!("handler panicked"))
+            enter_owned(&mut Some(s.clone()), || panic!("handler panicked"))
         }));
         assert!(result.is_err());
         assert!(current().is_none());
@@ -556,7 +537,7 @@ mod tests {
     fn entering_an_owned_scope_moves_it_and_puts_it_back() {
         let outer = scope(7);
         let mut slot = Some(scope(8));
-        enter(&outer, || {
+        enter_owned(&mut Some(outer.clone()), || {
             enter_owned(&mut slot, || {
                 assert_eq!(current().unwrap().id, 8);
                 outside(|| assert!(current().is_none()));
