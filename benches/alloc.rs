@@ -17,7 +17,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
-use leakwatch::{layer::RequestBody, LeakDetector, TrackingAllocator};
+use leakwatch::{server::RequestBody, LeakDetector, TrackingAllocator};
 use tower::{ServiceBuilder, ServiceExt};
 
 #[global_allocator]

@@ -63,7 +63,7 @@ fn layer_overhead(c: &mut Criterion) {
     let layered = ServiceBuilder::new()
         .layer(detector.layer())
         .service(service_fn(
-            hello::<leakwatch::layer::RequestBody<Full<Bytes>>>,
+            hello::<leakwatch::server::RequestBody<Full<Bytes>>>,
         ));
     group.bench_function("with layer", |b| {
         b.to_async(&rt)

@@ -7,8 +7,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::route::{RouteFn, UNMATCHED};
-use crate::sink::ReportSink;
+use crate::report::ReportSink;
+use crate::request::route::{RouteFn, UNMATCHED};
 
 /// The validated settings a detector runs with.
 pub(crate) struct Config {
@@ -311,10 +311,14 @@ impl LeakDetectorBuilder {
         self
     }
 
-    /// Checks every setting; returns the validated configuration and the sinks.
-    pub(crate) fn into_parts(self) -> Result<(Config, Vec<Box<dyn ReportSink>>), ConfigError> {
+    /// Checks every setting; returns the validated configuration and the sinks, `None` when
+    /// none was added (the default sinks are then used).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn into_parts(
+        self,
+    ) -> Result<(Config, Option<Vec<Box<dyn ReportSink>>>), ConfigError> {
         self.validate()?;
-        let sinks = self.sinks.unwrap_or_else(crate::sink::default_sinks);
+        let sinks = self.sinks;
         let config = Config {
             grace: self.grace,
             sweep_interval: self.sweep_interval,

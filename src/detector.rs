@@ -1,15 +1,21 @@
-//! [`LeakDetector`]: the handle users hold, and the builder's [`build`](LeakDetectorBuilder::build).
+//! [`LeakDetector`]: the handle users hold. Every method users call on it is here: building
+//! ([`LeakDetectorBuilder::build`]), the layers, the read side (leaks, stats, snapshot, metrics)
+//! and the test assertion; each hands over to the stage that does the work.
 
 use std::fmt;
 use std::sync::Arc;
 
+use std::time::{Duration, Instant};
+
+use crate::client::ClientLeakLayer;
 use crate::config::{ConfigError, LeakDetectorBuilder};
+use crate::engine::stats::Stats;
 use crate::engine::{self, Engine};
-use crate::report::LeakReport;
+use crate::report::{render_list, LeakReport};
+use crate::server::LeakLayer;
 #[cfg(feature = "serde")]
 use crate::snapshot::SnapshotService;
 use crate::snapshot::{self, Snapshot};
-use crate::stats::Stats;
 
 /// Finds what requests leave behind. Cheap to clone: every clone shares one state.
 ///
@@ -30,7 +36,7 @@ use crate::stats::Stats;
 ///     .unwrap();
 /// let service = ServiceBuilder::new()
 ///     .layer(detector.layer())
-///     .service_fn(|_req: http::Request<leakwatch::layer::RequestBody<String>>| async {
+///     .service_fn(|_req: http::Request<leakwatch::server::RequestBody<String>>| async {
 ///         // A task that outlives the request.
 ///         leakwatch::spawn(std::future::pending::<()>());
 ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::from("ok")))
@@ -67,6 +73,19 @@ impl LeakDetector {
     /// Starts configuring a detector.
     pub fn builder() -> LeakDetectorBuilder {
         LeakDetectorBuilder::default()
+    }
+
+    /// A layer that opens a scope for every request passing through it.
+    ///
+    /// See the [`server` module docs](crate::server) for how it is used with axum and hyper.
+    pub fn layer(&self) -> LeakLayer {
+        LeakLayer::new(self.engine.clone())
+    }
+
+    /// A layer for an outgoing HTTP client: reports upstream response bodies kept past the
+    /// server request that made the call, or dropped unread. See [`crate::client`].
+    pub fn client_layer(&self) -> ClientLeakLayer {
+        ClientLeakLayer::new(self.engine.clone())
     }
 
     /// Runs one sweep now, on this thread, and returns the reports whose state changed in it
@@ -129,6 +148,94 @@ cfg_feature! {
     }
 }
 
+cfg_feature! {
+    "otel",
+    impl LeakDetector {
+    /// Registers observable instruments on `meter`, read at each collection:
+    ///
+    /// | name | unit | what |
+    /// |---|---|---|
+    /// | `leakwatch.leaks.active` | `{leak}` | active reports, by `leak.kind` |
+    /// | `leakwatch.heap.live` | `By` | the process's live heap (only with the `TrackingAllocator`) |
+    /// | `leakwatch.tasks.alive` | `{task}` | alive tokio tasks at the last trend sample |
+    /// | `leakwatch.requests.open` | `{request}` | requests in flight |
+    /// | `leakwatch.registry.entries` | `{entry}` | scopes and objects held by the registry |
+    /// | `leakwatch.registry.skipped` | `{entry}` | entries not tracked because the registry was full (counter) |
+    ///
+    /// Each instrument reads only its own figure; none builds a report. The callbacks hold
+    /// only a weak reference: once the detector is gone they report nothing.
+    ///
+    /// ```
+    /// let detector = leakwatch::LeakDetector::builder().build().unwrap();
+    /// detector.register_metrics(&opentelemetry::global::meter("my-service"));
+    /// ```
+        pub fn register_metrics(&self, meter: &opentelemetry::metrics::Meter) {
+            crate::sink::gauges::register(&self.engine, meter);
+        }
+    }
+}
+
+/// How long [`LeakDetector::assert_no_leaks`] waits between sweeps.
+const RETRY_EVERY: Duration = Duration::from_millis(5);
+
+/// Test assertions.
+///
+/// goleak-style: the assertion sweeps, and while objects of finished requests are still alive it
+/// waits a little and sweeps again, up to a settle timeout — so a task that ends a few
+/// milliseconds after its response is not a failure. What is still alive then (whatever the grace
+/// period), stuck requests and one-shot findings such as an unconsumed body fail the assertion,
+/// which panics with every report printed. Requests still in flight are not judged: assert after
+/// their responses have been read.
+impl LeakDetector {
+    /// Panics, listing every report, if a finished request left anything behind.
+    ///
+    /// Retries for the [`settle_timeout`](crate::LeakDetectorBuilder::settle_timeout) (default
+    /// 2 s) before failing. Needs a tokio runtime with its timer enabled (`#[tokio::test]` has
+    /// one).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let detector = leakwatch::LeakDetector::builder().build().unwrap();
+    /// // … drive requests through detector.layer() …
+    /// detector.assert_no_leaks().await;
+    /// # }
+    /// ```
+    pub async fn assert_no_leaks(&self) {
+        let settle = self.engine.config.settle_timeout;
+        self.assert_no_leaks_within(settle).await;
+    }
+
+    /// [`assert_no_leaks`](Self::assert_no_leaks) with an explicit settle timeout.
+    pub async fn assert_no_leaks_within(&self, settle: Duration) {
+        if let Err(reports) = self.settle(settle).await {
+            panic!(
+                "leakwatch: {} leak(s) outlived their requests (settled for {} ms):\n{}",
+                reports.len(),
+                settle.as_millis(),
+                render_list(&reports)
+            );
+        }
+    }
+
+    /// Sweeps until nothing of a finished request is alive or `settle` passes; returns what is
+    /// left.
+    async fn settle(&self, settle: Duration) -> Result<(), Vec<LeakReport>> {
+        let deadline = Instant::now() + settle;
+        loop {
+            self.engine.sweep();
+            let (reports, waiting) = self.engine.unsettled();
+            if reports.is_empty() {
+                return Ok(());
+            }
+            if !waiting || Instant::now() >= deadline {
+                return Err(reports);
+            }
+            tokio::time::sleep(RETRY_EVERY).await;
+        }
+    }
+}
+
 impl LeakDetectorBuilder {
     /// Validates the settings and builds the detector.
     ///
@@ -140,6 +247,7 @@ impl LeakDetectorBuilder {
     /// A [`ConfigError`] naming the first invalid field.
     pub fn build(self) -> Result<LeakDetector, ConfigError> {
         let (config, sinks) = self.into_parts()?;
+        let sinks = sinks.unwrap_or_else(crate::sink::default_sinks);
         Ok(LeakDetector {
             engine: Engine::start(config, sinks),
         })

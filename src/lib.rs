@@ -52,7 +52,7 @@
 //!     .unwrap();
 //! let service = ServiceBuilder::new()
 //!     .layer(detector.layer())
-//!     .service_fn(|_req: http::Request<leakwatch::layer::RequestBody<hyper::body::Incoming>>| async {
+//!     .service_fn(|_req: http::Request<leakwatch::server::RequestBody<hyper::body::Incoming>>| async {
 //!         Ok::<_, Infallible>(http::Response::new(String::from("ok")))
 //!     });
 //! // serve `service` with hyper-util's `TowerToHyperService` and `auto::Builder`.
@@ -110,28 +110,9 @@
 //!
 //! # Architecture
 //!
-//! Each module depends only on modules above it in this list (no import cycles; the crate's
-//! `module-cycles` check runs before every commit).
-//!
-//! | layer | module | role |
-//! |---|---|---|
-//! | leaf | `report` | [`LeakReport`], [`LeakKind`], [`LeakState`]: what is found |
-//! | | `sync`, `clock`, `table` | the one lock helper; the one monotonic → wall-clock conversion; text tables |
-//! | | `lifecycle` | Suspected → Confirmed → Released, and the standing alert built on it |
-//! | | `alloc` | [`TrackingAllocator`]: counters per request and route, allocation sites |
-//! | | `symbolize` | sampled return addresses → `file:line` |
-//! | | `request_id`, `trace_context`, [`route`] | what a request is known by |
-//! | | `liveness` | how the sweeper knows a task, body or object is still alive |
-//! | | [`sink`], `stats`, `config` | report consumers; stats data; the builder and its checks |
-//! | state | `scope` | a request's record and the thread's current scope |
-//! | | `registry` | scopes and tracked objects: bounded, ids, scope reuse |
-//! | judges | `judge::objects`, `judge::memory`, `judge::trend` | state in, reports out |
-//! | engine | `engine`, `sweeper` | opens scopes, runs a sweep, delivers; the background thread |
-//! | API | `detector`, [`layer`], `task`, `hooks`, `assertions`, `metrics`, [`otlp`], [`snapshot`], [`client`], [`guard`] | what users call |
-//!
-//! A request goes `layer` → `engine::open_scope` → `registry`; its tasks, body and watched
-//! objects go through `scope::Scope::track` to the registry; the sweeper thread calls
-//! `engine::sweep`, which runs the judges and hands their reports to the sinks.
+//! How the crate is built — the pipeline, its stages and the rule that keeps them layered — is
+//! written once, in `ARCHITECTURE.md` at the root of the repository (and of the published
+//! crate).
 
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(unreachable_pub)]
@@ -143,40 +124,22 @@
 mod macros;
 
 mod alloc;
-mod assertions;
 pub mod client;
-mod clock;
 mod config;
 mod detector;
-#[cfg(leakwatch_taskdump)] // set by the build script
-mod dump;
 mod engine;
 pub mod guard;
 mod judge;
-pub mod layer;
-mod lifecycle;
-mod liveness;
 mod registry;
 mod report;
-mod request_id;
-pub mod route;
-mod scope;
+mod request;
+pub mod server;
 pub mod sink;
 pub mod snapshot;
-mod stats;
-mod sweeper;
-mod symbolize;
-mod sync;
-mod table;
 mod task;
 #[cfg(test)]
 mod test_helpers;
-mod trace_context;
-
-cfg_feature! {
-    "otel",
-    mod metrics;
-}
+mod util;
 
 cfg_feature! {
     "otlp",
@@ -184,9 +147,11 @@ cfg_feature! {
 }
 
 cfg_tokio_unstable! {
-    pub mod hooks;
-    pub use crate::hooks::instrument_runtime;
+    pub use crate::task::hooks;
+    pub use crate::task::hooks::instrument_runtime;
 }
+
+pub use crate::request::route;
 
 // The README's examples compile as doctests (they use axum, OpenTelemetry and OTLP).
 #[cfg(all(doctest, feature = "axum", feature = "otlp"))]
@@ -194,10 +159,11 @@ cfg_tokio_unstable! {
 struct ReadmeDoctests;
 
 pub use crate::alloc::{AllocationSites, TrackingAllocator, HEADER_SIZE, ROUTE_SLOTS, SCOPE_SLOTS};
+pub use crate::client::{ClientLeakLayer, ClientLeakService};
 pub use crate::config::{ConfigError, LeakDetectorBuilder};
 pub use crate::detector::LeakDetector;
-pub use crate::layer::{LeakLayer, LeakService};
+pub use crate::engine::stats::{KindCounts, RouteMemoryStats, Stats};
 pub use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
+pub use crate::server::{LeakLayer, LeakService};
 pub use crate::sink::ReportSink;
-pub use crate::stats::{KindCounts, RouteMemoryStats, Stats};
 pub use crate::task::{scoped, spawn, watch, Scoped};

@@ -4,11 +4,11 @@ use std::panic::Location;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
-use crate::liveness::Liveness;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
-use crate::request_id::RequestId;
-use crate::route::{Route, RouteInfo};
-use crate::scope::{Owner, Place, RequestHead, Scope};
+use crate::request::id::RequestId;
+use crate::request::liveness::Liveness;
+use crate::request::route::{Route, RouteInfo};
+use crate::request::scope::{Owner, Place, RequestHead, Scope};
 
 /// The owner of a scope whose detector is gone.
 struct Gone;

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use leakwatch::layer::RequestBody;
+use leakwatch::server::RequestBody;
 use tower::{ServiceBuilder, ServiceExt};
 
 #[global_allocator]

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use leakwatch::layer::RequestBody;
+use leakwatch::server::RequestBody;
 use leakwatch::snapshot::MemoryAccounting;
 use leakwatch::LeakKind;
 use tower::{ServiceBuilder, ServiceExt};

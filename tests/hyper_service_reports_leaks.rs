@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use leakwatch::{layer::RequestBody, LeakKind, LeakState};
+use leakwatch::{server::RequestBody, LeakKind, LeakState};
 use tower::{ServiceBuilder, ServiceExt};
 
 fn route(_: &http::Method, uri: &http::Uri) -> Option<&'static str> {

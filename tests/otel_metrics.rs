@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use leakwatch::layer::RequestBody;
+use leakwatch::server::RequestBody;
 use leakwatch::sink::OtelSink;
 use opentelemetry::metrics::MeterProvider;
 use opentelemetry::KeyValue;

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use leakwatch::sink::OtelSink;
-use leakwatch::{layer::RequestBody, LeakDetector};
+use leakwatch::{server::RequestBody, LeakDetector};
 use opentelemetry::trace::{SpanId, Status, TraceContextExt, TraceId, TracerProvider};
 use opentelemetry::Value;
 use opentelemetry_sdk::propagation::TraceContextPropagator;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use leakwatch::layer::RequestBody;
 use leakwatch::otlp::{OtlpBuilder, OtlpProtocol};
+use leakwatch::server::RequestBody;
 use tower::{ServiceBuilder, ServiceExt};
 
 const REQUESTS: usize = 300;

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
-use leakwatch::{layer::RequestBody, LeakKind, LeakState};
+use leakwatch::{server::RequestBody, LeakKind, LeakState};
 use support::ChannelBody;
 use tower::ServiceBuilder;
 

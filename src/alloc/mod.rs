@@ -34,6 +34,7 @@ mod header;
 mod sampled;
 mod sites;
 mod slots;
+pub(crate) mod symbolize;
 
 pub(crate) use self::counters::{
     is_installed, new_route_slot, process_live_bytes, route_live, sampling_mean, swap_tag,

@@ -7,9 +7,9 @@ use std::task::{Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::layer::RequestBody;
-use crate::liveness::Liveness;
-use crate::scope::ScopeGuard;
+use crate::request::body::RequestBody;
+use crate::request::liveness::Liveness;
+use crate::request::scope::ScopeGuard;
 
 pin_project! {
     /// The response body of a call made through

@@ -8,12 +8,11 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use super::{ResponseFuture, UpstreamBody};
-use crate::detector::LeakDetector;
 use crate::engine::Engine;
-use crate::scope::ScopeGuard;
+use crate::request::scope::ScopeGuard;
 
-/// Wraps an HTTP client: opens a scope per call and tracks the upstream's response body. See
-/// [`crate::client`].
+/// Wraps an HTTP client: opens a scope per call and tracks the upstream's response body. Made by
+/// [`ClientLeakLayer`](super::ClientLeakLayer); see [`crate::client`].
 #[derive(Clone)]
 pub struct ClientLeakService<S> {
     inner: S,
@@ -21,12 +20,7 @@ pub struct ClientLeakService<S> {
 }
 
 impl<S> ClientLeakService<S> {
-    /// Wraps `inner`, reporting to `detector`.
-    pub fn new(inner: S, detector: &LeakDetector) -> Self {
-        Self::with_engine(inner, detector.engine.clone())
-    }
-
-    pub(crate) fn with_engine(inner: S, engine: Arc<Engine>) -> Self {
+    pub(crate) fn new(inner: S, engine: Arc<Engine>) -> Self {
         ClientLeakService { inner, engine }
     }
 

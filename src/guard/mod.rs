@@ -526,8 +526,8 @@ mod tests {
             .warmup(5)
     }
 
-    fn make(detector: &LeakDetector) -> crate::layer::LeakService<Hello> {
-        crate::layer::LeakService::new(Hello, detector)
+    fn make(detector: &LeakDetector) -> crate::server::LeakService<Hello> {
+        tower_layer::Layer::layer(&detector.layer(), Hello)
     }
 
     #[tokio::test]

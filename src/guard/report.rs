@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use crate::config::ConfigError;
 use crate::report::{render_list, LeakReport};
-use crate::table::{self, or_dash, Align};
+use crate::util::table::{self, or_dash, Align};
 
 /// The most leak reports the table lists per route.
 const LEAKS_SHOWN: usize = 5;

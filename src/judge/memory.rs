@@ -28,14 +28,13 @@ use std::time::Instant;
 
 use super::growth::{RetainedGrowth, Steady};
 use crate::alloc;
-use crate::clock;
+use crate::alloc::symbolize::Symbolizer;
 use crate::config::Config;
-use crate::lifecycle::StandingAlert;
 use crate::registry::Registry;
+use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState};
-use crate::scope::Scope;
-use crate::stats::RouteMemoryStats;
-use crate::symbolize::Symbolizer;
+use crate::request::scope::Scope;
+use crate::util::clock;
 
 /// How many requests per route are kept as witnesses.
 pub(crate) const WITNESSES_PER_ROUTE: usize = 8;
@@ -189,25 +188,25 @@ impl MemoryJudge {
         self.routes.values().filter_map(|r| r.alert.active())
     }
 
-    /// Per-route numbers; `names` gives a route slot's template.
-    pub(crate) fn stats(&self, names: impl Fn(u32) -> Option<Arc<str>>) -> Vec<RouteMemoryStats> {
-        let mut stats: Vec<RouteMemoryStats> = self
-            .routes
-            .iter()
-            .map(|(&slot, route)| {
-                let (bytes, blocks) = alloc::route_live(slot);
-                RouteMemoryStats {
-                    route: names(slot).map(|n| n.to_string()).unwrap_or_default(),
-                    live_bytes: bytes.max(0) as u64,
-                    live_blocks: blocks.max(0) as u64,
-                    judged_requests: route.judged,
-                    witnesses: route.witnesses.len(),
-                }
-            })
-            .collect();
-        stats.sort_by(|a, b| a.route.cmp(&b.route));
-        stats
+    /// Per route slot judged so far: its requests judged and its witnesses.
+    pub(crate) fn routes(&self) -> impl Iterator<Item = RouteJudged> + '_ {
+        self.routes.iter().map(|(&slot, route)| RouteJudged {
+            slot,
+            judged: route.judged,
+            witnesses: route.witnesses.len(),
+        })
     }
+}
+
+/// What the memory judge knows of one route, from [`MemoryJudge::routes`].
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RouteJudged {
+    /// The route's allocator slot.
+    pub(crate) slot: u32,
+    /// Its requests whose retained memory has been judged.
+    pub(crate) judged: u64,
+    /// Of those, how many are kept as witnesses.
+    pub(crate) witnesses: usize,
 }
 
 /// The `RetainedMemory` report of a route whose retained bytes grow steadily with its requests

@@ -1,7 +1,7 @@
 //! Objects that outlive their request, and requests that never end.
 //!
 //! For each object whose scope closed more than `grace` ago, the object's
-//! [`Lifecycle`] moves as the module [`lifecycle`](crate::lifecycle) describes. A body dropped
+//! [`Lifecycle`] moves as the module [`lifecycle`](crate::report::lifecycle) describes. A body dropped
 //! before its end is a one-shot [`UnconsumedBody`](LeakKind::UnconsumedBody) finding. A request
 //! open longer than `max_request_age` (on a route that is not allowed to stream) goes through
 //! the same states as a [`StuckRequest`](LeakKind::StuckRequest).
@@ -10,11 +10,11 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
-use crate::lifecycle::Lifecycle;
-use crate::liveness::Liveness;
 use crate::registry::TrackedObject;
+use crate::report::lifecycle::Lifecycle;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
-use crate::scope::Scope;
+use crate::request::liveness::Liveness;
+use crate::request::scope::Scope;
 
 /// Judges one tracked object; pushes what changed onto `reports`. Returns whether to keep it.
 pub(crate) fn judge_object(

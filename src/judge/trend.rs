@@ -13,12 +13,12 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use crate::clock;
 use crate::config::TrendConfig;
-use crate::lifecycle::StandingAlert;
 use crate::registry::Registry;
+use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState};
-use crate::route;
+use crate::request::route;
+use crate::util::clock;
 
 /// One sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -357,7 +357,7 @@ fn register_dropped_counter(meter_provider: &SdkMeterProvider, accounting: Arc<A
 fn instance_id() -> String {
     format!(
         "{:08x}-{}",
-        crate::request_id::random_prefix(),
+        crate::request::id::random_prefix(),
         std::process::id()
     )
 }

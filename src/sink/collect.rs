@@ -6,7 +6,7 @@ use tokio::sync::mpsc;
 
 use super::ReportSink;
 use crate::report::LeakReport;
-use crate::sync::lock;
+use crate::util::sync::lock;
 
 /// Keeps reports in memory, for tests and tools. Clones share one buffer.
 ///

@@ -17,7 +17,7 @@
 
 use std::sync::Arc;
 
-use crate::report::LeakReport;
+pub use crate::report::{LeakReport, ReportSink};
 
 mod collect;
 pub use self::collect::{ChannelSink, CollectingSink};
@@ -34,26 +34,8 @@ cfg_feature! {
     pub use self::otel::{OtelSink, INSTRUMENTATION_NAME};
 }
 
-/// Receives leak reports.
-///
-/// ```
-/// use leakwatch::{LeakReport, ReportSink};
-///
-/// struct Stderr;
-///
-/// impl ReportSink for Stderr {
-///     fn report(&self, report: &LeakReport) {
-///         eprintln!("leak: {report}");
-///     }
-/// }
-///
-/// let detector = leakwatch::LeakDetector::builder().sink(Stderr).build().unwrap();
-/// # drop(detector);
-/// ```
-pub trait ReportSink: Send + Sync + 'static {
-    /// Handles one report. Called from the sweeper, never on a request's path.
-    fn report(&self, report: &LeakReport);
-}
+#[cfg(feature = "otel")]
+pub(crate) mod gauges;
 
 /// Combines sinks.
 pub trait ReportSinkExt: ReportSink + Sized {

@@ -17,14 +17,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::alloc;
-use crate::clock;
+use crate::alloc::symbolize::Symbolizer;
+use crate::engine::stats::Stats;
 use crate::engine::Engine;
 use crate::judge::trend::{Sample, TrendWindow};
-use crate::liveness::Liveness;
 use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
-use crate::scope;
-use crate::stats::Stats;
-use crate::symbolize::Symbolizer;
+use crate::request::liveness::Liveness;
+use crate::request::scope;
+use crate::util::clock;
 
 cfg_feature! {
     "serde",

@@ -5,7 +5,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Snapshot, TrendSample};
 use crate::report::{render_list, LeakKind};
-use crate::table::{self, or_dash, Align};
+use crate::util::table::{self, or_dash, Align};
 
 fn millis(d: Duration) -> String {
     format!("{} ms", d.as_millis())

@@ -47,9 +47,9 @@ use dashmap::DashMap;
 use tokio::runtime::TaskMeta;
 use tokio::task::Id;
 
-use crate::liveness::{Liveness, TaskToken};
-use crate::registry::IdHasher;
-use crate::scope::{self, Entered, Scope};
+use crate::request::liveness::{Liveness, TaskToken};
+use crate::util::IdHasher;
+use crate::request::scope::{self, Entered, Scope};
 
 /// A task tracked through the hooks: the request it belongs to, and the token whose drop tells
 /// the registry the task has ended.

@@ -18,10 +18,10 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::task::Id;
 
-use crate::liveness::Liveness;
 use crate::registry::Registry;
 use crate::report::{LeakKind, LeakReport, LeakState};
-use crate::sync::lock;
+use crate::request::liveness::Liveness;
+use crate::util::sync::lock;
 
 /// How long one dump may take before it is abandoned (tokio's own barrier waits 250 ms for the
 /// workers; a blocked worker can stop a dump for good).

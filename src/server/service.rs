@@ -5,11 +5,11 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::{LeakLayer, RequestBody, ResponseBody, ResponseFuture};
-use crate::detector::LeakDetector;
+use super::{ResponseBody, ResponseFuture};
 use crate::engine::Engine;
-use crate::liveness::Liveness;
-use crate::scope::ScopeGuard;
+use crate::request::body::RequestBody;
+use crate::request::liveness::Liveness;
+use crate::request::scope::ScopeGuard;
 
 /// Middleware that opens a request scope for every request, tracks the request body and what the
 /// handler spawns or watches, and closes the scope when the response body ends or is dropped.
@@ -18,7 +18,8 @@ use crate::scope::ScopeGuard;
 /// same request with its body wrapped in a [`RequestBody`] that forwards every frame unbuffered,
 /// and the response body is wrapped in a [`ResponseBody`] that does the same.
 ///
-/// See the [module docs](crate::layer) for an example.
+/// Made by [`LeakLayer`](super::LeakLayer) (from [`LeakDetector::layer`](crate::LeakDetector::layer)). See the
+/// [module docs](crate::server) for an example.
 #[derive(Clone)]
 pub struct LeakService<S> {
     inner: S,
@@ -26,19 +27,8 @@ pub struct LeakService<S> {
 }
 
 impl<S> LeakService<S> {
-    /// Wraps `inner`, reporting to `detector`.
-    pub fn new(inner: S, detector: &LeakDetector) -> Self {
-        Self::with_engine(inner, detector.engine.clone())
-    }
-
-    pub(crate) fn with_engine(inner: S, engine: Arc<Engine>) -> Self {
+    pub(crate) fn new(inner: S, engine: Arc<Engine>) -> Self {
         LeakService { inner, engine }
-    }
-
-    /// Returns a new [`Layer`](tower_layer::Layer) that wraps services with a `LeakService`
-    /// reporting to `detector`; the same as [`LeakDetector::layer`].
-    pub fn layer(detector: &LeakDetector) -> LeakLayer {
-        detector.layer()
     }
 
     define_inner_service_accessors!();

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crate::sync::lock;
+use crate::util::sync::lock;
 
 /// The handle on the sweeper thread, kept by the engine.
 pub(crate) struct Sweeper {

@@ -1,3 +1,6 @@
+//! The byte-counting body wrapper both sides use: [`RequestBody`] (the server's request body,
+//! and inside the client's upstream response body).
+
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -7,11 +10,10 @@ use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::liveness::{BodyProgress, BodyState};
-use crate::scope::{self, ScopeGuard};
+use crate::request::liveness::{BodyProgress, BodyState};
 
 pin_project! {
-    /// Request body handed to the inner service by [`LeakService`](super::LeakService).
+    /// Request body handed to the inner service by [`LeakService`](crate::LeakService).
     ///
     /// It forwards frames unchanged and unbuffered, along with `is_end_stream` and `size_hint`,
     /// and records how much was read, whether the end was reached and when it was dropped. From
@@ -92,61 +94,6 @@ impl<B> fmt::Debug for RequestBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RequestBody")
             .field("tracked", &self.progress.is_some())
-            .finish()
-    }
-}
-
-pin_project! {
-    /// Response body for [`LeakService`](super::LeakService).
-    ///
-    /// Forwards frames, `is_end_stream` and `size_hint` unchanged and unbuffered. It polls the
-    /// inner body inside the request's scope (a streaming body's tasks belong to the request)
-    /// and closes the scope when the body reaches its end or is dropped.
-    pub struct ResponseBody<B> {
-        #[pin]
-        inner: B,
-        // `None` for a request that is not tracked, and once the body has ended.
-        guard: Option<ScopeGuard>,
-    }
-}
-
-impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, guard: Option<ScopeGuard>) -> Self {
-        ResponseBody { inner, guard }
-    }
-}
-
-impl<B: Body> Body for ResponseBody<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let mut this = self.project();
-        let inner = this.inner.as_mut();
-        let frame = ready!(scope::enter_guarded(this.guard.as_mut(), || inner.poll_frame(cx)));
-        if frame.is_none() || this.inner.is_end_stream() {
-            // The response is finished: close the scope now, not when the body is dropped.
-            this.guard.take();
-        }
-        Poll::Ready(frame)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<B> fmt::Debug for ResponseBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseBody")
-            .field("scope_open", &self.guard.is_some())
             .finish()
     }
 }

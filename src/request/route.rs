@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use dashmap::DashMap;
 
-use crate::sync::lock;
+use crate::util::sync::lock;
 
 /// The route name of a request whose route template is unknown.
 pub const UNMATCHED: &str = "<unmatched>";

@@ -9,6 +9,8 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+pub(crate) mod lifecycle;
+
 /// What kind of object outlived its request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
@@ -395,6 +397,27 @@ pub(crate) mod ser {
             None => s.serialize_none(),
         }
     }
+}
+
+/// Receives leak reports.
+///
+/// ```
+/// use leakwatch::{LeakReport, ReportSink};
+///
+/// struct Stderr;
+///
+/// impl ReportSink for Stderr {
+///     fn report(&self, report: &LeakReport) {
+///         eprintln!("leak: {report}");
+///     }
+/// }
+///
+/// let detector = leakwatch::LeakDetector::builder().sink(Stderr).build().unwrap();
+/// # drop(detector);
+/// ```
+pub trait ReportSink: Send + Sync + 'static {
+    /// Handles one report. Called from the sweeper, never on a request's path.
+    fn report(&self, report: &LeakReport);
 }
 
 #[cfg(test)]

@@ -5,29 +5,34 @@
 //! request's path goes to the scope and the registry. A sweep ([`Engine::sweep`]) runs the
 //! judges over the registry, records the reports and hands them to the sinks.
 
+#[cfg(leakwatch_taskdump)] // set by the build script
+pub(crate) mod dump;
+pub(crate) mod stats;
+pub(crate) mod sweeper;
+
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
+use self::stats::{KindCounts, RouteMemoryStats, Stats};
 use crate::alloc::{self, SlotGuard};
-use crate::clock;
 use crate::config::Config;
+use crate::engine::sweeper::Sweeper;
 use crate::judge::memory::MemoryJudge;
 use crate::judge::objects;
 use crate::judge::trend::{Trend, TrendWindow};
-use crate::liveness::Liveness;
 use crate::registry::{Registry, TrackedObject};
+use crate::report::ReportSink;
 use crate::report::{LeakKind, LeakReport, LeakState};
-use crate::request_id::{self, RequestId};
-use crate::route::{self, Interner, RouteInfo, RoutePolicy};
-use crate::scope::{self, RequestHead, Scope, UpstreamCall};
-use crate::sink::ReportSink;
-use crate::stats::{KindCounts, Stats};
-use crate::sweeper::Sweeper;
-use crate::sync::lock;
-use crate::trace_context;
+use crate::request::id::{self, RequestId};
+use crate::request::liveness::Liveness;
+use crate::request::route::{self, Interner, RouteInfo, RoutePolicy};
+use crate::request::scope::{self, RequestHead, Scope, UpstreamCall};
+use crate::request::trace;
+use crate::util::clock;
+use crate::util::sync::lock;
 
 /// How many one-shot findings ([`LeakKind::UnconsumedBody`]) are remembered.
 pub(crate) const FINDINGS_CAPACITY: usize = 1024;
@@ -49,7 +54,7 @@ pub(crate) struct Engine {
     counters: Counters,
     /// Await traces of orphan tasks, from task dumps (where tokio can take them).
     #[cfg(leakwatch_taskdump)]
-    dumps: crate::dump::TaskDumps,
+    dumps: crate::engine::dump::TaskDumps,
     pub(crate) sweeper: Sweeper,
 }
 
@@ -113,7 +118,7 @@ impl Engine {
             registry,
             routes: Interner::new(memory_tracked, policy),
             memory_tracked,
-            id_prefix: request_id::random_prefix(),
+            id_prefix: id::random_prefix(),
             judges: Mutex::new(Judges {
                 memory: MemoryJudge::default(),
                 trend,
@@ -147,13 +152,13 @@ impl Engine {
             let memory = (self.memory_tracked && info.slot != 0)
                 .then(|| SlotGuard::acquire(info.slot))
                 .flatten();
-            let found = request_id::scan(request.headers());
+            let found = id::scan(request.headers());
             let head = RequestHead {
                 request_id: RequestId::from_header(found.request_id, self.id_prefix, id),
                 method: request.method().clone(),
                 route,
                 info,
-                trace: trace_context::capture(request.headers(), found.traceparent),
+                trace: trace::capture(request.headers(), found.traceparent),
                 upstream: None,
             };
             self.registry.open(id, head, memory)
@@ -165,7 +170,7 @@ impl Engine {
     /// Made inside a request (the current scope), the call is that request's: its scope closes
     /// when the request does, and its reports carry the request's route, method, request id and
     /// trace. Made outside any request, its route is [`route::CLIENT`] and it closes when the
-    /// caller's [`ScopeGuard`](crate::scope::ScopeGuard) on it is dropped.
+    /// caller's [`ScopeGuard`](crate::request::scope::ScopeGuard) on it is dropped.
     pub(crate) fn open_call_scope<B>(&self, request: &http::Request<B>) -> Option<Arc<Scope>> {
         // A call made from within another call's scope belongs to the request that made that.
         let parent = scope::current().and_then(|current| current.request().cloned());
@@ -415,9 +420,23 @@ impl Engine {
         let counters = &self.counters;
         // Each lock is taken and released on its own (a guard in the struct expression below
         // would live to its end).
-        let routes = lock(&self.judges)
-            .memory
-            .stats(|slot| self.routes.name_of(slot));
+        let judged: Vec<_> = lock(&self.judges).memory.routes().collect();
+        let mut routes: Vec<RouteMemoryStats> = judged
+            .into_iter()
+            .map(|route| {
+                let (bytes, blocks) = alloc::route_live(route.slot);
+                RouteMemoryStats {
+                    route: (self.routes.name_of(route.slot))
+                        .map(|n| n.to_string())
+                        .unwrap_or_default(),
+                    live_bytes: bytes.max(0) as u64,
+                    live_blocks: blocks.max(0) as u64,
+                    judged_requests: route.judged,
+                    witnesses: route.witnesses,
+                }
+            })
+            .collect();
+        routes.sort_by(|a, b| a.route.cmp(&b.route));
         let alive_tasks = self.alive_tasks();
         let active = self.active_counts();
         let mut stats = Stats {

@@ -10,7 +10,6 @@
 //! memory to judge, no `StuckRequest` reported — is forgotten as it ends, by the thread that
 //! ends it: the sweeper never sees it. Only the others wait for a sweep.
 
-use std::cell::Cell;
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -18,12 +17,16 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
+mod shard;
+
+use self::shard::{count_finished, this_threads_shard, Shard, POOLED_PER_SHARD, SHARDS};
+
 use crate::alloc::SlotGuard;
-use crate::lifecycle::Lifecycle;
-use crate::liveness::Liveness;
-use crate::route::RouteInfo;
-use crate::scope::{Owner, Place, RequestHead, Scope};
-use crate::sync::lock;
+use crate::report::lifecycle::Lifecycle;
+use crate::request::liveness::Liveness;
+use crate::request::scope::{Owner, Place, RequestHead, Scope};
+use crate::util::sync::lock;
+use crate::util::IdHasher;
 
 /// An object a request left behind: a task, a request body or a watched object.
 pub(crate) struct TrackedObject {
@@ -33,127 +36,11 @@ pub(crate) struct TrackedObject {
     pub(crate) type_name: Option<&'static str>,
     pub(crate) created_at: Instant,
     pub(crate) lifecycle: Lifecycle,
-    /// Where a task is stuck, from a task dump (see [`crate::dump`]).
+    /// Where a task is stuck, from a task dump (see [`crate::engine::dump`]).
     pub(crate) await_trace: Option<Arc<str>>,
 }
 
-/// Hashes the registry's sequential `u64` ids with one multiplication (Fibonacci hashing): the
-/// ids are not attacker-controlled, and SipHash would cost more than the rest of an insert.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
 type IdMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
-
-/// How many shards requests are spread over (by thread), so that requests on different threads
-/// rarely meet on one lock.
-const SHARDS: usize = 16;
-
-/// The most finished scopes kept for reuse per shard.
-const POOLED_PER_SHARD: usize = 256;
-
-/// Source of each thread's shard.
-static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
-
-thread_local! {
-    /// This thread's shard (`usize::MAX` until the thread opens its first scope).
-    static SHARD: Cell<usize> = const { Cell::new(usize::MAX) };
-}
-
-/// The shard the requests of this thread open in: one per thread, handed out in turn.
-fn this_threads_shard() -> usize {
-    SHARD
-        .try_with(|shard| {
-            if shard.get() == usize::MAX {
-                shard.set(NEXT_SHARD.fetch_add(1, Ordering::Relaxed) % SHARDS);
-            }
-            shard.get()
-        })
-        .unwrap_or(0)
-}
-
-/// One shard of the scopes.
-struct Shard {
-    /// Requests in flight, each at its [`Place::index`]; `None` where a request has ended.
-    live: Vec<Option<Arc<Scope>>>,
-    /// The free places in `live`.
-    vacant: Vec<u32>,
-    /// Scopes for the sweeper to take over: requests that ended with something left to judge,
-    /// and outgoing calls.
-    handed: Vec<Arc<Scope>>,
-    /// Finished scopes nothing else holds, for new requests to reuse (at most
-    /// [`POOLED_PER_SHARD`]).
-    pool: Vec<Arc<Scope>>,
-    /// Requests that ended with nothing left to judge, by route index.
-    finished: Vec<u64>,
-}
-
-impl Shard {
-    const fn new() -> Self {
-        Shard {
-            live: Vec::new(),
-            vacant: Vec::new(),
-            handed: Vec::new(),
-            pool: Vec::new(),
-            finished: Vec::new(),
-        }
-    }
-
-    /// The scope of a new request: a pooled one renewed in place when one is free (no
-    /// allocation on the request's thread, and none freed in bulk on the sweeper's), else a new
-    /// one.
-    fn scope(
-        &mut self,
-        id: u64,
-        head: RequestHead,
-        memory: Option<SlotGuard>,
-        place: Place,
-        owner: &Weak<Registry>,
-    ) -> Arc<Scope> {
-        if let Some(mut pooled) = self.pool.pop() {
-            if let Some(scope) = Arc::get_mut(&mut pooled) {
-                scope.renew(id, head, memory, place);
-                return pooled;
-            }
-        }
-        let owner: Weak<dyn Owner> = owner.clone();
-        Arc::new(Scope::new(id, head, owner, memory, place))
-    }
-
-    fn vacant_index(&mut self) -> u32 {
-        self.vacant.pop().unwrap_or_else(|| {
-            self.live.push(None);
-            (self.live.len() - 1) as u32
-        })
-    }
-}
-
-/// Adds one finished request of route `index` to `counts`.
-fn count_finished(counts: &mut Vec<u64>, index: u32) {
-    if index == RouteInfo::NO_INDEX {
-        return;
-    }
-    let index = index as usize;
-    if counts.len() <= index {
-        counts.resize(index + 1, 0);
-    }
-    counts[index] += 1;
-}
 
 /// What the sweeper has taken over.
 #[derive(Default)]
@@ -465,7 +352,8 @@ fn is_unused(scope: &Arc<Scope>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::liveness::TaskToken;
+    use crate::request::liveness::TaskToken;
+    use crate::request::route::RouteInfo;
     use crate::test_helpers::scope;
 
     fn task(registry: &Registry, scope: &Arc<Scope>, token: &Arc<TaskToken>) -> bool {

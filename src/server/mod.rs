@@ -28,7 +28,7 @@
 //!     .unwrap();
 //! let service = ServiceBuilder::new()
 //!     .layer(detector.layer())
-//!     .service_fn(|_req: http::Request<leakwatch::layer::RequestBody<String>>| async {
+//!     .service_fn(|_req: http::Request<leakwatch::server::RequestBody<String>>| async {
 //!         let session = Arc::new(String::from("per-request state"));
 //!         leakwatch::watch(&session);
 //!         KEPT.lock().unwrap().push(session); // outlives the request
@@ -84,10 +84,11 @@ mod future;
 mod layer;
 mod service;
 
-pub use self::body::{RequestBody, ResponseBody};
+pub use self::body::ResponseBody;
 pub use self::future::ResponseFuture;
 pub use self::layer::LeakLayer;
 pub use self::service::LeakService;
+pub use crate::request::body::RequestBody;
 
 #[cfg(test)]
 mod tests {

@@ -15,8 +15,12 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
-use crate::liveness::{Liveness, TaskToken};
-use crate::scope::{self, Scope};
+use crate::request::liveness::{Liveness, TaskToken};
+use crate::request::scope::{self, Scope};
+
+cfg_tokio_unstable! {
+    pub mod hooks;
+}
 
 /// Spawns a task on the current tokio runtime, tracked under the current request.
 ///
@@ -49,7 +53,7 @@ where
     {
         #[cfg(leakwatch_taskdump)]
         let token = future.token.clone();
-        let handle = crate::hooks::spawning_tracked(|| tokio::spawn(future));
+        let handle = crate::task::hooks::spawning_tracked(|| tokio::spawn(future));
         #[cfg(leakwatch_taskdump)]
         if let Some(token) = token {
             token.identify(handle.id(), tokio::runtime::Handle::current());
@@ -114,7 +118,7 @@ impl<F: Future> Future for Scoped<F> {
             *this.polled = true;
             #[cfg(tokio_unstable)]
             if this.token.is_some() {
-                crate::hooks::forget_current_task();
+                crate::task::hooks::forget_current_task();
             }
             #[cfg(leakwatch_taskdump)]
             if let (Some(token), Some(id), Ok(runtime)) = (

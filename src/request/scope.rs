@@ -20,13 +20,13 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::alloc::{self, SlotGuard, Tag, Usage};
-use crate::clock;
-use crate::lifecycle::AtomicLifecycle;
-use crate::liveness::Liveness;
+use crate::report::lifecycle::AtomicLifecycle;
 use crate::report::{LeakKind, LeakReport, LeakState, Upstream};
-use crate::request_id::RequestId;
-use crate::route::{Route, RouteInfo};
-use crate::trace_context::TraceParent;
+use crate::request::id::RequestId;
+use crate::request::liveness::Liveness;
+use crate::request::route::{Route, RouteInfo};
+use crate::request::trace::TraceParent;
+use crate::util::clock;
 
 /// Where the objects a request leaves behind are tracked (the registry of its detector).
 pub(crate) trait Owner: Send + Sync {
@@ -561,7 +561,7 @@ mod tests {
     #[test]
     fn a_scope_whose_owner_is_gone_tracks_nothing() {
         let s = scope(4);
-        let token = Arc::new(crate::liveness::TaskToken::default());
+        let token = Arc::new(crate::request::liveness::TaskToken::default());
         assert!(!s.track(Liveness::Task(Arc::downgrade(&token)), None, None));
         assert!(!s.left_objects());
     }

@@ -1,0 +1,17 @@
+//! What a request is known by, and the scope that follows it.
+//!
+//! - [`scope`]: the detector's record of one request and the thread's current scope;
+//! - [`route`]: route templates and the names used where there is none (public as
+//!   [`crate::route`]);
+//! - [`id`]: the request id (an incoming `x-request-id`, sanitised, or a generated one);
+//! - [`trace`]: the trace the request belongs to;
+//! - [`body`]: the byte-counting body wrapper (the server's [`RequestBody`](crate::server::RequestBody));
+//! - [`liveness`]: the tokens through which the sweeper sees whether what a request left behind
+//!   (a task, a body, a watched object) is still alive.
+
+pub(crate) mod body;
+pub(crate) mod id;
+pub(crate) mod liveness;
+pub mod route;
+pub(crate) mod scope;
+pub(crate) mod trace;
