@@ -10,7 +10,13 @@ use std::time::Duration;
 use crate::report::ReportSink;
 use crate::request::route::{RouteFn, UNMATCHED};
 
-/// The validated settings a detector runs with.
+/// Every setting of a detector, declared once: the builder wraps it, validation reads it, and
+/// the engine runs with it once [`LeakDetectorBuilder::build`] has checked it.
+///
+/// A new setting is a field here, its default in [`Default`] (an associated `DEFAULT_…`
+/// constant of the builder), a setter, and — when some values are invalid — a row in
+/// [`LeakDetectorBuilder::validate`].
+#[derive(Clone, Debug)]
 pub(crate) struct Config {
     pub(crate) grace: Duration,
     pub(crate) sweep_interval: Duration,
@@ -21,9 +27,45 @@ pub(crate) struct Config {
     pub(crate) memory_threshold: u64,
     pub(crate) memory_window: u64,
     pub(crate) trend: TrendConfig,
-    pub(crate) route_fn: Option<Arc<RouteFn>>,
+    pub(crate) route_fn: Option<RouteFnBox>,
     pub(crate) ignored_routes: Vec<Box<str>>,
     pub(crate) streaming_routes: Vec<Box<str>>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        type B = LeakDetectorBuilder;
+        Config {
+            grace: B::DEFAULT_GRACE,
+            sweep_interval: B::DEFAULT_SWEEP_INTERVAL,
+            confirm_sweeps: B::DEFAULT_CONFIRM_SWEEPS,
+            max_request_age: B::DEFAULT_MAX_REQUEST_AGE,
+            registry_capacity: B::DEFAULT_REGISTRY_CAPACITY,
+            settle_timeout: B::DEFAULT_SETTLE_TIMEOUT,
+            memory_threshold: B::DEFAULT_MEMORY_THRESHOLD,
+            memory_window: B::DEFAULT_MEMORY_WINDOW,
+            trend: TrendConfig {
+                interval: B::DEFAULT_TREND_INTERVAL,
+                window: B::DEFAULT_TREND_WINDOW,
+                relative: B::DEFAULT_GROWTH_RATIO,
+                heap_absolute: B::DEFAULT_HEAP_GROWTH_BYTES,
+                task_absolute: B::DEFAULT_TASK_GROWTH,
+            },
+            route_fn: None,
+            ignored_routes: Vec::new(),
+            streaming_routes: Vec::new(),
+        }
+    }
+}
+
+/// The user's route function, shown as `<fn>` in `Debug`.
+#[derive(Clone)]
+pub(crate) struct RouteFnBox(pub(crate) Arc<RouteFn>);
+
+impl fmt::Debug for RouteFnBox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<fn>")
+    }
 }
 
 /// The trend sampler's settings.
@@ -56,63 +98,17 @@ pub(crate) struct TrendConfig {
 /// # drop(detector);
 /// ```
 #[must_use = "a builder does nothing until `build()` is called"]
+#[derive(Default)]
 pub struct LeakDetectorBuilder {
-    grace: Duration,
-    sweep_interval: Duration,
-    confirm_sweeps: u32,
-    max_request_age: Duration,
-    registry_capacity: usize,
-    settle_timeout: Duration,
-    memory_threshold: u64,
-    memory_window: u64,
-    trend: TrendConfig,
-    route_fn: Option<Arc<RouteFn>>,
-    ignored_routes: Vec<Box<str>>,
-    streaming_routes: Vec<Box<str>>,
+    config: Config,
+    /// `None` until a sink is added: the default sinks are then used.
     sinks: Option<Vec<Box<dyn ReportSink>>>,
-}
-
-impl Default for LeakDetectorBuilder {
-    fn default() -> Self {
-        LeakDetectorBuilder {
-            grace: Self::DEFAULT_GRACE,
-            sweep_interval: Self::DEFAULT_SWEEP_INTERVAL,
-            confirm_sweeps: Self::DEFAULT_CONFIRM_SWEEPS,
-            max_request_age: Self::DEFAULT_MAX_REQUEST_AGE,
-            registry_capacity: Self::DEFAULT_REGISTRY_CAPACITY,
-            settle_timeout: Self::DEFAULT_SETTLE_TIMEOUT,
-            memory_threshold: Self::DEFAULT_MEMORY_THRESHOLD,
-            memory_window: Self::DEFAULT_MEMORY_WINDOW,
-            trend: TrendConfig {
-                interval: Self::DEFAULT_TREND_INTERVAL,
-                window: Self::DEFAULT_TREND_WINDOW,
-                relative: Self::DEFAULT_GROWTH_RATIO,
-                heap_absolute: Self::DEFAULT_HEAP_GROWTH_BYTES,
-                task_absolute: Self::DEFAULT_TASK_GROWTH,
-            },
-            route_fn: None,
-            ignored_routes: Vec::new(),
-            streaming_routes: Vec::new(),
-            sinks: None,
-        }
-    }
 }
 
 impl fmt::Debug for LeakDetectorBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeakDetectorBuilder")
-            .field("grace", &self.grace)
-            .field("sweep_interval", &self.sweep_interval)
-            .field("confirm_sweeps", &self.confirm_sweeps)
-            .field("max_request_age", &self.max_request_age)
-            .field("registry_capacity", &self.registry_capacity)
-            .field("settle_timeout", &self.settle_timeout)
-            .field("memory_threshold", &self.memory_threshold)
-            .field("memory_window", &self.memory_window)
-            .field("trend", &self.trend)
-            .field("route_fn", &self.route_fn.is_some())
-            .field("ignored_routes", &self.ignored_routes)
-            .field("streaming_routes", &self.streaming_routes)
+            .field("config", &self.config)
             .field("sinks", &self.sinks.as_ref().map(Vec::len))
             .finish()
     }
@@ -153,14 +149,14 @@ impl LeakDetectorBuilder {
     /// Default: [`DEFAULT_GRACE`](Self::DEFAULT_GRACE). Zero is allowed (tests). Must not
     /// exceed [`max_request_age`](Self::max_request_age).
     pub fn grace(mut self, grace: Duration) -> Self {
-        self.grace = grace;
+        self.config.grace = grace;
         self
     }
 
     /// How often the background sweeper runs. Default:
     /// [`DEFAULT_SWEEP_INTERVAL`](Self::DEFAULT_SWEEP_INTERVAL). Must be greater than zero.
     pub fn sweep_interval(mut self, interval: Duration) -> Self {
-        self.sweep_interval = interval;
+        self.config.sweep_interval = interval;
         self
     }
 
@@ -169,7 +165,7 @@ impl LeakDetectorBuilder {
     /// Default: [`DEFAULT_CONFIRM_SWEEPS`](Self::DEFAULT_CONFIRM_SWEEPS). Zero confirms at the
     /// first sweep after the grace period. At most [`MAX_CONFIRM_SWEEPS`](Self::MAX_CONFIRM_SWEEPS).
     pub fn confirm_sweeps(mut self, sweeps: u32) -> Self {
-        self.confirm_sweeps = sweeps;
+        self.config.confirm_sweeps = sweeps;
         self
     }
 
@@ -179,7 +175,7 @@ impl LeakDetectorBuilder {
     /// Default: [`DEFAULT_MAX_REQUEST_AGE`](Self::DEFAULT_MAX_REQUEST_AGE). Must be greater than
     /// zero and at least the grace period.
     pub fn max_request_age(mut self, age: Duration) -> Self {
-        self.max_request_age = age;
+        self.config.max_request_age = age;
         self
     }
 
@@ -190,7 +186,7 @@ impl LeakDetectorBuilder {
     /// Default: [`DEFAULT_REGISTRY_CAPACITY`](Self::DEFAULT_REGISTRY_CAPACITY). Must be greater
     /// than zero.
     pub fn registry_capacity(mut self, capacity: usize) -> Self {
-        self.registry_capacity = capacity;
+        self.config.registry_capacity = capacity;
         self
     }
 
@@ -198,7 +194,7 @@ impl LeakDetectorBuilder {
     /// re-sweeping before it gives up and panics. Default:
     /// [`DEFAULT_SETTLE_TIMEOUT`](Self::DEFAULT_SETTLE_TIMEOUT). Must be greater than zero.
     pub fn settle_timeout(mut self, timeout: Duration) -> Self {
-        self.settle_timeout = timeout;
+        self.config.settle_timeout = timeout;
         self
     }
 
@@ -206,7 +202,7 @@ impl LeakDetectorBuilder {
     /// [`TrackingAllocator`](crate::TrackingAllocator) installed). Default:
     /// [`DEFAULT_MEMORY_THRESHOLD`](Self::DEFAULT_MEMORY_THRESHOLD). Must be greater than zero.
     pub fn memory_threshold(mut self, bytes: u64) -> Self {
-        self.memory_threshold = bytes;
+        self.config.memory_threshold = bytes;
         self
     }
 
@@ -216,7 +212,7 @@ impl LeakDetectorBuilder {
     /// [`DEFAULT_MEMORY_WINDOW`](Self::DEFAULT_MEMORY_WINDOW). Must be greater than zero. See
     /// [retained memory](crate#retained-memory) in the crate docs.
     pub fn memory_window(mut self, requests: u64) -> Self {
-        self.memory_window = requests;
+        self.config.memory_window = requests;
         self
     }
 
@@ -224,7 +220,7 @@ impl LeakDetectorBuilder {
     /// Default: [`DEFAULT_TREND_INTERVAL`](Self::DEFAULT_TREND_INTERVAL). Must be greater than
     /// zero. See [trend alerts](crate#trend-alerts) in the crate docs.
     pub fn trend_interval(mut self, interval: Duration) -> Self {
-        self.trend.interval = interval;
+        self.config.trend.interval = interval;
         self
     }
 
@@ -232,7 +228,7 @@ impl LeakDetectorBuilder {
     /// newest sample). Default: [`DEFAULT_TREND_WINDOW`](Self::DEFAULT_TREND_WINDOW) (a minute,
     /// at the default interval). At least 2.
     pub fn trend_window(mut self, samples: usize) -> Self {
-        self.trend.window = samples;
+        self.config.trend.window = samples;
         self
     }
 
@@ -240,7 +236,7 @@ impl LeakDetectorBuilder {
     /// `0.3` is 30 %. Default: [`DEFAULT_GROWTH_RATIO`](Self::DEFAULT_GROWTH_RATIO). Must be a
     /// finite number greater than zero.
     pub fn growth_ratio(mut self, ratio: f64) -> Self {
-        self.trend.relative = ratio;
+        self.config.trend.relative = ratio;
         self
     }
 
@@ -249,7 +245,7 @@ impl LeakDetectorBuilder {
     /// raised. Default: [`DEFAULT_HEAP_GROWTH_BYTES`](Self::DEFAULT_HEAP_GROWTH_BYTES). Must be
     /// greater than zero.
     pub fn heap_growth_bytes(mut self, bytes: u64) -> Self {
-        self.trend.heap_absolute = bytes;
+        self.config.trend.heap_absolute = bytes;
         self
     }
 
@@ -258,7 +254,7 @@ impl LeakDetectorBuilder {
     /// raised. Default: [`DEFAULT_TASK_GROWTH`](Self::DEFAULT_TASK_GROWTH). Must be greater than
     /// zero.
     pub fn task_growth(mut self, tasks: u64) -> Self {
-        self.trend.task_absolute = tasks;
+        self.config.trend.task_absolute = tasks;
         self
     }
 
@@ -283,14 +279,16 @@ impl LeakDetectorBuilder {
     where
         F: Fn(&http::Method, &http::Uri) -> Option<&'static str> + Send + Sync + 'static,
     {
-        self.route_fn = Some(Arc::new(route_fn));
+        self.config.route_fn = Some(RouteFnBox(Arc::new(route_fn)));
         self
     }
 
     /// Does not track requests to this route template (health checks, metrics scrapes, the
     /// snapshot endpoint). Such requests take a path that allocates nothing.
     pub fn ignore_route(mut self, route: impl Into<String>) -> Self {
-        self.ignored_routes.push(route.into().into_boxed_str());
+        self.config
+            .ignored_routes
+            .push(route.into().into_boxed_str());
         self
     }
 
@@ -298,7 +296,9 @@ impl LeakDetectorBuilder {
     /// [`max_request_age`](Self::max_request_age) (server-sent events, long polling, streaming
     /// downloads). Objects they leave behind are still judged once they end.
     pub fn streaming_route(mut self, route: impl Into<String>) -> Self {
-        self.streaming_routes.push(route.into().into_boxed_str());
+        self.config
+            .streaming_routes
+            .push(route.into().into_boxed_str());
         self
     }
 
@@ -318,34 +318,20 @@ impl LeakDetectorBuilder {
         self,
     ) -> Result<(Config, Option<Vec<Box<dyn ReportSink>>>), ConfigError> {
         self.validate()?;
-        let sinks = self.sinks;
-        let config = Config {
-            grace: self.grace,
-            sweep_interval: self.sweep_interval,
-            confirm_sweeps: self.confirm_sweeps,
-            max_request_age: self.max_request_age,
-            registry_capacity: self.registry_capacity,
-            settle_timeout: self.settle_timeout,
-            memory_threshold: self.memory_threshold,
-            memory_window: self.memory_window,
-            trend: self.trend,
-            route_fn: self.route_fn,
-            ignored_routes: self.ignored_routes,
-            streaming_routes: self.streaming_routes,
-        };
-        Ok((config, sinks))
+        Ok((self.config, self.sinks))
     }
 
     /// The first invalid setting, if any.
     fn validate(&self) -> Result<(), ConfigError> {
-        let trend = &self.trend;
+        let config = &self.config;
+        let trend = &config.trend;
         let zero = [
-            ("sweep_interval", self.sweep_interval.is_zero()),
-            ("registry_capacity", self.registry_capacity == 0),
-            ("max_request_age", self.max_request_age.is_zero()),
-            ("settle_timeout", self.settle_timeout.is_zero()),
-            ("memory_threshold", self.memory_threshold == 0),
-            ("memory_window", self.memory_window == 0),
+            ("sweep_interval", config.sweep_interval.is_zero()),
+            ("registry_capacity", config.registry_capacity == 0),
+            ("max_request_age", config.max_request_age.is_zero()),
+            ("settle_timeout", config.settle_timeout.is_zero()),
+            ("memory_threshold", config.memory_threshold == 0),
+            ("memory_window", config.memory_window == 0),
             ("trend_interval", trend.interval.is_zero()),
             ("heap_growth_bytes", trend.heap_absolute == 0),
             ("task_growth", trend.task_absolute == 0),
@@ -354,15 +340,15 @@ impl LeakDetectorBuilder {
             return Err(ConfigError::new(field, "must be greater than zero"));
         }
         let rules: [(&'static str, bool, &dyn Fn() -> String); 4] = [
-            ("grace", self.grace <= self.max_request_age, &|| {
+            ("grace", config.grace <= config.max_request_age, &|| {
                 format!(
                     "must not exceed max_request_age ({:?} > {:?})",
-                    self.grace, self.max_request_age
+                    config.grace, config.max_request_age
                 )
             }),
             (
                 "confirm_sweeps",
-                self.confirm_sweeps <= Self::MAX_CONFIRM_SWEEPS,
+                config.confirm_sweeps <= Self::MAX_CONFIRM_SWEEPS,
                 &|| format!("must be at most {}", Self::MAX_CONFIRM_SWEEPS),
             ),
             ("trend_window", trend.window >= 2, &|| {
@@ -383,8 +369,8 @@ impl LeakDetectorBuilder {
             return Err(ConfigError::new(field, message()));
         }
         for (field, routes) in [
-            ("ignore_route", &self.ignored_routes),
-            ("streaming_route", &self.streaming_routes),
+            ("ignore_route", &config.ignored_routes),
+            ("streaming_route", &config.streaming_routes),
         ] {
             if let Some(bad) = routes.iter().find(|r| !is_route_template(r)) {
                 return Err(ConfigError::new(

@@ -143,7 +143,7 @@ impl Engine {
     pub(crate) fn open_scope<B>(&self, request: &http::Request<B>) -> Option<Arc<Scope>> {
         // Nothing the detector allocates here is charged to an enclosing request.
         scope::outside(|| {
-            let route_fn = self.config.route_fn.as_deref();
+            let route_fn = self.config.route_fn.as_ref().map(|f| &*f.0);
             let (route, info) = route::resolve(request, route_fn, &self.routes);
             if info.ignored {
                 return None;
