@@ -66,7 +66,7 @@ fn alloc_free(c: &mut Criterion) {
         .route_fn(|_, _| Some("/bench"))
         .build()
         .unwrap();
-    assert!(detector.stats().memory_tracked);
+    assert!(detector.stats().memory.is_tracked());
 
     let mut group = c.benchmark_group("alloc+free");
     for size in SIZES {

@@ -573,10 +573,10 @@ async fn drive(options: Options) {
         println!("\nleak spans and metrics exported over OTLP");
     }
     println!(
-        "\ndetector: {} sweeps, {} open scopes, {} registry entries (capacity {}), {} skipped, \
+        "\ndetector: {} sweeps, {} requests in flight, {} registry entries (capacity {}), {} skipped, \
          {} sink reports ({} released)",
         stats.sweeps,
-        stats.open_scopes,
+        stats.requests_in_flight,
         stats.registry_entries,
         stats.registry_capacity,
         stats.skipped,

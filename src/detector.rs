@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::client::ClientLeakLayer;
 use crate::config::{ConfigError, LeakDetectorBuilder};
@@ -175,9 +175,6 @@ cfg_feature! {
     }
 }
 
-/// How long [`LeakDetector::assert_no_leaks`] waits between sweeps.
-const RETRY_EVERY: Duration = Duration::from_millis(5);
-
 /// Test assertions.
 ///
 /// goleak-style: the assertion sweeps, and while objects of finished requests are still alive it
@@ -208,30 +205,14 @@ impl LeakDetector {
 
     /// [`assert_no_leaks`](Self::assert_no_leaks) with an explicit settle timeout.
     pub async fn assert_no_leaks_within(&self, settle: Duration) {
-        if let Err(reports) = self.settle(settle).await {
+        let reports = self.engine.settle(settle, |_| true).await;
+        if !reports.is_empty() {
             panic!(
                 "leakwatch: {} leak(s) outlived their requests (settled for {} ms):\n{}",
                 reports.len(),
                 settle.as_millis(),
                 render_list(&reports)
             );
-        }
-    }
-
-    /// Sweeps until nothing of a finished request is alive or `settle` passes; returns what is
-    /// left.
-    async fn settle(&self, settle: Duration) -> Result<(), Vec<LeakReport>> {
-        let deadline = Instant::now() + settle;
-        loop {
-            self.engine.sweep();
-            let (reports, waiting) = self.engine.unsettled();
-            if reports.is_empty() {
-                return Ok(());
-            }
-            if !waiting || Instant::now() >= deadline {
-                return Err(reports);
-            }
-            tokio::time::sleep(RETRY_EVERY).await;
         }
     }
 }
@@ -257,7 +238,7 @@ impl LeakDetectorBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
     #[test]
     fn sweeper_thread_ends_when_the_detector_is_dropped() {

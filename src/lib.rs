@@ -162,7 +162,7 @@ pub use crate::alloc::{AllocationSites, TrackingAllocator, HEADER_SIZE, ROUTE_SL
 pub use crate::client::{ClientLeakLayer, ClientLeakService};
 pub use crate::config::{ConfigError, LeakDetectorBuilder};
 pub use crate::detector::LeakDetector;
-pub use crate::engine::stats::{KindCounts, RouteMemoryStats, Stats};
+pub use crate::engine::stats::{KindCounts, MemoryAccounting, RouteStats, Stats};
 pub use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
 pub use crate::server::{LeakLayer, LeakService};
 pub use crate::sink::ReportSink;

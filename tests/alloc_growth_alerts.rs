@@ -33,7 +33,7 @@ async fn growth_alerts_fire_on_leaks_and_stay_quiet_on_steady_load() {
         .sink(sink.clone())
         .build()
         .unwrap();
-    assert!(detector.stats().memory_tracked);
+    assert!(detector.stats().memory.is_tracked());
 
     // Steady load: memory allocated and freed, tasks that end.
     for _ in 0..8 {

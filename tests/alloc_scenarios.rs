@@ -200,7 +200,7 @@ async fn check_leak(path: &str, route: &str, per_request: u64, sweep_every: u64)
         .iter()
         .all(|r| r.kind == LeakKind::RetainedMemory && r.route == route));
     assert_retained(&detector.leaks(), route, per_request);
-    assert!(detector.stats().memory_tracked);
+    assert!(detector.stats().memory.is_tracked());
 }
 
 async fn check_clean(path: &str, sweep_every: u64) {
@@ -216,7 +216,9 @@ async fn check_clean(path: &str, sweep_every: u64) {
         .iter()
         .find(|r| path.starts_with(r.route.trim_end_matches("{id}")))
         .unwrap();
-    assert_eq!(route.judged_requests, REQUESTS, "{stats:#?}");
+    assert_eq!(route.finished_requests, REQUESTS, "{stats:#?}");
+    // Every one of them had its memory counted and judged.
+    assert_eq!(stats.untracked_requests, 0, "{stats:#?}");
 }
 
 macro_rules! scenarios {

@@ -14,7 +14,8 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use http::Request;
-use leakwatch::snapshot::{MemoryAccounting, Snapshot};
+use leakwatch::snapshot::Snapshot;
+use leakwatch::MemoryAccounting;
 use leakwatch::{AllocationSites, LeakKind, LeakReport};
 use tower::ServiceExt;
 
@@ -98,15 +99,15 @@ async fn retained_memory_reports_list_the_handlers_allocation_site() {
         assert!(report.to_string().contains("allocated at"), "{report}");
 
         // The snapshot shows the same sites, and the route's memory.
-        assert_eq!(snapshot.memory, MemoryAccounting::Exact);
+        assert_eq!(snapshot.stats.memory, MemoryAccounting::Exact);
         assert_eq!(snapshot.reports, vec![report.clone()]);
         let sites = &snapshot.sites;
         assert_eq!(sites.len(), 1, "{sites:#?}");
         assert_eq!(sites[0].route, "/leak/map/{id}");
         assert!(sites[0].sites.iter().any(|s| s.line == Some(MAP_LINE)));
-        let route = &snapshot.routes[0];
+        let route = &snapshot.stats.routes[0];
         assert_eq!(
-            (route.route.as_str(), route.in_flight),
+            (route.route.as_str(), route.requests_in_flight),
             ("/leak/map/{id}", 0)
         );
         assert_eq!(route.finished_requests, 300);

@@ -184,10 +184,19 @@ async fn an_upstream_body_read_to_its_end_is_not_reported() {
     detector.assert_no_leaks().await;
     // The calls are not requests: the route counts five requests, none in flight.
     let snapshot = detector.snapshot();
-    let route = snapshot.routes.iter().find(|r| r.route == "/proxy/read");
+    let route = snapshot
+        .stats
+        .routes
+        .iter()
+        .find(|r| r.route == "/proxy/read");
     let route = route.expect("the route is in the snapshot");
-    assert_eq!((route.finished_requests, route.in_flight), (5, 0));
-    assert_eq!(snapshot.routes.len(), 1, "{:#?}", snapshot.routes);
+    assert_eq!((route.finished_requests, route.requests_in_flight), (5, 0));
+    assert_eq!(
+        snapshot.stats.routes.len(),
+        1,
+        "{:#?}",
+        snapshot.stats.routes
+    );
 }
 
 /// The client's connections, their buffers and its pool are allocated while the call's own
@@ -204,7 +213,8 @@ async fn the_clients_own_memory_is_not_the_requests() {
     detector.sweep_now();
     let stats = detector.stats();
     let route = stats.routes.iter().find(|r| r.route == "/proxy/read");
-    let live = route.expect("the route's memory is counted").live_bytes;
+    let live = route.and_then(|r| r.live_bytes);
+    let live = live.expect("the route's memory is counted");
     assert!(
         live < 4096,
         "/proxy/read holds {live} bytes after 50 requests"

@@ -43,7 +43,10 @@ async fn orphan_task_through_a_real_hyper_server() {
     let response = support::client().request(request).await.unwrap();
     assert_eq!(&support::read_body(response).await[..], b"ok");
 
-    support::wait_until("the scope closed", || detector.stats().open_scopes == 0).await;
+    support::wait_until("the scope closed", || {
+        detector.stats().requests_in_flight == 0
+    })
+    .await;
     let reports = detector.sweep_now();
     assert_eq!(reports.len(), 1, "{reports:#?}");
     let report = &reports[0];

@@ -119,9 +119,9 @@ async fn a_clean_service_passes() {
         .await
         .unwrap();
     assert!(report.passed(), "{report}");
-    assert!(report.memory_tracked);
+    assert!(report.memory.is_tracked());
     for verdict in &report.routes {
-        assert_eq!(verdict.seen, 250, "{report}");
+        assert_eq!(verdict.finished_requests, 250, "{report}");
         let bytes = verdict.bytes_per_request.unwrap();
         assert!(
             bytes <= 8,
@@ -289,7 +289,7 @@ async fn a_template_the_service_does_not_use_fails() {
         .await
         .unwrap();
     let verdict = &report.routes[0];
-    assert_eq!(verdict.seen, 0);
+    assert_eq!(verdict.finished_requests, 0);
     assert!(
         verdict.problems[0].contains("saw 0 of the 10 requests"),
         "{report}"

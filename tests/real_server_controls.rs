@@ -75,13 +75,13 @@ async fn c4_streaming_response_polled_to_the_end() {
             // Mid-stream (later chunks are past max_request_age): the request is open and
             // nothing is judged.
             assert!(detector.sweep_now().is_empty());
-            assert_eq!(detector.stats().open_scopes, 1);
+            assert_eq!(detector.stats().requests_in_flight, 1);
         }
     }
     assert_eq!(chunks, 10);
 
     support::wait_until("the stream's scope closed", || {
-        detector.stats().open_scopes == 0
+        detector.stats().requests_in_flight == 0
     })
     .await;
     detector.assert_no_leaks().await;
@@ -115,7 +115,10 @@ async fn requests_open_too_long_are_reported_stuck_then_released() {
     assert!(stuck[0].age >= Duration::from_millis(100));
 
     while body.frame().await.is_some() {}
-    support::wait_until("the scope closed", || detector.stats().open_scopes == 0).await;
+    support::wait_until("the scope closed", || {
+        detector.stats().requests_in_flight == 0
+    })
+    .await;
     let released = detector.sweep_now();
     assert_eq!(released.len(), 1, "{released:#?}");
     assert_eq!(released[0].kind, LeakKind::StuckRequest);
@@ -141,10 +144,13 @@ async fn c7_client_disconnecting_mid_response() {
 
     let mut body = get(addr, "/events").await.into_body();
     body.frame().await.unwrap().unwrap();
-    assert_eq!(detector.stats().open_scopes, 1);
+    assert_eq!(detector.stats().requests_in_flight, 1);
     drop(body); // the client goes away mid-stream
 
-    support::wait_until("the scope closed", || detector.stats().open_scopes == 0).await;
+    support::wait_until("the scope closed", || {
+        detector.stats().requests_in_flight == 0
+    })
+    .await;
     detector.assert_no_leaks().await;
     assert!(sink.reports().is_empty(), "{:#?}", sink.reports());
     server.abort();
@@ -172,7 +178,10 @@ async fn c7_handler_panicking_under_catch_panic() {
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
         support::read_body(response).await;
     }
-    support::wait_until("the scopes closed", || detector.stats().open_scopes == 0).await;
+    support::wait_until("the scopes closed", || {
+        detector.stats().requests_in_flight == 0
+    })
+    .await;
     detector.assert_no_leaks().await;
     assert!(sink.reports().is_empty(), "{:#?}", sink.reports());
     server.abort();

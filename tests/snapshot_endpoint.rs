@@ -61,7 +61,7 @@ async fn get_path(addr: SocketAddr, path: &str) -> (StatusCode, String) {
 }
 
 fn route<'a>(snapshot: &'a Value, name: &str) -> &'a Value {
-    snapshot["routes"]
+    snapshot["stats"]["routes"]
         .as_array()
         .unwrap()
         .iter()
@@ -84,7 +84,7 @@ async fn the_snapshot_shows_requests_tasks_and_reports_by_route() {
     }
     let slow = tokio::spawn(get_path(addr, "/slow"));
     support::wait_until("the slow request is in flight", || {
-        detector.stats().open_scopes >= 1
+        detector.stats().requests_in_flight >= 1
     })
     .await;
     detector.sweep_now();
@@ -92,13 +92,16 @@ async fn the_snapshot_shows_requests_tasks_and_reports_by_route() {
     let (status, json) = get_path(addr, "/debug/leaks").await;
     assert_eq!(status, StatusCode::OK);
     let snapshot: Value = serde_json::from_str(&json).unwrap();
-    assert_eq!(snapshot["memory"], "untracked", "no allocator in this test");
+    assert_eq!(
+        snapshot["stats"]["memory"], "untracked",
+        "no allocator in this test"
+    );
     assert!(snapshot["taken_at"].as_u64().unwrap() > 0);
 
     assert_eq!(route(&snapshot, "/hello")["finished_requests"], 5);
-    assert_eq!(route(&snapshot, "/hello")["in_flight"], 0);
+    assert_eq!(route(&snapshot, "/hello")["requests_in_flight"], 0);
     assert_eq!(route(&snapshot, "/hello")["live_bytes"], Value::Null);
-    assert_eq!(route(&snapshot, "/slow")["in_flight"], 1);
+    assert_eq!(route(&snapshot, "/slow")["requests_in_flight"], 1);
     assert!(route(&snapshot, "/slow")["oldest_in_flight"].is_u64());
     assert_eq!(route(&snapshot, "/jobs/{id}")["tasks_alive"], 3);
 
@@ -193,7 +196,7 @@ async fn hostile_requests_leave_no_trace_in_the_snapshot() {
     // One more request left in flight, so that open scopes are shown too.
     let slow = tokio::spawn(get_path(addr, "/slow?SECRETQUERY=1"));
     support::wait_until("the slow request is in flight", || {
-        detector.stats().open_scopes >= 1
+        detector.stats().requests_in_flight >= 1
     })
     .await;
     detector.sweep_now();
@@ -221,7 +224,7 @@ async fn hostile_requests_leave_no_trace_in_the_snapshot() {
         );
         assert!(report["request_id"].as_str().unwrap().starts_with("lw-"));
     }
-    assert_eq!(route(&snapshot, "/slow")["in_flight"], 1);
+    assert_eq!(route(&snapshot, "/slow")["requests_in_flight"], 1);
     assert!(json.len() < 64 * 1024, "the snapshot stays small");
 
     release.notify_one();

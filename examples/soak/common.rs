@@ -197,7 +197,7 @@ async fn soak(mode: &str) -> bool {
         rss_after.map_or(0, |b| b >> 20),
         growth.map_or(0, |g| g / 1024),
         stats.skipped,
-        stats.untracked_scopes,
+        stats.untracked_requests,
     );
     if let Some((before, after)) = heap_before.zip(heap_after) {
         println!(
@@ -212,7 +212,7 @@ async fn soak(mode: &str) -> bool {
     match per_request {
         Some(bytes) => println!(
             "{mode}: detector's own heap per request in flight, at {IN_FLIGHT} at once: {bytes} bytes{}",
-            if stats.memory_estimated { " (estimated)" } else { "" }
+            if stats.memory == leakwatch::MemoryAccounting::Estimated { " (estimated)" } else { "" }
         ),
         None => println!("{mode}: no tracking allocator: in-flight footprint not measured"),
     }
@@ -230,7 +230,7 @@ async fn soak(mode: &str) -> bool {
     check(leaks.is_empty(), "no leak report");
     check(growth.is_none_or(|g| g < 5 << 20), "RSS growth under 5 MB");
     // Estimates from sampling are too coarse for a per-request figure: exact mode checks it.
-    let exact = per_request.filter(|_| !stats.memory_estimated);
+    let exact = per_request.filter(|_| stats.memory == leakwatch::MemoryAccounting::Exact);
     check(
         exact.is_none_or(|b| b <= 1024),
         "at most 1 KiB per request in flight",

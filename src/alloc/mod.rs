@@ -60,7 +60,7 @@ pub(crate) use self::slots::{slots_exhausted, SlotGuard, Usage};
 pub const HEADER_SIZE: usize = 8;
 
 /// How many request scopes can be tracked at once. Past it, new requests go untracked and
-/// [`Stats::untracked_scopes`](crate::Stats::untracked_scopes) counts them.
+/// [`Stats::untracked_requests`](crate::Stats::untracked_requests) counts them.
 pub const SCOPE_SLOTS: usize = 1 << 16;
 
 /// How many distinct routes can be tracked, over all detectors of the process (slot 0 is "no
@@ -102,7 +102,7 @@ pub const ROUTE_SLOTS: usize = 4096;
 /// only about one allocation per `mean_bytes` allocated bytes, the way Go's heap profiler
 /// samples every 512 KiB: the others go straight to the inner allocator with no header and no
 /// counting beyond a thread-local countdown. Figures are then unbiased estimates, and say so
-/// ([`MemoryAccounting::Estimated`](crate::snapshot::MemoryAccounting::Estimated)).
+/// ([`MemoryAccounting::Estimated`](crate::MemoryAccounting::Estimated)).
 ///
 /// ```
 /// #[global_allocator]

@@ -9,6 +9,7 @@
 pub(crate) mod dump;
 pub(crate) mod stats;
 pub(crate) mod sweeper;
+mod view;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -16,18 +17,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
 
-use self::stats::{KindCounts, RouteMemoryStats, Stats};
 use crate::alloc::{self, SlotGuard};
 use crate::config::Config;
 use crate::engine::sweeper::Sweeper;
 use crate::judge::memory::MemoryJudge;
 use crate::judge::objects;
-use crate::judge::trend::{Trend, TrendWindow};
-use crate::registry::{Registry, TrackedObject};
+use crate::judge::trend::Trend;
+use crate::registry::Registry;
 use crate::report::ReportSink;
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request::id::{self, RequestId};
-use crate::request::liveness::Liveness;
 use crate::request::route::{self, Interner, RouteInfo, RoutePolicy};
 use crate::request::scope::{self, RequestHead, Scope, UpstreamCall};
 use crate::request::trace;
@@ -73,31 +72,6 @@ struct Counters {
     confirmed: [AtomicU64; LeakKind::COUNT],
     released: AtomicU64,
     sink_panics: AtomicU64,
-}
-
-/// Something active that a report can be made of.
-enum Finding<'a> {
-    Object(u64, &'a TrackedObject, LeakState),
-    Stuck(&'a Scope, LeakState),
-    Made(&'a LeakReport),
-}
-
-impl Finding<'_> {
-    fn kind(&self) -> LeakKind {
-        match self {
-            Finding::Object(_, object, _) => object.liveness.leak_kind(),
-            Finding::Stuck(..) => LeakKind::StuckRequest,
-            Finding::Made(report) => report.kind,
-        }
-    }
-
-    fn report(&self, now: Instant, config: &Config) -> LeakReport {
-        match *self {
-            Finding::Object(id, object, state) => objects::object_report(id, object, state, now),
-            Finding::Stuck(scope, state) => objects::stuck_report(scope, state, now, config),
-            Finding::Made(report) => report.clone(),
-        }
-    }
 }
 
 impl Engine {
@@ -298,186 +272,4 @@ impl Engine {
             }
         }
     }
-
-    /// Calls `f` with every active finding: the objects `object_state` gives a state, the
-    /// stuck requests, the remembered one-shot findings and the standing alerts.
-    fn for_each_finding(
-        &self,
-        object_state: impl Fn(&TrackedObject) -> Option<LeakState>,
-        mut f: impl FnMut(Finding<'_>),
-    ) {
-        self.registry.for_each_object(|id, object| {
-            if let Some(state) = object_state(object) {
-                f(Finding::Object(id, object, state));
-            }
-        });
-        self.registry.for_each_scope(|scope| {
-            if let Some(state) = scope.stuck.load().reported().filter(|s| s.is_active()) {
-                f(Finding::Stuck(scope, state));
-            }
-        });
-        let judges = lock(&self.judges);
-        let made = judges.findings.iter();
-        let alerts = judges
-            .memory
-            .active_reports()
-            .chain(judges.trend.active_reports());
-        made.chain(alerts)
-            .for_each(|report| f(Finding::Made(report)));
-    }
-
-    /// Reports for the findings [`for_each_finding`](Self::for_each_finding) visits, ordered by
-    /// id, and how many are objects.
-    fn reports(
-        &self,
-        object_state: impl Fn(&TrackedObject) -> Option<LeakState>,
-    ) -> (Vec<LeakReport>, usize) {
-        let now = Instant::now();
-        let mut reports = Vec::new();
-        let mut objects = 0;
-        self.for_each_finding(object_state, |finding| {
-            objects += usize::from(matches!(finding, Finding::Object(..)));
-            reports.push(finding.report(now, &self.config));
-        });
-        reports.sort_by_key(|r| r.id);
-        (reports, objects)
-    }
-
-    /// The active reports, ordered by id.
-    pub(crate) fn leaks(&self) -> Vec<LeakReport> {
-        self.reports(reported_active).0
-    }
-
-    /// Everything `assert_no_leaks` would complain about now: every object of a closed scope
-    /// that is still alive (grace or not), active stuck requests, one-shot findings and standing
-    /// alerts. The flag says whether any of it is an object that may still go away.
-    pub(crate) fn unsettled(&self) -> (Vec<LeakReport>, bool) {
-        let (reports, objects) = self.reports(|object| {
-            (!object.scope.is_open() && object.liveness.is_alive())
-                .then(|| object.lifecycle.reported().unwrap_or(LeakState::Suspected))
-        });
-        (reports, objects > 0)
-    }
-
-    /// Active reports by kind, counted without building them.
-    pub(crate) fn active_counts(&self) -> KindCounts {
-        let mut counts = KindCounts::default();
-        self.for_each_finding(reported_active, |finding| counts.add(finding.kind(), 1));
-        counts
-    }
-
-    /// The process's live heap bytes, when the allocator counts them.
-    pub(crate) fn live_heap_bytes(&self) -> Option<u64> {
-        self.memory_tracked
-            .then(|| alloc::process_live_bytes().max(0) as u64)
-    }
-
-    /// The runtime's alive tasks at the last trend sample.
-    pub(crate) fn alive_tasks(&self) -> Option<u64> {
-        lock(&self.judges)
-            .trend
-            .latest()
-            .and_then(|sample| sample.alive_tasks)
-    }
-
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.registry
-    }
-
-    /// Requests finished and let go of since the detector was built, by route template.
-    pub(crate) fn finished_requests(&self) -> Vec<(String, u64)> {
-        let counts = self.registry.finished_requests().into_iter().enumerate();
-        counts
-            .filter(|&(_, n)| n > 0)
-            .filter_map(|(index, n)| Some((self.routes.name_at(index as u32)?.to_string(), n)))
-            .collect()
-    }
-
-    /// The trend sampler's window: how many samples, and the oldest and newest with their
-    /// times.
-    pub(crate) fn trend_window(&self) -> TrendWindow {
-        lock(&self.judges).trend.window()
-    }
-
-    /// Every route with an allocator route slot, with that slot.
-    pub(crate) fn route_slots(&self) -> Vec<(u32, Arc<str>)> {
-        self.routes.slots()
-    }
-
-    /// The `TrackingAllocator` is the global allocator.
-    pub(crate) fn memory_tracked(&self) -> bool {
-        self.memory_tracked
-    }
-
-    /// The `TrackingAllocator` is the global allocator, in sampled mode: byte figures are
-    /// estimates.
-    pub(crate) fn memory_estimated(&self) -> bool {
-        self.memory_tracked && alloc::sampling_mean().is_some()
-    }
-
-    /// Counters and gauges of the detector's own state.
-    pub(crate) fn stats(&self) -> Stats {
-        let counters = &self.counters;
-        // Each lock is taken and released on its own (a guard in the struct expression below
-        // would live to its end).
-        let judged: Vec<_> = lock(&self.judges).memory.routes().collect();
-        let mut routes: Vec<RouteMemoryStats> = judged
-            .into_iter()
-            .map(|route| {
-                let (bytes, blocks) = alloc::route_live(route.slot);
-                RouteMemoryStats {
-                    route: (self.routes.name_of(route.slot))
-                        .map(|n| n.to_string())
-                        .unwrap_or_default(),
-                    live_bytes: bytes.max(0) as u64,
-                    live_blocks: blocks.max(0) as u64,
-                    judged_requests: route.judged,
-                    witnesses: route.witnesses,
-                }
-            })
-            .collect();
-        routes.sort_by(|a, b| a.route.cmp(&b.route));
-        let alive_tasks = self.alive_tasks();
-        let active = self.active_counts();
-        let mut stats = Stats {
-            open_scopes: self.registry.open_scopes(),
-            registry_entries: self.registry.len(),
-            registry_capacity: self.registry.capacity(),
-            skipped: self.registry.skipped(),
-            sweeps: counters.sweeps.load(Ordering::Relaxed),
-            active,
-            released_total: counters.released.load(Ordering::Relaxed),
-            sink_panics: counters.sink_panics.load(Ordering::Relaxed),
-            memory_tracked: self.memory_tracked,
-            memory_estimated: self.memory_estimated(),
-            live_heap_bytes: self.live_heap_bytes(),
-            untracked_scopes: if self.memory_tracked {
-                alloc::slots_exhausted()
-            } else {
-                0
-            },
-            routes,
-            alive_tasks,
-            sites_dropped: alloc::sites_dropped(),
-            samples_unserved: alloc::samples_unserved(),
-            sampled_region_bytes: alloc::sampled_region_bytes(),
-            ..Stats::default()
-        };
-        for &kind in LeakKind::ALL {
-            let confirmed = counters.confirmed[kind.index()].load(Ordering::Relaxed);
-            stats.confirmed_total.add(kind, confirmed);
-        }
-        self.registry
-            .for_each_object(|_, object| match object.liveness {
-                Liveness::Task(_) => stats.tracked_tasks += 1,
-                Liveness::Body(_) => stats.tracked_bodies += 1,
-                Liveness::Object(_) => stats.watched_objects += 1,
-            });
-        stats
-    }
-}
-
-/// The state of an object whose report is active.
-fn reported_active(object: &TrackedObject) -> Option<LeakState> {
-    object.lifecycle.reported().filter(|s| s.is_active())
 }

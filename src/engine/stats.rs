@@ -1,7 +1,9 @@
-//! [`Stats`]: the detector's own counters and gauges, as [`LeakDetector::stats`](crate::LeakDetector::stats)
-//! returns them.
+//! [`Stats`] and the types it is made of: the detector's own counters and gauges, per-route
+//! figures and how memory is counted. They are filled in by the engine's read side
+//! ([`super::view`]).
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::report::LeakKind;
 
@@ -52,19 +54,21 @@ impl serde::Serialize for KindCounts {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct Stats {
-    /// Requests whose scope is open now (their response has not finished).
-    pub open_scopes: usize,
-    /// Entries held by the registry: scopes (open, or closed and not yet swept) and objects.
+    /// Requests in flight: their response has not finished.
+    pub requests_in_flight: usize,
+    /// Entries held by the registry: requests (in flight, or finished and not yet swept) and
+    /// the objects they left behind.
     pub registry_entries: usize,
     /// The configured [`registry_capacity`](crate::LeakDetectorBuilder::registry_capacity).
     pub registry_capacity: usize,
-    /// Tasks tracked now (spawned through [`crate::spawn`] / [`crate::scoped`] in a request).
+    /// Tasks tracked now (spawned through [`crate::spawn`] / [`crate::scoped`] in a request, or
+    /// by the runtime hooks).
     pub tracked_tasks: usize,
     /// Request bodies tracked now.
     pub tracked_bodies: usize,
     /// Objects passed to [`crate::watch`] and tracked now.
     pub watched_objects: usize,
-    /// Scopes and objects not tracked because the registry was full, since the detector was
+    /// Requests and objects not tracked because the registry was full, since the detector was
     /// built.
     pub skipped: u64,
     /// Sweeps run, by the background sweeper or [`LeakDetector::sweep_now`](crate::LeakDetector::sweep_now).
@@ -77,20 +81,17 @@ pub struct Stats {
     pub released_total: u64,
     /// Sink calls that panicked (the panic is caught; the report is lost for that sink).
     pub sink_panics: u64,
-    /// Whether heap memory is counted: the [`TrackingAllocator`](crate::TrackingAllocator) is
-    /// the global allocator.
-    pub memory_tracked: bool,
-    /// Whether the byte figures are estimates: the allocator is in
-    /// [sampled mode](crate::TrackingAllocator::sampled).
-    pub memory_estimated: bool,
+    /// How heap memory is counted: exactly, estimated from samples, or not at all (the
+    /// [`TrackingAllocator`](crate::TrackingAllocator) is not the global allocator).
+    pub memory: MemoryAccounting,
     /// Live heap bytes of the whole process, from the allocator; `None` when memory is not
     /// tracked.
     pub live_heap_bytes: Option<u64>,
-    /// Requests whose memory went uncounted because every scope slot of the allocator was taken
-    /// (process-wide, since start-up).
-    pub untracked_scopes: u64,
-    /// Memory per route, for routes with judged requests.
-    pub routes: Vec<RouteMemoryStats>,
+    /// Requests whose memory went uncounted because every request slot of the allocator was
+    /// taken (process-wide, since start-up).
+    pub untracked_requests: u64,
+    /// Per route, by template: requests in flight and finished, memory, tasks alive.
+    pub routes: Vec<RouteStats>,
     /// Alive tasks of the tokio runtime the detector was built in, at the last trend sample;
     /// `None` when built outside a runtime or before the first sample.
     pub alive_tasks: Option<u64>,
@@ -105,21 +106,68 @@ pub struct Stats {
     pub sampled_region_bytes: u64,
 }
 
-/// Per-route memory numbers, in [`Stats::routes`].
+/// One route's figures, in [`Stats::routes`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
-pub struct RouteMemoryStats {
-    /// The route template.
+pub struct RouteStats {
+    /// The route template, or one of the names in [`crate::route`].
     pub route: String,
-    /// Bytes allocated by the route's requests (and the tasks they spawned) and still live.
-    pub live_bytes: u64,
-    /// Blocks allocated by the route's requests and still live.
-    pub live_blocks: u64,
-    /// Requests of the route whose retained memory has been judged.
-    pub judged_requests: u64,
-    /// Judged requests kept as witnesses because they still hold memory.
+    /// Requests of the route in flight (their response has not finished).
+    pub requests_in_flight: u64,
+    /// How long the oldest request in flight has been open (milliseconds in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::report::ser::opt_millis")
+    )]
+    pub oldest_in_flight: Option<Duration>,
+    /// Requests of the route that finished and that the sweeper has judged, since the detector
+    /// was built. A request that left nothing behind is counted as it finishes.
+    pub finished_requests: u64,
+    /// Bytes allocated by the route's requests (and the tasks they spawned) and still live;
+    /// `None` when memory is not tracked.
+    pub live_bytes: Option<u64>,
+    /// Blocks counted like [`live_bytes`](Self::live_bytes).
+    pub live_blocks: Option<u64>,
+    /// Of [`live_bytes`](Self::live_bytes), what requests that have finished still hold (the
+    /// rest is held by requests in flight).
+    pub retained_bytes: Option<u64>,
+    /// Finished requests kept as witnesses because they still hold memory.
     pub witnesses: usize,
+    /// Tracked tasks of the route still alive.
+    pub tasks_alive: u64,
+}
+
+/// How byte figures are counted: in [`Stats::memory`], in the snapshot and in the CI guard.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "lowercase"))]
+#[non_exhaustive]
+pub enum MemoryAccounting {
+    /// Every block is counted: the figures are exact.
+    Exact,
+    /// The figures are estimates from sampled blocks.
+    Estimated,
+    /// The [`TrackingAllocator`](crate::TrackingAllocator) is not installed: there are no byte
+    /// figures.
+    #[default]
+    Untracked,
+}
+
+impl MemoryAccounting {
+    /// `"exact"`, `"estimated"` or `"untracked"`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MemoryAccounting::Exact => "exact",
+            MemoryAccounting::Estimated => "estimated",
+            MemoryAccounting::Untracked => "untracked",
+        }
+    }
+
+    /// Whether heap memory is counted at all.
+    pub const fn is_tracked(self) -> bool {
+        !matches!(self, MemoryAccounting::Untracked)
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ use std::error::Error;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::pin;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response};
 use tower_service::Service;
@@ -67,10 +67,9 @@ use tower_service::Service;
 use self::baseline::{Baseline, BaselineMode};
 pub use self::baseline::{BASELINE_ENV, BASELINE_UPDATE_ENV};
 pub use self::report::{GuardError, GuardReport, RouteVerdict};
-use crate::alloc;
 use crate::config::LeakDetectorBuilder;
 use crate::detector::LeakDetector;
-use crate::report::{LeakKind, LeakReport};
+use crate::engine::stats::RouteStats;
 
 /// Makes the `i`-th request to a route.
 type MakeRequest<B> = Box<dyn Fn(usize) -> Request<B> + Send + Sync>;
@@ -271,9 +270,9 @@ impl<B> LeakGuard<B> {
             .sweep_interval(Duration::from_secs(24 * 3600))
             .memory_window((self.requests as u64 / 4).max(1))
             .build()?;
-        let memory_tracked = detector.engine.memory_tracked();
+        let memory = detector.engine.memory_accounting();
         let compare_with = match &self.baseline {
-            Some(_) if !memory_tracked => return Err(GuardError::MemoryNotTracked),
+            Some(_) if !memory.is_tracked() => return Err(GuardError::MemoryNotTracked),
             Some(mode) if !mode.update => Some(baseline::read(&mode.path)?),
             _ => None,
         };
@@ -295,8 +294,7 @@ impl<B> LeakGuard<B> {
         Ok(GuardReport {
             routes,
             warmup: self.warmup,
-            memory_tracked,
-            memory_estimated: detector.engine.memory_estimated(),
+            memory,
             baseline: self.baseline.map(|mode| (mode.path, mode.update)),
         })
     }
@@ -347,20 +345,25 @@ where
             errors.push(error);
         }
     }
-    let before = route_bytes(detector, &spec.route);
+    let figures = detector
+        .engine
+        .routes()
+        .into_iter()
+        .find(|r| r.route == spec.route);
+    let before = live_bytes(figures.as_ref());
     for i in warmup..warmup + requests {
         if let Err(error) = send(service, (spec.make)(i)).await {
             errors.push(error);
         }
     }
-    let leaks = settled_leaks(detector, &spec.route).await;
-    let after = route_bytes(detector, &spec.route);
-    let seen = detector
-        .engine
-        .finished_requests()
-        .into_iter()
-        .find(|(route, _)| *route == spec.route)
-        .map_or(0, |(_, n)| n);
+    // The route's leak reports once its objects have settled (a task ending a little after its
+    // response is not a leak).
+    let engine = &detector.engine;
+    let settle = engine.config.settle_timeout;
+    let leaks = engine.settle(settle, |r| r.route == spec.route).await;
+    let figures = engine.routes().into_iter().find(|r| r.route == spec.route);
+    let after = live_bytes(figures.as_ref());
+    let seen = figures.map_or(0, |r| r.finished_requests);
     let mut problems = Vec::new();
     let sent = (warmup + requests) as u64;
     if seen < sent {
@@ -382,7 +385,7 @@ where
     RouteVerdict {
         route: spec.route.clone(),
         requests,
-        seen,
+        finished_requests: seen,
         errors: errors.len(),
         bytes_per_request: before
             .zip(after)
@@ -450,40 +453,12 @@ where
     Ok(())
 }
 
-/// The route's live heap bytes now, or `None` when memory is not tracked.
-fn route_bytes(detector: &LeakDetector, route: &str) -> Option<i64> {
-    let engine = &detector.engine;
-    if !engine.memory_tracked() {
-        return None;
-    }
-    let slots = engine.route_slots();
-    let slot = slots.iter().find(|(_, name)| &**name == route);
-    Some(slot.map_or(0, |&(slot, _)| alloc::route_live(slot).0))
-}
-
-/// How often the guard sweeps while objects of a route may still go away.
-const RETRY_EVERY: Duration = Duration::from_millis(5);
-
-/// The route's leak reports once its objects have settled: swept until none of them is alive,
-/// or until the detector's settle timeout when some are (a task ending a little after its
-/// response is not a leak).
-async fn settled_leaks(detector: &LeakDetector, route: &str) -> Vec<LeakReport> {
-    let engine = &detector.engine;
-    let deadline = Instant::now() + engine.config.settle_timeout;
-    loop {
-        engine.sweep();
-        let (reports, _) = engine.unsettled();
-        let mine: Vec<LeakReport> = reports.into_iter().filter(|r| r.route == route).collect();
-        let may_go_away = mine.iter().any(|r| {
-            matches!(
-                r.kind,
-                LeakKind::OrphanTask | LeakKind::RetainedBody | LeakKind::WatchedObject
-            )
-        });
-        if !may_go_away || Instant::now() >= deadline {
-            return mine;
-        }
-        tokio::time::sleep(RETRY_EVERY).await;
+/// A route's live heap bytes from its figures, or `None` when memory is not tracked (a route
+/// not seen yet holds none).
+fn live_bytes(figures: Option<&RouteStats>) -> Option<i64> {
+    match figures {
+        Some(route) => route.live_bytes.map(|bytes| bytes as i64),
+        None => Some(0),
     }
 }
 
@@ -534,9 +509,12 @@ mod tests {
     async fn without_the_allocator_only_reports_are_judged() {
         let report = guard().route("/hello/{i}", hello).run(make).await.unwrap();
         assert!(report.passed(), "{report}");
-        assert!(!report.memory_tracked);
+        assert!(!report.memory.is_tracked());
         let verdict = &report.routes[0];
-        assert_eq!((verdict.seen, verdict.bytes_per_request), (25, None));
+        assert_eq!(
+            (verdict.finished_requests, verdict.bytes_per_request),
+            (25, None)
+        );
         assert!(report.to_string().contains("memory: untracked"));
     }
 

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::config::ConfigError;
+use crate::engine::stats::MemoryAccounting;
 use crate::report::{render_list, LeakReport};
 use crate::util::table::{self, or_dash, Align};
 
@@ -19,9 +20,9 @@ pub struct RouteVerdict {
     pub route: String,
     /// Requests sent and measured (after the warm-up).
     pub requests: usize,
-    /// Requests the detector saw under this route, warm-up included. Fewer than were sent
-    /// means the template does not match what the service calls the route.
-    pub seen: u64,
+    /// Requests the detector saw finish under this route, warm-up included. Fewer than were
+    /// sent means the template does not match what the service calls the route.
+    pub finished_requests: u64,
     /// Requests that failed (the service or the response body returned an error).
     pub errors: usize,
     /// Heap bytes the route's requests kept, per measured request; `None` when the
@@ -55,11 +56,9 @@ pub struct GuardReport {
     pub routes: Vec<RouteVerdict>,
     /// Warm-up requests sent to each route before measuring.
     pub warmup: usize,
-    /// Whether heap memory was measured (the allocator is installed).
-    pub memory_tracked: bool,
-    /// Whether the bytes per request are estimates (the allocator is in sampled mode; exact
-    /// mode is the one for a guard).
-    pub memory_estimated: bool,
+    /// How heap memory was measured: exactly, estimated (the allocator is in sampled mode;
+    /// exact mode is the one for a guard), or not at all (the allocator is not installed).
+    pub memory: MemoryAccounting,
     /// The baseline file, and whether this run rewrote it (else it was compared against).
     pub baseline: Option<(PathBuf, bool)>,
 }
@@ -98,11 +97,7 @@ impl fmt::Display for GuardReport {
             "leakwatch guard: {} routes, {requests} requests each after {} warm-up; memory: {}",
             self.routes.len(),
             self.warmup,
-            if self.memory_tracked {
-                "exact"
-            } else {
-                "untracked"
-            }
+            self.memory.as_str()
         )?;
         match &self.baseline {
             Some((path, true)) => writeln!(f, "; baseline {} rewritten", path.display())?,
@@ -226,7 +221,7 @@ mod tests {
         RouteVerdict {
             route: route.to_owned(),
             requests: 200,
-            seen: 250,
+            finished_requests: 250,
             errors: 0,
             bytes_per_request: Some(bytes),
             budget: 64,
@@ -245,8 +240,7 @@ mod tests {
                 verdict("/leak/{id}", 4130, Some(48), &["over the budget"]),
             ],
             warmup: 50,
-            memory_tracked: true,
-            memory_estimated: false,
+            memory: MemoryAccounting::Exact,
             baseline: Some((PathBuf::from("leaks.baseline"), false)),
         };
         assert!(!report.passed());

@@ -188,25 +188,12 @@ impl MemoryJudge {
         self.routes.values().filter_map(|r| r.alert.active())
     }
 
-    /// Per route slot judged so far: its requests judged and its witnesses.
-    pub(crate) fn routes(&self) -> impl Iterator<Item = RouteJudged> + '_ {
-        self.routes.iter().map(|(&slot, route)| RouteJudged {
-            slot,
-            judged: route.judged,
-            witnesses: route.witnesses.len(),
-        })
+    /// Per route slot judged so far, how many of its finished requests are kept as
+    /// witnesses because they still hold memory.
+    pub(crate) fn witnesses(&self) -> impl Iterator<Item = (u32, usize)> + '_ {
+        let routes = self.routes.iter();
+        routes.map(|(&slot, route)| (slot, route.witnesses.len()))
     }
-}
-
-/// What the memory judge knows of one route, from [`MemoryJudge::routes`].
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RouteJudged {
-    /// The route's allocator slot.
-    pub(crate) slot: u32,
-    /// Its requests whose retained memory has been judged.
-    pub(crate) judged: u64,
-    /// Of those, how many are kept as witnesses.
-    pub(crate) witnesses: usize,
 }
 
 /// The `RetainedMemory` report of a route whose retained bytes grow steadily with its requests

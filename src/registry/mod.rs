@@ -262,7 +262,7 @@ impl Registry {
     }
 
     /// Requests in flight.
-    pub(crate) fn open_scopes(&self) -> usize {
+    pub(crate) fn requests_in_flight(&self) -> usize {
         let mut open = 0;
         self.for_each_open_request(|_| open += 1);
         open
@@ -394,9 +394,9 @@ mod tests {
         let registry = Registry::new(8);
         let first = registry.open(1, request(1, 4), None).unwrap();
         let address = Arc::as_ptr(&first);
-        assert_eq!((registry.len(), registry.open_scopes()), (1, 1));
+        assert_eq!((registry.len(), registry.requests_in_flight()), (1, 1));
         registry.retire(first);
-        assert_eq!((registry.len(), registry.open_scopes()), (0, 0));
+        assert_eq!((registry.len(), registry.requests_in_flight()), (0, 0));
         assert_eq!(registry.finished_requests(), [0, 0, 0, 0, 1]);
         let mut judged = 0;
         assert!(registry
@@ -440,7 +440,7 @@ mod tests {
         registry.retire(fine);
         registry.retire(stuck);
         assert_eq!(registry.len(), 1, "the stuck one waits for its release");
-        assert_eq!(registry.open_scopes(), 0);
+        assert_eq!(registry.requests_in_flight(), 0);
         let mut gone = Vec::new();
         let released = registry.sweep_scopes(|scope, lifecycle| {
             gone.extend(lifecycle.gone().map(|state| (scope.id, state)));
@@ -459,7 +459,7 @@ mod tests {
             .open_call(1, request(1, RouteInfo::NO_INDEX))
             .unwrap();
         assert_eq!(
-            registry.open_scopes(),
+            registry.requests_in_flight(),
             0,
             "a call is not a request in flight"
         );

@@ -35,7 +35,7 @@ const GAUGES: [Reading; 4] = [
         name: "leakwatch.requests.open",
         unit: "{request}",
         description: "Requests in flight",
-        read: |engine| Some(engine.registry().open_scopes() as u64),
+        read: |engine| Some(engine.requests_in_flight() as u64),
     },
     Reading {
         name: "leakwatch.registry.entries",

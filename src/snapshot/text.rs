@@ -19,7 +19,7 @@ impl Display for Snapshot {
             f,
             "leakwatch snapshot at {} ms since the Unix epoch; memory: {}",
             taken.as_millis(),
-            self.memory.as_str()
+            stats.memory.as_str()
         )?;
         writeln!(
             f,
@@ -28,7 +28,7 @@ impl Display for Snapshot {
             stats.registry_entries,
             stats.registry_capacity,
             stats.skipped,
-            stats.open_scopes,
+            stats.requests_in_flight,
             stats.sweeps,
             stats.active.total()
         )?;
@@ -48,12 +48,13 @@ impl Snapshot {
     fn routes_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "\nroutes")?;
         let rows: Vec<Vec<String>> = self
+            .stats
             .routes
             .iter()
             .map(|r| {
                 vec![
                     r.route.clone(),
-                    r.in_flight.to_string(),
+                    r.requests_in_flight.to_string(),
                     or_dash(r.oldest_in_flight.map(millis)),
                     r.finished_requests.to_string(),
                     or_dash(r.live_bytes),
@@ -80,9 +81,6 @@ impl Snapshot {
             ],
             &rows,
         )?;
-        if self.routes_omitted > 0 {
-            writeln!(f, "  … and {} more routes", self.routes_omitted)?;
-        }
         Ok(())
     }
 
