@@ -27,7 +27,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use leakwatch::client::{ClientLeakService, UpstreamBody};
+use leakwatch::client::{ClientLeakService, ResponseBody};
 use leakwatch::sink::{CollectingSink, TracingSink};
 use leakwatch::{LeakDetector, LeakKind, LeakReport, LeakState};
 use tokio::sync::{mpsc, Semaphore};
@@ -47,7 +47,7 @@ struct Globals {
     callbacks: Arc<Mutex<Vec<Callback>>>,
     lru: Arc<Mutex<VecDeque<Vec<u8>>>>,
     upstream: Option<Upstream>,
-    upstream_bodies: Arc<Mutex<Vec<UpstreamBody<Incoming>>>>,
+    upstream_bodies: Arc<Mutex<Vec<ResponseBody<Incoming>>>>,
 }
 
 /// The client for the demo's own upstream (L9), behind `client_layer()`.
@@ -70,7 +70,7 @@ impl Globals {
     }
 
     /// `GET /data` from the upstream.
-    async fn call_upstream(&self) -> Option<http::Response<UpstreamBody<Incoming>>> {
+    async fn call_upstream(&self) -> Option<http::Response<ResponseBody<Incoming>>> {
         let upstream = self.upstream.as_ref()?;
         let uri = format!("http://{}/data", upstream.addr);
         let request = http::Request::get(uri).body(Empty::new()).ok()?;
@@ -448,7 +448,7 @@ const MEMORY_WINDOW: u64 = 64;
 
 /// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, exports leak spans and metrics over OTLP — to
 /// Jaeger, for example. (Examples build leakwatch with its `otlp` feature; see Cargo.toml.)
-fn otlp_export() -> Option<leakwatch::otlp::OtlpGuard> {
+fn otlp_export() -> Option<leakwatch::otlp::OtlpProviders> {
     std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
     match leakwatch::otlp::init() {
         Ok(guard) => {

@@ -158,7 +158,7 @@ cfg_feature! {
     /// | `leakwatch.leaks.active` | `{leak}` | active reports, by `leak.kind` |
     /// | `leakwatch.heap.live` | `By` | the process's live heap (only with the `TrackingAllocator`) |
     /// | `leakwatch.tasks.alive` | `{task}` | alive tokio tasks at the last trend sample |
-    /// | `leakwatch.requests.open` | `{request}` | requests in flight |
+    /// | `leakwatch.requests.in_flight` | `{request}` | requests in flight |
     /// | `leakwatch.registry.entries` | `{entry}` | scopes and objects held by the registry |
     /// | `leakwatch.registry.skipped` | `{entry}` | entries not tracked because the registry was full (counter) |
     ///

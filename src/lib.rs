@@ -158,7 +158,7 @@ pub use crate::request::route;
 #[doc = include_str!("../README.md")]
 struct ReadmeDoctests;
 
-pub use crate::alloc::{AllocationSites, TrackingAllocator, HEADER_SIZE, ROUTE_SLOTS, SCOPE_SLOTS};
+pub use crate::alloc::{AllocationSites, TrackingAllocator};
 pub use crate::client::{ClientLeakLayer, ClientLeakService};
 pub use crate::config::{ConfigError, LeakDetectorBuilder};
 pub use crate::detector::LeakDetector;

@@ -65,7 +65,7 @@ pub(crate) fn sample_report() -> LeakReport {
         request_id: "req-1".into(),
         trace_id: None,
         span_id: None,
-        scope_id: 3,
+        request_number: 3,
         opened_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_000),
         closed_at: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_500)),
         detected_at: SystemTime::UNIX_EPOCH + Duration::from_millis(4_000),

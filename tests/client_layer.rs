@@ -26,7 +26,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use leakwatch::client::{ClientLeakService, UpstreamBody};
+use leakwatch::client::{ClientLeakService, ResponseBody};
 use leakwatch::{LeakDetector, LeakKind, LeakReport, LeakState};
 use tower::{ServiceBuilder, ServiceExt};
 
@@ -36,12 +36,12 @@ type Upstream = ClientLeakService<Client<HttpConnector, Full<Bytes>>>;
 struct App {
     upstream: Upstream,
     upstream_addr: SocketAddr,
-    kept: Arc<Mutex<Vec<UpstreamBody<Incoming>>>>,
+    kept: Arc<Mutex<Vec<ResponseBody<Incoming>>>>,
 }
 
 impl App {
     /// Calls the upstream, with a secret in the path and the query that must never be reported.
-    async fn call(&self) -> Response<UpstreamBody<Incoming>> {
+    async fn call(&self) -> Response<ResponseBody<Incoming>> {
         let uri = format!(
             "http://{}/private/SECRETPATH?token=SECRETQUERY",
             self.upstream_addr

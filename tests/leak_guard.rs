@@ -15,7 +15,7 @@ use axum::extract::{Path, State};
 use axum::routing::get;
 use axum::Router;
 use http::Request;
-use leakwatch::guard::{GuardError, GuardReport, LeakGuard};
+use leakwatch::guard::{GuardError, GuardOutcome, LeakGuard};
 use leakwatch::{LeakDetector, LeakKind};
 
 #[global_allocator]
@@ -98,7 +98,7 @@ fn guard() -> LeakGuard<Body> {
     LeakGuard::new().without_baseline()
 }
 
-fn route<'a>(report: &'a GuardReport, name: &str) -> &'a leakwatch::guard::RouteVerdict {
+fn route<'a>(report: &'a GuardOutcome, name: &str) -> &'a leakwatch::guard::RouteVerdict {
     report.routes.iter().find(|r| r.route == name).unwrap()
 }
 

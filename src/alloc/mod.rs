@@ -57,15 +57,15 @@ pub(crate) use self::slots::{slots_exhausted, SlotGuard, Usage};
 /// With glibc's `malloc`, whose chunks grow in steps of 16 bytes and carry 8 bytes of their
 /// own, a request of `16k + 9` to `16k + 16` bytes still fits its chunk with the header: only
 /// the other half of the sizes pay 16 more bytes.
-pub const HEADER_SIZE: usize = 8;
+pub(crate) const HEADER_SIZE: usize = 8;
 
 /// How many request scopes can be tracked at once. Past it, new requests go untracked and
 /// [`Stats::untracked_requests`](crate::Stats::untracked_requests) counts them.
-pub const SCOPE_SLOTS: usize = 1 << 16;
+pub(crate) const SCOPE_SLOTS: usize = 1 << 16;
 
 /// How many distinct routes can be tracked, over all detectors of the process (slot 0 is "no
 /// route"). Past it, further routes are counted under slot 0.
-pub const ROUTE_SLOTS: usize = 4096;
+pub(crate) const ROUTE_SLOTS: usize = 4096;
 
 /// A [`GlobalAlloc`] that attributes every block to the request (and route) that allocated it.
 ///
@@ -86,8 +86,11 @@ pub const ROUTE_SLOTS: usize = 4096;
 /// static ALLOC: leakwatch::TrackingAllocator<System> = leakwatch::TrackingAllocator::new(System);
 /// ```
 ///
-/// Each block costs [`HEADER_SIZE`] extra bytes (or its alignment, when that is larger than
-/// 8). Outside a request the cost is the header and one uncontended counter update; inside a
+/// Each block costs 8 extra bytes (or its alignment, when that is larger than 8). At most
+/// 65 536 requests have their memory counted at once, over all detectors of the process
+/// (past that, [`Stats::untracked_requests`](crate::Stats::untracked_requests) counts those that
+/// go without), and at most 4 096 routes (further routes' memory is counted as no route's).
+/// Outside a request the cost is the header and one uncontended counter update; inside a
 /// request, thread-local additions flushed once per poll. Nothing is locked and nothing is
 /// allocated on these paths.
 ///
@@ -414,6 +417,12 @@ unsafe fn read_header(ptr: *mut u8) -> Header {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_sizes_are_the_documented_ones() {
+        // `TrackingAllocator`'s docs state these figures in prose.
+        assert_eq!((HEADER_SIZE, SCOPE_SLOTS, ROUTE_SLOTS), (8, 65_536, 4_096));
+    }
 
     /// Requests that hold no scope slot (all taken) are still counted exactly for their route,
     /// also when one frees another's block. (Called directly: this allocator is not the

@@ -1,4 +1,4 @@
-//! [`UpstreamBody`]: an upstream's response body, tracked.
+//! [`ResponseBody`]: an upstream's response body, tracked.
 
 use std::fmt;
 use std::pin::Pin;
@@ -21,7 +21,7 @@ pin_project! {
     /// [`RetainedBody`](crate::LeakKind::RetainedBody); dropped before its end with data left,
     /// an [`UnconsumedBody`](crate::LeakKind::UnconsumedBody). A body empty from the start is
     /// not tracked.
-    pub struct UpstreamBody<B> {
+    pub struct ResponseBody<B> {
         #[pin]
         inner: RequestBody<B>,
         // Closes the scope of a call made outside any request when the body is dropped.
@@ -29,11 +29,11 @@ pin_project! {
     }
 }
 
-impl<B: Body> UpstreamBody<B> {
+impl<B: Body> ResponseBody<B> {
     /// Wraps the body of a call whose scope `guard` holds (`None`: untracked), and tracks it.
     pub(crate) fn new(inner: B, guard: Option<ScopeGuard>) -> Self {
         let Some(guard) = guard else {
-            return UpstreamBody {
+            return ResponseBody {
                 inner: RequestBody::untracked(inner),
                 guard: None,
             };
@@ -42,14 +42,14 @@ impl<B: Body> UpstreamBody<B> {
         if let (Some(state), Some(scope)) = (state, guard.scope()) {
             scope.track(Liveness::Body(state), None, None);
         }
-        UpstreamBody {
+        ResponseBody {
             inner,
             guard: Some(guard),
         }
     }
 }
 
-impl<B: Body> Body for UpstreamBody<B> {
+impl<B: Body> Body for ResponseBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -70,9 +70,9 @@ impl<B: Body> Body for UpstreamBody<B> {
     }
 }
 
-impl<B> fmt::Debug for UpstreamBody<B> {
+impl<B> fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("UpstreamBody")
+        f.debug_struct("ResponseBody")
             .field("inner", &self.inner)
             .finish_non_exhaustive()
     }

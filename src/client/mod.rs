@@ -34,7 +34,7 @@
 //! let client = ServiceBuilder::new()
 //!     .layer(detector.client_layer())
 //!     .service(Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>());
-//! // `client.oneshot(request)` answers `http::Response<leakwatch::client::UpstreamBody<Incoming>>`.
+//! // `client.oneshot(request)` answers `http::Response<leakwatch::client::ResponseBody<Incoming>>`.
 //! # drop(client);
 //! # }
 //! ```
@@ -44,7 +44,7 @@ mod future;
 mod layer;
 mod service;
 
-pub use self::body::UpstreamBody;
+pub use self::body::ResponseBody;
 pub use self::future::ResponseFuture;
 pub use self::layer::ClientLeakLayer;
 pub use self::service::ClientLeakService;
@@ -63,7 +63,7 @@ mod tests {
         assert_sync::<ClientLeakService<()>>();
         assert_send::<ResponseFuture<Fut>>();
         assert_sync::<ResponseFuture<Fut>>();
-        assert_send::<UpstreamBody<String>>();
-        assert_sync::<UpstreamBody<String>>();
+        assert_send::<ResponseBody<String>>();
+        assert_sync::<ResponseBody<String>>();
     }
 }

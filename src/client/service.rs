@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use super::{ResponseFuture, UpstreamBody};
+use super::{ResponseBody, ResponseFuture};
 use crate::engine::Engine;
 use crate::request::scope::ScopeGuard;
 
@@ -32,7 +32,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ResBody: http_body::Body,
 {
-    type Response = Response<UpstreamBody<ResBody>>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future>;
 

@@ -66,7 +66,7 @@ use tower_service::Service;
 
 use self::baseline::{Baseline, BaselineMode};
 pub use self::baseline::{BASELINE_ENV, BASELINE_UPDATE_ENV};
-pub use self::report::{GuardError, GuardReport, RouteVerdict};
+pub use self::report::{GuardError, GuardOutcome, RouteVerdict};
 use crate::config::LeakDetectorBuilder;
 use crate::detector::LeakDetector;
 use crate::engine::stats::RouteStats;
@@ -255,7 +255,7 @@ impl<B> LeakGuard<B> {
     pub async fn run<S, ResBody>(
         self,
         make_service: impl FnOnce(&LeakDetector) -> S,
-    ) -> Result<GuardReport, GuardError>
+    ) -> Result<GuardOutcome, GuardError>
     where
         S: Service<Request<B>, Response = Response<ResBody>>,
         S::Error: Into<Box<dyn Error + Send + Sync>>,
@@ -291,7 +291,7 @@ impl<B> LeakGuard<B> {
                 .filter_map(|r| Some((r.route.clone(), r.bytes_per_request?.max(0) as u64)));
             baseline::write(&mode.path, &measured.collect())?;
         }
-        Ok(GuardReport {
+        Ok(GuardOutcome {
             routes,
             warmup: self.warmup,
             memory,

@@ -1,4 +1,4 @@
-//! What a guard run found: [`GuardReport`], one [`RouteVerdict`] per route, and
+//! What a guard run found: [`GuardOutcome`], one [`RouteVerdict`] per route, and
 //! [`GuardError`].
 
 use std::fmt;
@@ -12,7 +12,7 @@ use crate::util::table::{self, or_dash, Align};
 /// The most leak reports the table lists per route.
 const LEAKS_SHOWN: usize = 5;
 
-/// One route's result in a [`GuardReport`].
+/// One route's result in a [`GuardOutcome`].
 #[derive(Clone, Debug)]
 #[non_exhaustive]
 pub struct RouteVerdict {
@@ -51,7 +51,7 @@ impl RouteVerdict {
 /// they were listed. Its [`Display`](fmt::Display) form is the table printed on failure.
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-pub struct GuardReport {
+pub struct GuardOutcome {
     /// One verdict per route.
     pub routes: Vec<RouteVerdict>,
     /// Warm-up requests sent to each route before measuring.
@@ -63,7 +63,7 @@ pub struct GuardReport {
     pub baseline: Option<(PathBuf, bool)>,
 }
 
-impl GuardReport {
+impl GuardOutcome {
     /// Whether every route passed.
     pub fn passed(&self) -> bool {
         self.routes.iter().all(RouteVerdict::passed)
@@ -89,7 +89,7 @@ fn change(now: i64, before: u64) -> String {
     }
 }
 
-impl fmt::Display for GuardReport {
+impl fmt::Display for GuardOutcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let requests = self.routes.first().map_or(0, |r| r.requests);
         write!(
@@ -234,7 +234,7 @@ mod tests {
 
     #[test]
     fn the_table_shows_each_route_and_why_one_failed() {
-        let report = GuardReport {
+        let report = GuardOutcome {
             routes: vec![
                 verdict("/ok", 0, Some(0), &[]),
                 verdict("/leak/{id}", 4130, Some(48), &["over the budget"]),

@@ -204,7 +204,7 @@ fn process_report(kind: LeakKind, detail: String, growth: u64, now: Instant) -> 
         request_id: String::new(),
         trace_id: None,
         span_id: None,
-        scope_id: 0,
+        request_number: 0,
         opened_at: now,
         closed_at: None,
         detected_at: now,

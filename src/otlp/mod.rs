@@ -14,14 +14,14 @@
 //!
 //! It sets them as the global providers (so [`OtelSink::new`](crate::sink::OtelSink::new) uses
 //! them), sets the W3C trace-context propagator (so a request's `traceparent` is honoured), and
-//! returns an [`OtlpGuard`] that flushes and shuts them down when dropped. Spans and
+//! returns an [`OtlpProviders`] that flushes and shuts them down when dropped. Spans and
 //! metrics are exported in batches from background threads, never on a request's path. A
 //! malformed setting is an [`OtlpError`] from `init`, not a panic later. Each process gets a
 //! `service.instance.id`.
 //!
 //! Nothing is lost unseen: a span that cannot wait for export because the queue is full (the
 //! collector is slower than the leaks), or whose export fails, is counted in
-//! [`OtlpGuard::dropped_spans`] and in the counter `leakwatch.export.dropped` (attribute
+//! [`OtlpProviders::dropped_spans`] and in the counter `leakwatch.export.dropped` (attribute
 //! `reason`: `queue_full` or `export_failed`).
 //!
 //! ```no_run
@@ -84,7 +84,7 @@ pub struct OtlpBuilder {
 ///
 /// An [`OtlpError`] naming the variable that is malformed, or saying why an exporter could not
 /// be built.
-pub fn init() -> Result<OtlpGuard, OtlpError> {
+pub fn init() -> Result<OtlpProviders, OtlpError> {
     OtlpBuilder::from_env(|name| std::env::var(name).ok())?.install()
 }
 
@@ -245,7 +245,7 @@ impl OtlpBuilder {
     ///
     /// A malformed setting, a gRPC exporter asked for outside a tokio runtime, or an exporter
     /// that could not be built.
-    pub fn install(self) -> Result<OtlpGuard, OtlpError> {
+    pub fn install(self) -> Result<OtlpProviders, OtlpError> {
         let (protocol, endpoint) = self.target()?;
         let queue_size = self.queue_size.unwrap_or(DEFAULT_QUEUE_SIZE);
         if queue_size == 0 {
@@ -288,7 +288,7 @@ impl OtlpBuilder {
             opentelemetry_sdk::propagation::TraceContextPropagator::new(),
         );
         opentelemetry::global::set_meter_provider(meter_provider.clone());
-        Ok(OtlpGuard {
+        Ok(OtlpProviders {
             tracer_provider,
             meter_provider,
             accounting,
@@ -364,13 +364,13 @@ fn instance_id() -> String {
 
 /// Keeps the OTLP providers; flushes and shuts them down when dropped.
 #[derive(Debug)]
-pub struct OtlpGuard {
+pub struct OtlpProviders {
     tracer_provider: SdkTracerProvider,
     meter_provider: SdkMeterProvider,
     accounting: Arc<Accounting>,
 }
 
-impl OtlpGuard {
+impl OtlpProviders {
     /// The tracer provider (also the global one).
     pub fn tracer_provider(&self) -> &SdkTracerProvider {
         &self.tracer_provider
@@ -408,7 +408,7 @@ impl OtlpGuard {
     }
 }
 
-impl Drop for OtlpGuard {
+impl Drop for OtlpProviders {
     fn drop(&mut self) {
         self.flush();
         let _ = self.tracer_provider.shutdown();

@@ -217,8 +217,9 @@ pub struct LeakReport {
     pub trace_id: Option<String>,
     /// The id of the request's span (16 hex digits): the parent of its leak spans.
     pub span_id: Option<String>,
-    /// Monotonic number of the request's scope within its detector.
-    pub scope_id: u64,
+    /// The request's number: unique within its detector and increasing in the order requests
+    /// arrive (0 for reports about the whole process).
+    pub request_number: u64,
     /// When the request started (wall clock).
     #[cfg_attr(feature = "serde", serde(serialize_with = "ser::unix_millis"))]
     pub opened_at: SystemTime,

@@ -314,7 +314,7 @@ impl Scope {
             request_id: self.request_id.to_string(),
             trace_id: self.trace.map(|t| t.trace_id_hex()),
             span_id: self.trace.map(|t| t.span_id_hex()),
-            scope_id: self.id,
+            request_number: self.id,
             opened_at: self.opened_wall(),
             closed_at: closed_at.map(clock::wall),
             detected_at: clock::wall(now),
@@ -595,7 +595,7 @@ mod tests {
             now,
             "d".into(),
         );
-        assert_eq!((open.id, open.scope_id), (9, 6));
+        assert_eq!((open.id, open.request_number), (9, 6));
         assert_eq!((open.route.as_str(), open.method.as_str()), ("/t", "GET"));
         assert_eq!(open.request_id, "lw-00000000-6");
         assert_eq!(open.closed_at, None);

@@ -32,7 +32,7 @@ const GAUGES: [Reading; 4] = [
         read: Engine::alive_tasks,
     },
     Reading {
-        name: "leakwatch.requests.open",
+        name: "leakwatch.requests.in_flight",
         unit: "{request}",
         description: "Requests in flight",
         read: |engine| Some(engine.requests_in_flight() as u64),

@@ -10,6 +10,7 @@
 //!   `WARN` for confirmed leaks.
 //! - [`CollectingSink`]: keeps reports in memory, for tests and the demo.
 //! - [`ChannelSink`]: sends reports into a bounded tokio channel; drops (counted) when full.
+//! - [`from_fn`]: any closure taking a `&LeakReport`.
 //! - `OtelSink` (feature `otel`): leak spans inside the request's trace.
 //!
 //! Sinks compose: `Option<S>` is a sink that may be switched off, `Vec<Box<dyn ReportSink>>`
@@ -36,6 +37,41 @@ cfg_feature! {
 
 #[cfg(feature = "otel")]
 pub(crate) mod gauges;
+
+/// A sink that calls `f` with every report: the closure form of [`ReportSink`].
+///
+/// ```
+/// let detector = leakwatch::LeakDetector::builder()
+///     .sink(leakwatch::sink::from_fn(|report| eprintln!("leak: {report}")))
+///     .build()
+///     .unwrap();
+/// # drop(detector);
+/// ```
+pub fn from_fn<F>(f: F) -> FnSink<F>
+where
+    F: Fn(&LeakReport) + Send + Sync + 'static,
+{
+    FnSink(f)
+}
+
+/// A sink made of a closure; from [`from_fn`].
+#[derive(Clone)]
+pub struct FnSink<F>(F);
+
+impl<F> std::fmt::Debug for FnSink<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FnSink").finish_non_exhaustive()
+    }
+}
+
+impl<F> ReportSink for FnSink<F>
+where
+    F: Fn(&LeakReport) + Send + Sync + 'static,
+{
+    fn report(&self, report: &LeakReport) {
+        (self.0)(report);
+    }
+}
 
 /// Combines sinks.
 pub trait ReportSinkExt: ReportSink + Sized {
@@ -112,6 +148,19 @@ pub(crate) fn default_sinks() -> Vec<Box<dyn ReportSink>> {
 mod tests {
     use super::*;
     use crate::test_helpers::sample_report as sample;
+
+    #[test]
+    fn a_closure_sink_sees_every_report() {
+        let seen = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counter = seen.clone();
+        let sink = from_fn(move |report| {
+            counter.fetch_add(report.request_number, std::sync::atomic::Ordering::Relaxed);
+        });
+        sink.report(&sample());
+        sink.report(&sample());
+        assert_eq!(seen.load(std::sync::atomic::Ordering::Relaxed), 6);
+        assert_eq!(format!("{sink:?}"), "FnSink { .. }");
+    }
 
     #[test]
     fn combinators_deliver_to_every_sink() {
