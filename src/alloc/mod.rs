@@ -107,6 +107,17 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 /// counting beyond a thread-local countdown. Figures are then unbiased estimates, and say so
 /// ([`MemoryAccounting::Estimated`](crate::MemoryAccounting::Estimated)).
 ///
+/// A sampled block is served from an address range reserved for sampled blocks (Unix `mmap`,
+/// `MAP_NORESERVE`: only the pages in use are memory), with a header naming its request, route
+/// and *weight* — the bytes it stands for, `size / (1 − e^(−size/mean))` — so that a free
+/// recognises it by its address alone. A route that keeps `L` bytes per request gets a sampled
+/// witness about every `mean / L` requests, so with the default
+/// [`memory_window`](crate::LeakDetectorBuilder::memory_window) of 256 a
+/// [`RetainedMemory`](crate::LeakKind::RetainedMemory) report comes after about
+/// `3 × mean / L + 256` requests: at a 512 KiB mean, about 650 requests for 4 KiB per request,
+/// 2 200 for 800 bytes, 33 000 for 48 bytes. Elsewhere than Unix no block is sampled
+/// ([`Stats::samples_unserved`](crate::Stats::samples_unserved) counts them).
+///
 /// ```
 /// #[global_allocator]
 /// static ALLOC: leakwatch::TrackingAllocator =
