@@ -30,6 +30,7 @@ pub(crate) struct Config {
     pub(crate) route_fn: Option<RouteFnBox>,
     pub(crate) ignored_routes: Vec<Box<str>>,
     pub(crate) streaming_routes: Vec<Box<str>>,
+    pub(crate) ignored_spawns: Vec<Box<str>>,
 }
 
 impl Default for Config {
@@ -54,6 +55,7 @@ impl Default for Config {
             route_fn: None,
             ignored_routes: Vec::new(),
             streaming_routes: Vec::new(),
+            ignored_spawns: Vec::new(),
         }
     }
 }
@@ -302,6 +304,27 @@ impl LeakDetectorBuilder {
         self
     }
 
+    /// Does not track tasks spawned at a location matching `pattern`: a path prefix of the
+    /// spawn's file (`"src/jobs/"`), or of one of its components (`"moka-"` matches every file of
+    /// the `moka` crate under cargo's registry). goleak's `IgnoreTopFunction`, for what the
+    /// rules cannot know: a task a dependency spawns is already judged by growth, and work your
+    /// own code starts for the whole process is better wrapped in
+    /// [`detach`](crate::detach) or spawned with [`spawn_detached`](crate::spawn_detached).
+    ///
+    /// ```
+    /// let detector = leakwatch::LeakDetector::builder()
+    ///     .ignore_spawned_at("src/background/")
+    ///     .build()
+    ///     .unwrap();
+    /// # drop(detector);
+    /// ```
+    pub fn ignore_spawned_at(mut self, pattern: impl Into<String>) -> Self {
+        self.config
+            .ignored_spawns
+            .push(pattern.into().into_boxed_str());
+        self
+    }
+
     /// Adds a sink that receives every report.
     ///
     /// The first call replaces the default sink (the [`TracingSink`](crate::sink::TracingSink)
@@ -367,6 +390,12 @@ impl LeakDetectorBuilder {
         ];
         if let Some((field, _, message)) = rules.into_iter().find(|(_, ok, _)| !ok) {
             return Err(ConfigError::new(field, message()));
+        }
+        if config.ignored_spawns.iter().any(|p| p.trim().is_empty()) {
+            return Err(ConfigError::new(
+                "ignore_spawned_at",
+                "an empty pattern would ignore every task",
+            ));
         }
         for (field, routes) in [
             ("ignore_route", &config.ignored_routes),

@@ -166,4 +166,4 @@ pub use crate::engine::stats::{KindCounts, MemoryAccounting, RouteStats, Stats};
 pub use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
 pub use crate::server::{LeakLayer, LeakService};
 pub use crate::sink::ReportSink;
-pub use crate::task::{scoped, spawn, watch, Scoped};
+pub use crate::task::{detach, outside, scoped, spawn, spawn_detached, watch, Detached, Scoped};

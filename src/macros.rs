@@ -45,8 +45,8 @@ macro_rules! cfg_tokio_unstable {
 
 /// Defines a middleware's `ResponseFuture<F>` (the server's and the client's are the same but
 /// for the body they hand the scope to): it polls the inner future with the scope current and,
-/// when the response arrives, moves the scope into `$body::new(body, guard)` (`where B: …` bounds the inner body as `$body::new`
-/// needs); when the inner
+/// when the response arrives, moves the scope into the response through `$body::wrap(response, guard)` (`where B: …` bounds
+/// the inner body as `$body::wrap` needs); when the inner
 /// future fails, panics or is dropped, the scope's guard drops with it and closes the scope.
 macro_rules! scoped_response_future {
     ($(#[$attr:meta])* $body:ident $(where B: $bound:path)?) => {
@@ -89,7 +89,7 @@ macro_rules! scoped_response_future {
                 // On an error the guard drops here and closes the scope.
                 let guard = this.guard.take();
                 std::task::Poll::Ready(
-                    result.map(|response| response.map(|body| $body::new(body, guard))),
+                    result.map(|response| $body::wrap(response, guard)),
                 )
             }
         }

@@ -8,7 +8,7 @@ use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::id::RequestId;
 use crate::request::liveness::Liveness;
 use crate::request::route::{Route, RouteInfo};
-use crate::request::scope::{Owner, Place, RequestHead, Scope};
+use crate::request::scope::{Judged, Owner, Place, RequestHead, Scope};
 
 /// The owner of a scope whose detector is gone.
 struct Gone;
@@ -20,7 +20,7 @@ impl Owner for Gone {
         _: Liveness,
         _: Option<&'static Location<'static>>,
         _: Option<&'static str>,
-    ) -> bool {
+    ) -> Option<Judged> {
         unreachable!("a scope whose owner is gone tracks nothing")
     }
 

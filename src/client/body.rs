@@ -30,8 +30,16 @@ pin_project! {
 }
 
 impl<B: Body> ResponseBody<B> {
-    /// Wraps the body of a call whose scope `guard` holds (`None`: untracked), and tracks it.
-    pub(crate) fn new(inner: B, guard: Option<ScopeGuard>) -> Self {
+    /// Wraps the body of the response to a call whose scope `guard` holds (`None`: untracked),
+    /// and tracks it.
+    pub(crate) fn wrap(
+        response: http::Response<B>,
+        guard: Option<ScopeGuard>,
+    ) -> http::Response<Self> {
+        response.map(|inner| Self::new(inner, guard))
+    }
+
+    fn new(inner: B, guard: Option<ScopeGuard>) -> Self {
         let Some(guard) = guard else {
             return ResponseBody {
                 inner: RequestBody::untracked(inner),

@@ -22,6 +22,7 @@ use crate::config::Config;
 use crate::engine::sweeper::Sweeper;
 use crate::judge::memory::MemoryJudge;
 use crate::judge::objects;
+use crate::judge::tasks::{Census, TaskJudge};
 use crate::judge::trend::Trend;
 use crate::registry::Registry;
 use crate::report::ReportSink;
@@ -60,6 +61,7 @@ pub(crate) struct Engine {
 /// What the judges keep between sweeps.
 struct Judges {
     memory: MemoryJudge,
+    tasks: TaskJudge,
     trend: Trend,
     /// The most recent one-shot findings, oldest first ([`FINDINGS_CAPACITY`] at most).
     findings: VecDeque<LeakReport>,
@@ -79,7 +81,8 @@ impl Engine {
     pub(crate) fn start(config: Config, sinks: Vec<Box<dyn ReportSink>>) -> Arc<Engine> {
         clock::wall(Instant::now()); // fixes the wall-clock epoch before any request
         let memory_tracked = alloc::is_installed();
-        let registry = Registry::new(config.registry_capacity);
+        let registry =
+            Registry::with_ignored_spawns(config.registry_capacity, config.ignored_spawns.clone());
         let policy = RoutePolicy {
             ignored: config.ignored_routes.clone(),
             streaming: config.streaming_routes.clone(),
@@ -95,6 +98,7 @@ impl Engine {
             id_prefix: id::random_prefix(),
             judges: Mutex::new(Judges {
                 memory: MemoryJudge::default(),
+                tasks: TaskJudge::default(),
                 trend,
                 findings: VecDeque::new(),
             }),
@@ -200,8 +204,11 @@ impl Engine {
         let now = Instant::now();
         let config = &self.config;
         let mut reports = Vec::new();
+        let mut census = Census::default();
         self.registry.sweep_objects(|id, object| {
-            objects::judge_object(id, object, now, config, &mut reports)
+            let keep = objects::judge_object(id, object, now, config, &mut reports);
+            census.count(object);
+            keep
         });
         let mut open = 0;
         // What requests not judged yet hold, by route slot.
@@ -227,6 +234,15 @@ impl Engine {
             .memory
             .judge_routes(now, config, &unjudged, &mut reports);
         let live_heap = || self.live_heap_bytes();
+        let finished_by_route = self.registry.finished_requests();
+        judges.tasks.judge(
+            census,
+            &finished_by_route,
+            now,
+            config,
+            &self.registry,
+            &mut reports,
+        );
         judges.trend.sample(now, live_heap, open, &mut reports);
         for finding in reports
             .iter()

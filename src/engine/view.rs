@@ -73,6 +73,7 @@ impl Engine {
         let alerts = judges
             .memory
             .active_reports()
+            .chain(judges.tasks.active_reports())
             .chain(judges.trend.active_reports());
         made.chain(alerts)
             .for_each(|report| f(Finding::Made(report)));
@@ -128,7 +129,8 @@ impl Engine {
             self.sweep();
             let (reports, objects) = self.reports(
                 |object| {
-                    (!object.scope.is_open() && object.liveness.is_alive())
+                    let finished = !object.scope.is_open() && !object.judged_by_growth();
+                    (finished && object.liveness.is_alive())
                         .then(|| object.lifecycle.reported().unwrap_or(LeakState::Suspected))
                 },
                 &keep,

@@ -98,7 +98,9 @@ impl MemoryJudge {
         let Some(usage) = scope.usage() else {
             return Some(scope);
         };
-        if scope.route_slot() == 0 {
+        // An upgraded request's memory lives with its connection (a WebSocket session's
+        // buffers): its route still counts it, but it is no witness.
+        if scope.route_slot() == 0 || scope.is_upgraded() {
             scope.retire_memory();
             return Some(scope);
         }

@@ -48,6 +48,10 @@ pub(crate) fn judge_object(
         }
         return false;
     }
+    if object.judged_by_growth() {
+        // Not against its request: the task judge counts it with its route and spawn location.
+        return true;
+    }
     let Some(closed_at) = object.scope.closed_at() else {
         return true;
     };

@@ -24,7 +24,8 @@ use self::shard::{count_finished, this_threads_shard, Shard, POOLED_PER_SHARD, S
 use crate::alloc::SlotGuard;
 use crate::report::lifecycle::Lifecycle;
 use crate::request::liveness::Liveness;
-use crate::request::scope::{Owner, Place, RequestHead, Scope};
+use crate::request::origin;
+use crate::request::scope::{Judged, Owner, Place, RequestHead, Scope};
 use crate::util::sync::lock;
 use crate::util::IdHasher;
 
@@ -38,6 +39,18 @@ pub(crate) struct TrackedObject {
     pub(crate) lifecycle: Lifecycle,
     /// Where a task is stuck, from a task dump (see [`crate::engine::dump`]).
     pub(crate) await_trace: Option<Arc<str>>,
+    /// How it is judged, as it was tracked.
+    judged: Judged,
+}
+
+impl TrackedObject {
+    /// Whether it is judged by growth rather than against its request: a task a dependency
+    /// spawned, or any task of a request answered `101 Switching Protocols` (it lives with the
+    /// upgraded connection).
+    pub(crate) fn judged_by_growth(&self) -> bool {
+        self.judged == Judged::ByGrowth
+            || (matches!(self.liveness, Liveness::Task(_)) && self.scope.is_upgraded())
+    }
 }
 
 type IdMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
@@ -68,11 +81,21 @@ pub(crate) struct Registry {
     capacity: usize,
     skipped: AtomicU64,
     next_id: AtomicU64,
+    /// Spawn locations whose tasks are not tracked
+    /// ([`ignore_spawned_at`](crate::LeakDetectorBuilder::ignore_spawned_at)).
+    ignored_spawns: Box<[Box<str>]>,
 }
 
 impl Registry {
+    #[cfg(test)]
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
+        Self::with_ignored_spawns(capacity, Vec::new())
+    }
+
+    /// A registry that does not track tasks spawned at locations matching `ignored_spawns`.
+    pub(crate) fn with_ignored_spawns(capacity: usize, ignored_spawns: Vec<Box<str>>) -> Arc<Self> {
         Arc::new_cyclic(|me| Registry {
+            ignored_spawns: ignored_spawns.into_boxed_slice(),
             me: me.clone(),
             shards: [const { Mutex::new(Shard::new()) }; SHARDS],
             taken: Mutex::new(Taken::default()),
@@ -290,9 +313,23 @@ impl Owner for Registry {
         liveness: Liveness,
         location: Option<&'static Location<'static>>,
         type_name: Option<&'static str>,
-    ) -> bool {
+    ) -> Option<Judged> {
+        let judged = match (&liveness, location) {
+            (Liveness::Task(_), Some(at)) => {
+                let file = at.file();
+                if self.ignored_spawns.iter().any(|p| origin::matches(file, p)) {
+                    return None;
+                }
+                if origin::is_dependency(file) {
+                    Judged::ByGrowth
+                } else {
+                    Judged::PerRequest
+                }
+            }
+            _ => Judged::PerRequest,
+        };
         if !self.reserve() {
-            return false;
+            return None;
         }
         let id = self.next_id();
         self.objects.insert(
@@ -305,9 +342,10 @@ impl Owner for Registry {
                 created_at: Instant::now(),
                 lifecycle: Lifecycle::default(),
                 await_trace: None,
+                judged,
             },
         );
-        true
+        Some(judged)
     }
 
     fn retire(&self, scope: Arc<Scope>) {
@@ -357,7 +395,9 @@ mod tests {
     use crate::test_helpers::scope;
 
     fn task(registry: &Registry, scope: &Arc<Scope>, token: &Arc<TaskToken>) -> bool {
-        registry.insert_object(scope, Liveness::Task(Arc::downgrade(token)), None, None)
+        registry
+            .insert_object(scope, Liveness::Task(Arc::downgrade(token)), None, None)
+            .is_some()
     }
 
     /// What a request to route number `index` tells its scope.

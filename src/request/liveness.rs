@@ -141,6 +141,10 @@ impl Liveness {
     }
 
     /// The kind of leak this object is when it outlives its request.
+    pub(crate) fn is_task(&self) -> bool {
+        matches!(self, Liveness::Task(_))
+    }
+
     pub(crate) fn leak_kind(&self) -> LeakKind {
         match self {
             Liveness::Task(_) => LeakKind::OrphanTask,

@@ -30,18 +30,32 @@ use crate::util::clock;
 
 /// Where the objects a request leaves behind are tracked (the registry of its detector).
 pub(crate) trait Owner: Send + Sync {
-    /// Tracks an object left by `scope`; `false` when it cannot be tracked (registry full).
+    /// Tracks an object left by `scope`, and says how it is judged; `None` when it is not
+    /// tracked (registry full, or a task spawned where the detector was told to ignore).
     fn insert_object(
         &self,
         scope: &Arc<Scope>,
         liveness: Liveness,
         location: Option<&'static Location<'static>>,
         type_name: Option<&'static str>,
-    ) -> bool;
+    ) -> Option<Judged>;
 
     /// Takes back the scope of a request that has just ended and closes it: forgets it at once
     /// when nothing about it is left to judge, else hands it to the sweeper.
     fn retire(&self, scope: Arc<Scope>);
+}
+
+/// How a tracked object is judged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Judged {
+    /// Against its request: reported when it outlives the request by the grace period. What the
+    /// user's own code leaves behind.
+    PerRequest,
+    /// By growth, against the route's requests: a task a dependency spawned (a pool's
+    /// connection, a worker, a driver) belongs to a shared resource, is polled outside the
+    /// request's scope and is reported only when such tasks keep growing in number with the
+    /// route's requests (see [`crate::request::origin`]).
+    ByGrowth,
 }
 
 /// The detector's record of one request.
@@ -72,6 +86,9 @@ pub(crate) struct Scope {
     tag: Tag,
     /// Whether a task, body or watched object of this request was registered.
     objects: AtomicBool,
+    /// Whether the request was answered `101 Switching Protocols`: what it started lives with
+    /// the upgraded connection, not with the request.
+    upgraded: AtomicBool,
     /// The trace the request belongs to, when known.
     pub(crate) trace: Option<TraceParent>,
     /// For an outgoing call's scope: where it went, and the request that made it.
@@ -154,6 +171,7 @@ impl Scope {
             memory: None,
             tag: Tag::NONE,
             objects: AtomicBool::new(false),
+            upgraded: AtomicBool::new(false),
             trace: None,
             upstream: None,
         };
@@ -194,6 +212,7 @@ impl Scope {
         self.opened_at = Instant::now();
         *self.closed.get_mut() = 0;
         *self.objects.get_mut() = false;
+        *self.upgraded.get_mut() = false;
         self.trace = trace;
         self.upstream = upstream;
     }
@@ -229,7 +248,8 @@ impl Scope {
         self.closed_after().map(|d| self.opened_at + d)
     }
 
-    /// Tracks an object the request leaves behind, unless its detector is gone or full.
+    /// Tracks an object the request leaves behind, unless its detector is gone or full, and
+    /// says how it is judged.
     ///
     /// Runs outside the request's scope, so the detector's own allocations are never
     /// attributed to the request.
@@ -238,16 +258,25 @@ impl Scope {
         liveness: Liveness,
         location: Option<&'static Location<'static>>,
         type_name: Option<&'static str>,
-    ) -> bool {
+    ) -> Option<Judged> {
         // The tasks a client spawns during a call (its connections) belong to its pool.
         if self.upstream.is_some() && matches!(liveness, Liveness::Task(_)) {
-            return false;
+            return None;
         }
-        let Some(owner) = self.owner.upgrade() else {
-            return false;
-        };
+        let owner = self.owner.upgrade()?;
         self.objects.store(true, Ordering::Relaxed);
         outside(|| owner.insert_object(self, liveness, location, type_name))
+    }
+
+    /// Marks the request as answered `101 Switching Protocols`: the tasks it started belong to
+    /// the upgraded connection and are judged by growth, and its memory is not a witness.
+    pub(crate) fn mark_upgraded(&self) {
+        self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the request was answered `101 Switching Protocols`.
+    pub(crate) fn is_upgraded(&self) -> bool {
+        self.upgraded.load(Ordering::Relaxed)
     }
 
     /// Whether this is the scope of an outgoing call rather than of a request.
@@ -562,7 +591,9 @@ mod tests {
     fn a_scope_whose_owner_is_gone_tracks_nothing() {
         let s = scope(4);
         let token = Arc::new(crate::request::liveness::TaskToken::default());
-        assert!(!s.track(Liveness::Task(Arc::downgrade(&token)), None, None));
+        assert!(s
+            .track(Liveness::Task(Arc::downgrade(&token)), None, None)
+            .is_none());
         assert!(!s.left_objects());
     }
 

@@ -2,6 +2,7 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
@@ -22,8 +23,16 @@ pin_project! {
 }
 
 impl<B> ResponseBody<B> {
-    pub(crate) fn new(inner: B, guard: Option<ScopeGuard>) -> Self {
-        ResponseBody { inner, guard }
+    /// Wraps the body of `response`, which the request's scope now follows. A `101 Switching
+    /// Protocols` response marks the request upgraded: what it started lives with the
+    /// connection.
+    pub(crate) fn wrap(response: Response<B>, guard: Option<ScopeGuard>) -> Response<Self> {
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(scope) = guard.as_ref().and_then(ScopeGuard::scope) {
+                scope.mark_upgraded();
+            }
+        }
+        response.map(|inner| ResponseBody { inner, guard })
     }
 }
 

@@ -10,6 +10,18 @@
 //! request's scope current, so what it allocates counts for the request, and what it spawns is
 //! tracked too.
 //!
+//! A task whose spawn location is a dependency's (its file lies outside the user's workspace:
+//! cargo's registry, a git checkout, a `vendor/` directory) is different: a pooled client's
+//! connection, a `tower::buffer` worker or a WebSocket session belongs to a shared resource the
+//! request only caused. It is polled outside the request — neither it nor what it allocates or
+//! spawns is the request's — and judged by growth: reported only when the tasks spawned at its
+//! location for its route keep growing in number with the route's requests. The tasks of a
+//! request answered `101 Switching Protocols` are judged the same way: they live with the
+//! upgraded connection. Work the user's own code starts on purpose for the whole process is
+//! said so with [`crate::spawn_detached`], [`crate::detach`] or [`crate::outside`], and
+//! locations to leave alone with
+//! [`ignore_spawned_at`](crate::LeakDetectorBuilder::ignore_spawned_at).
+//!
 //! A task spawned outside any request costs the spawn hook one thread-local read; polls of
 //! untracked tasks cost one atomic load and one thread-local read. Tasks are found by id in a
 //! sharded map, whose lock a request takes only to insert the tasks it spawns.
@@ -49,12 +61,13 @@ use tokio::task::Id;
 
 use crate::request::liveness::{Liveness, TaskToken};
 use crate::util::IdHasher;
-use crate::request::scope::{self, Entered, Scope};
+use crate::request::scope::{self, Entered, Judged, Scope};
 
-/// A task tracked through the hooks: the request it belongs to, and the token whose drop tells
-/// the registry the task has ended.
+/// A task tracked through the hooks: the request it is polled for (none for a task judged by
+/// growth, which belongs to a shared resource), and the token whose drop tells the registry the
+/// task has ended.
 struct Hooked {
-    scope: Arc<Scope>,
+    scope: Option<Arc<Scope>>,
     _token: Arc<TaskToken>,
 }
 
@@ -118,16 +131,20 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
             token.identify(meta.id(), runtime);
         }
         let liveness = Liveness::Task(Arc::downgrade(&token));
-        if scope.track(liveness, Some(meta.spawned_at()), None) {
-            TASKS.insert(
-                meta.id(),
-                Hooked {
-                    scope,
-                    _token: token,
-                },
-            );
-            TRACKED.fetch_add(1, Ordering::Relaxed);
-        }
+        let Some(judged) = scope.track(liveness, Some(meta.spawned_at()), None) else {
+            return;
+        };
+        // A dependency's task (a pool's connection, a worker) is polled outside the request:
+        // neither it nor what it allocates or spawns is the request's.
+        let scope = (judged == Judged::PerRequest).then_some(scope);
+        TASKS.insert(
+            meta.id(),
+            Hooked {
+                scope,
+                _token: token,
+            },
+        );
+        TRACKED.fetch_add(1, Ordering::Relaxed);
     });
 }
 
@@ -148,7 +165,10 @@ pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
     if TRACKED.load(Ordering::Relaxed) == 0 {
         return;
     }
-    let Some(scope) = TASKS.get(&meta.id()).map(|hooked| hooked.scope.clone()) else {
+    let Some(scope) = TASKS
+        .get(&meta.id())
+        .and_then(|hooked| hooked.scope.clone())
+    else {
         return;
     };
     let _ = POLLING.try_with(|polling| {

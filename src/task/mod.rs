@@ -16,7 +16,7 @@ use std::task::{Context, Poll};
 use pin_project_lite::pin_project;
 
 use crate::request::liveness::{Liveness, TaskToken};
-use crate::request::scope::{self, Scope};
+use crate::request::scope::{self, Judged, Scope};
 
 cfg_tokio_unstable! {
     pub mod hooks;
@@ -79,13 +79,19 @@ where
 #[track_caller]
 pub fn scoped<F: Future>(future: F) -> Scoped<F> {
     let location = Location::caller();
-    let scope = scope::current();
-    let token = scope.as_ref().and_then(|scope| {
+    let mut scope = scope::current();
+    let token = scope.as_ref().and_then(|current| {
         let token = Arc::new(TaskToken::default());
         let liveness = Liveness::Task(Arc::downgrade(&token));
-        scope
-            .track(liveness, Some(location), Some(type_name::<F>()))
-            .then_some(token)
+        let judged = current.track(liveness, Some(location), Some(type_name::<F>()))?;
+        Some((token, judged))
+    });
+    // A task judged by growth belongs to a shared resource: it runs outside the request.
+    let token = token.map(|(token, judged)| {
+        if judged == Judged::ByGrowth {
+            scope = None;
+        }
+        token
     });
     Scoped {
         inner: future,
@@ -176,6 +182,101 @@ where
         Some(location),
         Some(type_name::<T>()),
     );
+}
+
+/// Runs `f` outside any request: what it allocates is charged to no request, and the tasks
+/// it spawns are not tracked. For work a request starts on purpose for the whole process — a
+/// lazily initialised client, cache or configuration:
+///
+/// ```
+/// use std::sync::OnceLock;
+///
+/// static CONFIG: OnceLock<Vec<u8>> = OnceLock::new();
+///
+/// async fn handler() -> usize {
+///     // The first request builds it; it is the process's, not that request's.
+///     CONFIG.get_or_init(|| leakwatch::outside(|| vec![0; 1 << 20])).len()
+/// }
+/// ```
+///
+/// For an initialiser that is a future (tokio's `OnceCell::get_or_init`), wrap it in
+/// [`detach`].
+pub fn outside<R>(f: impl FnOnce() -> R) -> R {
+    scope::outside(f)
+}
+
+/// Wraps a future so that it runs outside any request: what it allocates is charged to no
+/// request and the tasks it spawns are not tracked, even when it is polled inside one. For work
+/// a request starts on purpose for the whole process, such as the lazy initialiser of a shared
+/// client that starts a token refresher:
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// use tokio::sync::OnceCell;
+///
+/// static TOKEN: OnceCell<String> = OnceCell::const_new();
+///
+/// let token = TOKEN
+///     .get_or_init(|| leakwatch::detach(async {
+///         tokio::spawn(async { /* refresh the token every minute, forever */ });
+///         String::from("token")
+///     }))
+///     .await;
+/// assert_eq!(token, "token");
+/// # }
+/// ```
+pub fn detach<F: Future>(future: F) -> Detached<F> {
+    Detached { inner: future }
+}
+
+/// Spawns a task that belongs to the process, not to the request that spawns it: it is not
+/// tracked (so never an [`OrphanTask`](crate::LeakKind::OrphanTask)) and what it allocates is
+/// charged to no request. For a background job a request starts on purpose. Use [`spawn`] for
+/// work that should end with its request.
+///
+/// # Panics
+///
+/// Like [`tokio::spawn`], when called outside a tokio runtime.
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let job = leakwatch::spawn_detached(async { "reindexed" });
+/// assert_eq!(job.await.unwrap(), "reindexed");
+/// # }
+/// ```
+pub fn spawn_detached<F>(future: F) -> tokio::task::JoinHandle<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    // Spawned with no request current, the runtime hooks do not track it either.
+    scope::outside(|| tokio::spawn(detach(future)))
+}
+
+pin_project! {
+    /// A future that runs outside any request; made by [`detach`].
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Detached<F> {
+        #[pin]
+        inner: F,
+    }
+}
+
+impl<F: Future> Future for Detached<F> {
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let inner = self.project().inner;
+        scope::outside(|| inner.poll(cx))
+    }
+}
+
+impl<F> fmt::Debug for Detached<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Detached").finish_non_exhaustive()
+    }
 }
 
 #[cfg(test)]
