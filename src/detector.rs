@@ -88,6 +88,15 @@ impl LeakDetector {
         ClientLeakLayer::new(self.engine.clone())
     }
 
+    cfg_feature! {
+        "reqwest",
+        /// The same as [`client_layer`](Self::client_layer), for a `reqwest` client: a
+        /// `reqwest-middleware` middleware. See [`ReqwestMiddleware`](crate::client::ReqwestMiddleware).
+        pub fn reqwest_middleware(&self) -> crate::client::ReqwestMiddleware {
+            crate::client::ReqwestMiddleware::new(self.engine.clone())
+        }
+    }
+
     /// Runs one sweep now, on this thread, and returns the reports whose state changed in it
     /// (`Released` ones included). The reports also go to the configured sinks.
     pub fn sweep_now(&self) -> Vec<LeakReport> {

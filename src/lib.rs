@@ -102,6 +102,8 @@
 //! - `otel`: `sink::OtelSink` (leak spans and metrics), `LeakDetector::register_metrics`, and
 //!   trace ids in reports.
 //! - `otlp`: `otlp::init`, OTLP exporters from the standard environment variables.
+//! - `reqwest`: `client::ReqwestMiddleware` (`LeakDetector::reqwest_middleware`), upstream
+//!   bodies of `reqwest` calls through `reqwest-middleware`.
 //! - `full`: all of the above.
 //!
 //! Items that need a feature say so on docs.rs. Built with `RUSTFLAGS="--cfg tokio_unstable"`,

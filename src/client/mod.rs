@@ -17,6 +17,10 @@
 //! the route [`route::CLIENT`](crate::route::CLIENT); only `UnconsumedBody` applies to it (it has
 //! no request to outlive).
 //!
+//! For `reqwest`, the client most services use, the same comes as a `reqwest-middleware`
+//! middleware (feature `reqwest`): `ReqwestMiddleware`, from
+//! `LeakDetector::reqwest_middleware`.
+//!
 //! The call's future runs in its own scope, not in the request's: the client's own work — the
 //! connection tasks it spawns, the buffers of its pool — belongs to the client, so it is neither
 //! tracked as the request's tasks (with the runtime's hooks) nor counted as the request's memory.
@@ -43,6 +47,12 @@ mod body;
 mod future;
 mod layer;
 mod service;
+
+cfg_feature! {
+    "reqwest",
+    mod reqwest;
+    pub use self::reqwest::ReqwestMiddleware;
+}
 
 pub use self::body::ResponseBody;
 pub use self::future::ResponseFuture;
