@@ -72,9 +72,12 @@
 //! may become one of its route's *witnesses* (eight at most). Each sweep re-reads them: one that
 //! has let go of its memory (an evicted cache entry) is dropped. A witness is *old* once
 //! [`memory_window`](LeakDetectorBuilder::memory_window) newer requests of the route have been
-//! judged after it. A route with three old witnesses still holding memory is reported as
+//! judged after it. A route with three old witnesses still holding memory, whose retained bytes
+//! grow with its requests by about what each witness holds, is reported as
 //! [`RetainedMemory`](LeakKind::RetainedMemory), with the bytes they hold per request and the
-//! route's total; once none of its old witnesses holds memory, the report is released. The
+//! route's total. Old requests holding memory alone are not enough: a bounded cache that keeps
+//! old entries on purpose (TinyLFU, S3-FIFO) has them too, at a plateau. Once none of its old
+//! witnesses holds memory, or its memory no longer grows, the report is released. The
 //! criterion counts requests, not seconds: it holds whether a route's requests arrive in one
 //! burst between two sweeps or spread over many.
 //!

@@ -86,6 +86,35 @@ impl RetainedGrowth {
         }
     }
 
+    /// Whether `n` windows after the warm-up have closed (they close at sweeps: a burst of
+    /// requests between two sweeps closes one at most).
+    pub(crate) fn has_windows(&self, n: usize) -> bool {
+        self.windows.len() >= n
+    }
+
+    /// Whether each of the last `n` windows grew by at least `per_request` bytes per request
+    /// (one at least) and by more than twice the largest drop of the recent windows: the
+    /// route's memory is not at a plateau. `false` until `n` windows after the warm-up have
+    /// closed.
+    pub(crate) fn recent_windows_grew(&self, n: usize, per_request: u64) -> bool {
+        let noise = 2 * self
+            .windows
+            .iter()
+            .map(|&(_, g)| (-g).max(0))
+            .max()
+            .unwrap_or(0);
+        let per_request = per_request.max(1);
+        self.windows.len() >= n
+            && self
+                .windows
+                .iter()
+                .rev()
+                .take(n)
+                .all(|&(requests, growth)| {
+                    growth >= (requests * per_request) as i64 && growth > noise
+                })
+    }
+
     /// The growth over the last [`GROWTH_WINDOWS`] windows, when each of them grew by at least
     /// one byte per request and by more than twice the largest drop of the recent windows; else
     /// over the last doubling spans, when each of those did.
@@ -184,6 +213,25 @@ mod tests {
         // 480 bytes per request shows window by window.
         let strong = |judged: u64| judged as i64 * 480 + ((judged * 7919) % 13) as i64 * 1_000;
         assert_eq!(feed(200, 10, strong).steady().unwrap().requests, 400);
+    }
+
+    #[test]
+    fn recent_windows_grow_by_what_each_request_keeps() {
+        // 2 KiB per request for good: every window grows by 2 KiB per request.
+        let leak = feed(50, 10, |judged| judged as i64 * 2048);
+        assert!(leak.has_windows(2));
+        assert!(leak.recent_windows_grew(2, 1024));
+        assert!(
+            !leak.recent_windows_grew(2, 4096),
+            "not by more than it keeps"
+        );
+        // A cache's own bookkeeping growing by 300 bytes per request is not 1 KiB per request.
+        let bookkeeping = feed(50, 10, |judged| 200_000 + judged as i64 * 300);
+        assert!(!bookkeeping.recent_windows_grew(2, 1024));
+        // A plateau does not grow at all; a warm-up alone is no window.
+        assert!(!feed(50, 10, |judged| judged.min(100) as i64 * 2048).recent_windows_grew(2, 1));
+        let warm_up = feed(10, 10, |judged| judged as i64 * 2048);
+        assert!(!warm_up.has_windows(1) && !warm_up.recent_windows_grew(1, 1));
     }
 
     #[test]

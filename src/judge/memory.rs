@@ -12,9 +12,16 @@
 //! frees still count for the route). Each sweep re-reads the witnesses: one that has let go of
 //! its memory (an evicted cache entry) is dropped. A witness is *old* once `memory_window` newer
 //! requests of the route have been judged after it. A route with at least
-//! [`MIN_OLD_WITNESSES`] old witnesses still holding memory is reported as
-//! [`RetainedMemory`](LeakKind::RetainedMemory), with the bytes they hold per request and the
-//! route's total; once none of its old witnesses holds memory any more, the report is released.
+//! [`MIN_OLD_WITNESSES`] old witnesses still holding memory *whose memory grows with its
+//! requests* is reported as [`RetainedMemory`](LeakKind::RetainedMemory), with the bytes they
+//! hold per request and the route's total. Old requests holding memory alone are no leak: a
+//! bounded cache that keeps old entries on purpose (TinyLFU, S3-FIFO) has them too. So the
+//! route's retained bytes must amount to at least three quarters of the witnesses' median per
+//! request judged (a leak's do; a cache holds its capacity's worth, less than `memory_window`
+//! requests' worth), and, once [`WITNESS_GROWTH_WINDOWS`] windows have closed (steady
+//! traffic), have grown in each of them by at least half the median per request. Once none of
+//! its old witnesses holds memory any more, or the route's memory stopped growing, the report
+//! is released.
 //!
 //! The criterion counts requests, not seconds: it holds whether a route's requests arrive in a
 //! burst between two sweeps or spread over many.
@@ -38,6 +45,10 @@ use crate::util::clock;
 
 /// How many requests per route are kept as witnesses.
 pub(crate) const WITNESSES_PER_ROUTE: usize = 8;
+
+/// Windows in a row the route's retained memory must have grown for old witnesses to make it
+/// leak (the first window of a route is a warm-up and never counts).
+pub(crate) const WITNESS_GROWTH_WINDOWS: usize = 2;
 
 /// How many old witnesses still holding memory make a route leak.
 pub(crate) const MIN_OLD_WITNESSES: usize = 3;
@@ -163,7 +174,21 @@ impl MemoryJudge {
                 .filter(|w| judged - w.seq >= config.memory_window)
                 .collect();
             let steady = route.growth.steady();
-            let current = if old.len() >= MIN_OLD_WITNESSES {
+            // Old requests holding memory are a leak only if the route's memory grows with its
+            // requests: a bounded cache that keeps old entries on purpose (TinyLFU, S3-FIFO)
+            // has old witnesses too, but a plateau. A route whose requests each keep about
+            // what its old witnesses hold retains about that much per request judged (a cache
+            // holds its capacity's worth, under `memory_window` requests' worth); and where
+            // windows have closed (steady traffic), each of the last ones grew by at least half
+            // of it per request (a cache's own bookkeeping grows for a while, by far less).
+            let median = median_held(&old);
+            let retained_per_request = retained.max(0) as u64 / route.judged.max(1);
+            let grew = 4 * retained_per_request >= 3 * median
+                && (!route.growth.has_windows(WITNESS_GROWTH_WINDOWS)
+                    || route
+                        .growth
+                        .recent_windows_grew(WITNESS_GROWTH_WINDOWS, median / 2));
+            let current = if old.len() >= MIN_OLD_WITNESSES && grew {
                 Some(route_report(slot, judged, &old, now, config))
             } else {
                 steady.zip(route.latest.as_ref()).map(|(steady, latest)| {
@@ -177,6 +202,9 @@ impl MemoryJudge {
                 route.alert.raise(current, config.confirm_sweeps)
             } else if old.is_empty() && steady.is_none() {
                 let detail = "the route's old requests no longer hold memory".to_owned();
+                route.alert.settle(clock::wall(now), detail)
+            } else if !grew && steady.is_none() {
+                let detail = "the route's retained memory no longer grows".to_owned();
                 route.alert.settle(clock::wall(now), detail)
             } else {
                 None
@@ -223,6 +251,8 @@ fn growth_report(
         bytes: Some(live_bytes),
         allocations: Some(live_blocks),
         bytes_per_request: Some(per_request),
+        // Route figures: estimates whenever the allocator samples.
+        bytes_estimated: alloc::sampling_mean().is_some(),
         ..latest.report(
             0,
             LeakKind::RetainedMemory,
@@ -231,6 +261,18 @@ fn growth_report(
             detail,
         )
     }
+}
+
+/// What old witnesses still hold per request: the median, so that one request that also paid
+/// for a lazy initialisation does not skew the figure.
+fn median_held(old: &[&Witness]) -> u64 {
+    let mut held: Vec<u64> = old
+        .iter()
+        .filter_map(|w| w.scope.usage())
+        .map(|u| u.retained_bytes())
+        .collect();
+    held.sort_unstable();
+    held.get(held.len() / 2).copied().unwrap_or(0)
 }
 
 /// The `RetainedMemory` report of a route whose old witnesses still hold memory (its id and
@@ -242,15 +284,7 @@ fn route_report(
     now: Instant,
     config: &Config,
 ) -> LeakReport {
-    // The median, so that one request that also paid for a lazy initialisation does not skew
-    // the figure.
-    let mut held: Vec<u64> = old
-        .iter()
-        .filter_map(|w| w.scope.usage())
-        .map(|u| u.retained_bytes())
-        .collect();
-    held.sort_unstable();
-    let per_request = held.get(held.len() / 2).copied().unwrap_or(0);
+    let per_request = median_held(old);
     let (live_bytes, live_blocks) = alloc::route_live(slot);
     let (live_bytes, live_blocks) = (live_bytes.max(0) as u64, live_blocks.max(0) as u64);
     let detail = format!(
@@ -268,6 +302,8 @@ fn route_report(
         bytes: Some(live_bytes),
         allocations: Some(live_blocks),
         bytes_per_request: Some(per_request),
+        // Route figures: estimates whenever the allocator samples.
+        bytes_estimated: alloc::sampling_mean().is_some(),
         ..oldest.report(
             0,
             LeakKind::RetainedMemory,
