@@ -47,7 +47,14 @@ pub(crate) struct RetainedGrowth {
     /// The judged count and retained bytes at doubling judged counts, oldest first
     /// ([`GROWTH_WINDOWS`] at most).
     doublings: VecDeque<(u64, i64)>,
+    /// The judged count last observed, and how many observations saw it change.
+    last_judged: u64,
+    changes: u32,
 }
+
+/// Observations with new requests after which a route's traffic counts as steady: it comes
+/// spread over sweeps, so its windows will close, rather than in one burst between two.
+pub(crate) const STEADY_AFTER: u32 = 3;
 
 /// Growth that looks like a leak: over the last [`GROWTH_WINDOWS`] windows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,6 +69,10 @@ impl RetainedGrowth {
     /// Records the route's `retained` bytes once `judged` requests of it have been judged,
     /// closing a window when `window` requests have been judged since the last one closed.
     pub(crate) fn observe(&mut self, judged: u64, retained: i64, window: u64) {
+        if judged != self.last_judged {
+            self.last_judged = judged;
+            self.changes = self.changes.saturating_add(1);
+        }
         match self.boundary {
             None if judged >= window => self.boundary = Some((judged, retained)),
             None => return,
@@ -86,33 +97,40 @@ impl RetainedGrowth {
         }
     }
 
-    /// Whether `n` windows after the warm-up have closed (they close at sweeps: a burst of
-    /// requests between two sweeps closes one at most).
-    pub(crate) fn has_windows(&self, n: usize) -> bool {
-        self.windows.len() >= n
+    /// Whether the route's requests came spread over [`STEADY_AFTER`] sweeps or more, so that
+    /// its growth can be read window by window.
+    pub(crate) fn is_steady(&self) -> bool {
+        self.changes >= STEADY_AFTER
     }
 
-    /// Whether each of the last `n` windows grew by at least `per_request` bytes per request
-    /// (one at least) and by more than twice the largest drop of the recent windows: the
-    /// route's memory is not at a plateau. `false` until `n` windows after the warm-up have
-    /// closed.
-    pub(crate) fn recent_windows_grew(&self, n: usize, per_request: u64) -> bool {
-        let noise = 2 * self
-            .windows
-            .iter()
-            .map(|&(_, g)| (-g).max(0))
-            .max()
-            .unwrap_or(0);
+    /// Whether the route's retained bytes grew lately by at least `per_request` bytes per
+    /// request (one at least): over the window closed last, by more than twice the largest drop
+    /// of the recent windows; or, before any window closed, since the warm-up ended, once a
+    /// quarter of a window of requests has been judged since. `retained` is what the route's
+    /// judged requests hold now, once `judged` of them have been.
+    pub(crate) fn grew_lately(
+        &self,
+        judged: u64,
+        retained: i64,
+        window: u64,
+        per_request: u64,
+    ) -> bool {
         let per_request = per_request.max(1);
-        self.windows.len() >= n
-            && self
+        if let Some(&(requests, growth)) = self.windows.back() {
+            let noise = 2 * self
                 .windows
                 .iter()
-                .rev()
-                .take(n)
-                .all(|&(requests, growth)| {
-                    growth >= (requests * per_request) as i64 && growth > noise
-                })
+                .map(|&(_, g)| (-g).max(0))
+                .max()
+                .unwrap_or(0);
+            return growth >= (requests * per_request) as i64 && growth > noise;
+        }
+        match self.boundary {
+            Some((at, bytes)) if judged.saturating_sub(at) >= (window / 4).max(1) => {
+                retained - bytes >= ((judged - at) * per_request) as i64
+            }
+            _ => false,
+        }
     }
 
     /// The growth over the last [`GROWTH_WINDOWS`] windows, when each of them grew by at least
@@ -216,22 +234,35 @@ mod tests {
     }
 
     #[test]
-    fn recent_windows_grow_by_what_each_request_keeps() {
-        // 2 KiB per request for good: every window grows by 2 KiB per request.
-        let leak = feed(50, 10, |judged| judged as i64 * 2048);
-        assert!(leak.has_windows(2));
-        assert!(leak.recent_windows_grew(2, 1024));
+    fn lately_growing_by_what_each_request_keeps() {
+        // 2 KiB per request for good, read every 10 requests with a window of 100.
+        let keep = |judged: u64| judged as i64 * 2048;
+        let leak = feed(50, 10, keep);
+        assert!(leak.grew_lately(500, keep(500), 100, 1024));
         assert!(
-            !leak.recent_windows_grew(2, 4096),
+            !leak.grew_lately(500, keep(500), 100, 4096),
             "not by more than it keeps"
         );
+        // Before a window closed: the span since the warm-up, once a quarter window long.
+        let early = feed(13, 10, keep);
+        assert!(early.windows.is_empty());
+        assert!(
+            early.grew_lately(130, keep(130), 100, 1024),
+            "30 past the warm-up"
+        );
+        assert!(
+            !feed(12, 10, keep).grew_lately(120, keep(120), 100, 1024),
+            "20 past it: too soon"
+        );
         // A cache's own bookkeeping growing by 300 bytes per request is not 1 KiB per request.
-        let bookkeeping = feed(50, 10, |judged| 200_000 + judged as i64 * 300);
-        assert!(!bookkeeping.recent_windows_grew(2, 1024));
-        // A plateau does not grow at all; a warm-up alone is no window.
-        assert!(!feed(50, 10, |judged| judged.min(100) as i64 * 2048).recent_windows_grew(2, 1));
-        let warm_up = feed(10, 10, |judged| judged as i64 * 2048);
-        assert!(!warm_up.has_windows(1) && !warm_up.recent_windows_grew(1, 1));
+        let slow = |judged: u64| 200_000 + judged as i64 * 300;
+        assert!(!feed(50, 10, slow).grew_lately(500, slow(500), 100, 1024));
+        // A plateau does not grow at all.
+        let plateau = |judged: u64| judged.min(100) as i64 * 2048;
+        assert!(!feed(50, 10, plateau).grew_lately(500, plateau(500), 100, 1));
+        // Traffic counts as steady once it came over a few sweeps.
+        assert!(feed(3, 10, keep).is_steady());
+        assert!(!feed(1, 400, keep).is_steady());
     }
 
     #[test]

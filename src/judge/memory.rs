@@ -18,8 +18,10 @@
 //! bounded cache that keeps old entries on purpose (TinyLFU, S3-FIFO) has them too. So the
 //! route's retained bytes must amount to at least three quarters of the witnesses' median per
 //! request judged (a leak's do; a cache holds its capacity's worth, less than `memory_window`
-//! requests' worth), and, once [`WITNESS_GROWTH_WINDOWS`] windows have closed (steady
-//! traffic), have grown in each of them by at least half the median per request. Once none of
+//! requests' worth), and, when its requests come spread over sweeps (steady traffic), have
+//! grown lately by at least half the median per request: over the window closed last, or since
+//! the first window (a warm-up) ended. (A burst of requests between two sweeps closes no
+//! window: the total alone decides.) Once none of
 //! its old witnesses holds memory any more, or the route's memory stopped growing, the report
 //! is released.
 //!
@@ -45,10 +47,6 @@ use crate::util::clock;
 
 /// How many requests per route are kept as witnesses.
 pub(crate) const WITNESSES_PER_ROUTE: usize = 8;
-
-/// Windows in a row the route's retained memory must have grown for old witnesses to make it
-/// leak (the first window of a route is a warm-up and never counts).
-pub(crate) const WITNESS_GROWTH_WINDOWS: usize = 2;
 
 /// How many old witnesses still holding memory make a route leak.
 pub(crate) const MIN_OLD_WITNESSES: usize = 3;
@@ -183,11 +181,15 @@ impl MemoryJudge {
             // of it per request (a cache's own bookkeeping grows for a while, by far less).
             let median = median_held(&old);
             let retained_per_request = retained.max(0) as u64 / route.judged.max(1);
+            let growth = &route.growth;
             let grew = 4 * retained_per_request >= 3 * median
-                && (!route.growth.has_windows(WITNESS_GROWTH_WINDOWS)
-                    || route
-                        .growth
-                        .recent_windows_grew(WITNESS_GROWTH_WINDOWS, median / 2));
+                && if growth.is_steady() {
+                    let window = config.memory_window;
+                    growth.grew_lately(route.judged, retained, window, median / 2)
+                } else {
+                    // A burst between a few sweeps: no window to read, the total must do.
+                    true
+                };
             let current = if old.len() >= MIN_OLD_WITNESSES && grew {
                 Some(route_report(slot, judged, &old, now, config))
             } else {
