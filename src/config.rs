@@ -131,8 +131,10 @@ impl LeakDetectorBuilder {
     pub const DEFAULT_REGISTRY_CAPACITY: usize = 100_000;
     /// Default [`settle_timeout`](Self::settle_timeout): 2 seconds.
     pub const DEFAULT_SETTLE_TIMEOUT: Duration = Duration::from_secs(2);
-    /// Default [`memory_threshold`](Self::memory_threshold): 1 024 bytes.
-    pub const DEFAULT_MEMORY_THRESHOLD: u64 = 1024;
+    /// Default [`memory_threshold`](Self::memory_threshold): 1 byte — any request still holding
+    /// memory can witness for its route; whether that memory is a leak is decided by how the
+    /// route's memory grows, not by a size.
+    pub const DEFAULT_MEMORY_THRESHOLD: u64 = 1;
     /// Default [`memory_window`](Self::memory_window): 256 requests.
     pub const DEFAULT_MEMORY_WINDOW: u64 = 256;
     /// Default [`trend_interval`](Self::trend_interval): 5 seconds.
@@ -200,8 +202,10 @@ impl LeakDetectorBuilder {
         self
     }
 
-    /// Bytes a finished request must still hold to count as retaining memory (with the
-    /// [`TrackingAllocator`](crate::TrackingAllocator) installed). Default:
+    /// Bytes a finished request must still hold to count as retaining memory — to become one of
+    /// its route's witnesses (with the [`TrackingAllocator`](crate::TrackingAllocator)
+    /// installed). Raising it only ignores requests that keep less; a route is reported by how
+    /// its memory grows with its requests, whatever the size. Default:
     /// [`DEFAULT_MEMORY_THRESHOLD`](Self::DEFAULT_MEMORY_THRESHOLD). Must be greater than zero.
     pub fn memory_threshold(mut self, bytes: u64) -> Self {
         self.config.memory_threshold = bytes;

@@ -162,8 +162,11 @@ async fn check_leak(path: &str, route: &str, per_request: u64, every: u64) {
         (report.kind, report.route.as_str()),
         (LeakKind::RetainedMemory, route)
     );
+    // Found by its witnesses (old requests still holding memory, the route growing with
+    // them) or by the route's growth alone: no byte floor decides.
     assert!(
-        report.detail.contains("grows with their number"),
+        report.detail.contains("grows with their number")
+            || report.detail.contains("still hold memory"),
         "{report}"
     );
     let each = detector.leaks()[0].bytes_per_request.unwrap();
