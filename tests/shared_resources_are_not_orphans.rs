@@ -220,17 +220,7 @@ fn on_route<'a>(reports: &'a [LeakReport], route: &str) -> Vec<&'a LeakReport> {
 }
 
 fn run(flavor: &str) {
-    let mut builder = match flavor {
-        "current_thread" => tokio::runtime::Builder::new_current_thread(),
-        _ => {
-            let mut multi = tokio::runtime::Builder::new_multi_thread();
-            multi.worker_threads(4);
-            multi
-        }
-    };
-    let runtime = leakwatch::instrument_runtime(builder.enable_all())
-        .build()
-        .unwrap();
+    let runtime = support::hooked_runtime(flavor);
     let (detector, reports) = runtime.block_on(drive());
     let list = |reports: &[&LeakReport]| {
         reports

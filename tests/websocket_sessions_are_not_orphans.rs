@@ -97,17 +97,7 @@ async fn drive() -> Vec<leakwatch::LeakReport> {
 }
 
 fn run(flavor: &str) {
-    let mut builder = match flavor {
-        "current_thread" => tokio::runtime::Builder::new_current_thread(),
-        _ => {
-            let mut multi = tokio::runtime::Builder::new_multi_thread();
-            multi.worker_threads(4);
-            multi
-        }
-    };
-    let runtime = leakwatch::instrument_runtime(builder.enable_all())
-        .build()
-        .unwrap();
+    let runtime = support::hooked_runtime(flavor);
     let reports = runtime.block_on(drive());
     let text: Vec<String> = reports.iter().map(|r| r.to_string()).collect();
     assert!(reports.is_empty(), "{flavor}:\n{}", text.join("\n"));

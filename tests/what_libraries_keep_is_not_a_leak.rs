@@ -109,15 +109,7 @@ async fn drive() -> Vec<LeakReport> {
 }
 
 fn run(flavor: &str) {
-    let mut builder = match flavor {
-        "current_thread" => tokio::runtime::Builder::new_current_thread(),
-        _ => {
-            let mut multi = tokio::runtime::Builder::new_multi_thread();
-            multi.worker_threads(4);
-            multi
-        }
-    };
-    let runtime = builder.enable_all().build().unwrap();
+    let runtime = support::runtime_builder(flavor).build().unwrap();
     // A real subscriber for every thread: spans and events formatted into a sink.
     static INSTALL: std::sync::Once = std::sync::Once::new();
     INSTALL.call_once(|| {

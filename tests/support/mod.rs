@@ -159,3 +159,25 @@ pub async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A runtime builder of one flavour: `"current_thread"`, or a multi-thread runtime with four
+/// workers, as production services run. Timers and IO enabled.
+pub fn runtime_builder(flavor: &str) -> tokio::runtime::Builder {
+    let mut builder = match flavor {
+        "current_thread" => tokio::runtime::Builder::new_current_thread(),
+        _ => {
+            let mut multi = tokio::runtime::Builder::new_multi_thread();
+            multi.worker_threads(4);
+            multi
+        }
+    };
+    builder.enable_all();
+    builder
+}
+
+/// [`runtime_builder`] with leakwatch's task hooks installed.
+#[cfg(tokio_unstable)]
+pub fn hooked_runtime(flavor: &str) -> tokio::runtime::Runtime {
+    let mut builder = runtime_builder(flavor);
+    leakwatch::instrument_runtime(&mut builder).build().unwrap()
+}
