@@ -56,14 +56,14 @@ macro_rules! scoped_response_future {
                 #[pin]
                 inner: F,
                 // `None` when untracked, and once the response went out.
-                guard: Option<$crate::request::scope::ScopeGuard>,
+                guard: Option<$crate::request::current::ScopeGuard>,
             }
         }
 
         impl<F> ResponseFuture<F> {
             pub(crate) fn new(
                 inner: F,
-                guard: Option<$crate::request::scope::ScopeGuard>,
+                guard: Option<$crate::request::current::ScopeGuard>,
             ) -> Self {
                 ResponseFuture { inner, guard }
             }
@@ -82,7 +82,7 @@ macro_rules! scoped_response_future {
             ) -> std::task::Poll<Self::Output> {
                 let this = self.project();
                 let inner = this.inner;
-                let result = std::task::ready!($crate::request::scope::enter_guarded(
+                let result = std::task::ready!($crate::request::current::enter_guarded(
                     this.guard.as_mut(),
                     || inner.poll(cx)
                 ));

@@ -8,8 +8,8 @@ use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
 use crate::request::body::RequestBody;
+use crate::request::current::ScopeGuard;
 use crate::request::liveness::Liveness;
-use crate::request::scope::ScopeGuard;
 
 pin_project! {
     /// The response body of a call made through

@@ -8,7 +8,7 @@ use reqwest_middleware::{Middleware, Next};
 
 use super::{ResponseBody, ResponseFuture};
 use crate::engine::Engine;
-use crate::request::scope::ScopeGuard;
+use crate::request::current::ScopeGuard;
 
 /// A `reqwest-middleware` middleware that tracks each call's response body, the way
 /// [`ClientLeakLayer`](super::ClientLeakLayer) does for a tower client; from

@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::{ResponseBody, ResponseFuture};
 use crate::engine::Engine;
-use crate::request::scope::ScopeGuard;
+use crate::request::current::ScopeGuard;
 
 /// Wraps an HTTP client: opens a scope per call and tracks the upstream's response body. Made by
 /// [`ClientLeakLayer`](super::ClientLeakLayer); see [`crate::client`].

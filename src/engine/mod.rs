@@ -27,9 +27,10 @@ use crate::judge::trend::Trend;
 use crate::registry::Registry;
 use crate::report::ReportSink;
 use crate::report::{LeakKind, LeakReport, LeakState};
+use crate::request::current;
 use crate::request::id::{self, RequestId};
 use crate::request::route::{self, Interner, RouteInfo, RoutePolicy};
-use crate::request::scope::{self, RequestHead, Scope, UpstreamCall};
+use crate::request::scope::{RequestHead, Scope, UpstreamCall};
 use crate::request::trace;
 use crate::util::clock;
 use crate::util::sync::lock;
@@ -120,7 +121,7 @@ impl Engine {
     /// is full.
     pub(crate) fn open_scope<B>(&self, request: &http::Request<B>) -> Option<Arc<Scope>> {
         // Nothing the detector allocates here is charged to an enclosing request.
-        scope::outside(|| {
+        current::outside(|| {
             let route_fn = self.config.route_fn.as_ref().map(|f| &*f.0);
             let (route, info) = route::resolve(request, route_fn, &self.routes);
             if info.ignored {
@@ -148,11 +149,11 @@ impl Engine {
     /// Made inside a request (the current scope), the call is that request's: its scope closes
     /// when the request does, and its reports carry the request's route, method, request id and
     /// trace. Made outside any request, its route is [`route::CLIENT`] and it closes when the
-    /// caller's [`ScopeGuard`](crate::request::scope::ScopeGuard) on it is dropped.
+    /// caller's [`ScopeGuard`](crate::request::current::ScopeGuard) on it is dropped.
     pub(crate) fn open_call_scope<B>(&self, request: &http::Request<B>) -> Option<Arc<Scope>> {
         // A call made from within another call's scope belongs to the request that made that.
-        let parent = scope::current().and_then(|current| current.request().cloned());
-        scope::outside(|| {
+        let parent = current::current().and_then(|current| current.request().cloned());
+        current::outside(|| {
             let id = self.registry.next_id();
             let uri = request.uri();
             let host: Box<str> = match (uri.host(), uri.port_u16()) {

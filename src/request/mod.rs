@@ -1,6 +1,7 @@
 //! What a request is known by, and the scope that follows it.
 //!
-//! - [`scope`]: the detector's record of one request and the thread's current scope;
+//! - [`scope`]: the detector's record of one request;
+//! - [`current`]: the thread's current scope, entered around every poll;
 //! - [`route`]: route templates and the names used where there is none (public as
 //!   [`crate::route`]);
 //! - [`id`]: the request id (an incoming `x-request-id`, sanitised, or a generated one);
@@ -11,6 +12,7 @@
 //!   (a task, a body, a watched object) is still alive.
 
 pub(crate) mod body;
+pub(crate) mod current;
 pub(crate) mod id;
 pub(crate) mod liveness;
 pub(crate) mod origin;

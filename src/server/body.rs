@@ -6,7 +6,8 @@ use http::{Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::request::scope::{self, ScopeGuard};
+use crate::request::current;
+use crate::request::current::ScopeGuard;
 
 pin_project! {
     /// Response body for [`LeakService`](super::LeakService).
@@ -46,7 +47,7 @@ impl<B: Body> Body for ResponseBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         let inner = this.inner.as_mut();
-        let frame = ready!(scope::enter_guarded(this.guard.as_mut(), || inner.poll_frame(cx)));
+        let frame = ready!(current::enter_guarded(this.guard.as_mut(), || inner.poll_frame(cx)));
         if frame.is_none() || this.inner.is_end_stream() {
             // The response is finished: close the scope now, not when the body is dropped.
             this.guard.take();

@@ -8,8 +8,8 @@ use tower_service::Service;
 use super::{ResponseBody, ResponseFuture};
 use crate::engine::Engine;
 use crate::request::body::RequestBody;
+use crate::request::current::ScopeGuard;
 use crate::request::liveness::Liveness;
-use crate::request::scope::ScopeGuard;
 
 /// Middleware that opens a request scope for every request, tracks the request body and what the
 /// handler spawns or watches, and closes the scope when the response body ends or is dropped.

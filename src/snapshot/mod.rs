@@ -23,8 +23,8 @@ use crate::engine::stats::{MemoryAccounting, Stats};
 use crate::engine::Engine;
 use crate::judge::trend::{Sample, TrendWindow};
 use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
+use crate::request::current;
 use crate::request::liveness::Liveness;
-use crate::request::scope;
 use crate::util::clock;
 
 cfg_feature! {
@@ -153,7 +153,7 @@ impl From<Sample> for TrendSample {
 
 /// Takes a snapshot of `engine`. Whatever it allocates is never charged to a request.
 pub(crate) fn take(engine: &Engine) -> Snapshot {
-    scope::outside(|| collect(engine))
+    current::outside(|| collect(engine))
 }
 
 fn collect(engine: &Engine) -> Snapshot {

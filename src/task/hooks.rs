@@ -59,9 +59,11 @@ use dashmap::DashMap;
 use tokio::runtime::TaskMeta;
 use tokio::task::Id;
 
+use crate::request::current;
 use crate::request::liveness::{Liveness, TaskToken};
 use crate::util::IdHasher;
-use crate::request::scope::{self, Entered, Judged, Scope};
+use crate::request::current::Entered;
+use crate::request::scope::{Judged, Scope};
 
 /// A task tracked through the hooks: the request it is polled for (none for a task judged by
 /// growth, which belongs to a shared resource), and the token whose drop tells the registry the
@@ -120,11 +122,11 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
     if SPAWNING_TRACKED.try_with(Cell::get).unwrap_or(true) {
         return;
     }
-    let Some(scope) = scope::current() else {
+    let Some(scope) = current::current() else {
         return;
     };
     // The detector's own bookkeeping: never charged to the request.
-    scope::outside(|| {
+    current::outside(|| {
         let token = Arc::new(TaskToken::default());
         #[cfg(leakwatch_taskdump)]
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
@@ -176,7 +178,7 @@ pub fn on_before_task_poll(meta: &TaskMeta<'_>) {
         if outer.is_some() {
             // A poll inside another tracked task's poll (`block_in_place`): keep the outer.
             polling.set(outer);
-        } else if let Some(entered) = scope::make_current(&scope) {
+        } else if let Some(entered) = current::make_current(&scope) {
             polling.set(Some((meta.id(), entered)));
         }
     });

@@ -15,8 +15,9 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
+use crate::request::current;
 use crate::request::liveness::{Liveness, TaskToken};
-use crate::request::scope::{self, Judged, Scope};
+use crate::request::scope::{Judged, Scope};
 
 cfg_tokio_unstable! {
     pub mod hooks;
@@ -79,7 +80,7 @@ where
 #[track_caller]
 pub fn scoped<F: Future>(future: F) -> Scoped<F> {
     let location = Location::caller();
-    let mut scope = scope::current();
+    let mut scope = current::current();
     let token = scope.as_ref().and_then(|current| {
         let token = Arc::new(TaskToken::default());
         let liveness = Liveness::Task(Arc::downgrade(&token));
@@ -136,7 +137,7 @@ impl<F: Future> Future for Scoped<F> {
             }
         }
         let inner = this.inner;
-        let poll = scope::enter_owned(this.scope, || inner.poll(cx));
+        let poll = current::enter_owned(this.scope, || inner.poll(cx));
         if poll.is_ready() {
             // The task has ended, even if whoever holds the future keeps it around.
             *this.token = None;
@@ -173,10 +174,10 @@ where
     T: ?Sized + Send + Sync + 'static,
 {
     let location = Location::caller();
-    let Some(scope) = scope::current() else {
+    let Some(scope) = current::current() else {
         return;
     };
-    let probe = scope::outside(|| Box::new(Arc::downgrade(object)));
+    let probe = current::outside(|| Box::new(Arc::downgrade(object)));
     scope.track(
         Liveness::Object(probe),
         Some(location),
@@ -202,7 +203,7 @@ where
 /// For an initialiser that is a future (tokio's `OnceCell::get_or_init`), wrap it in
 /// [`detach`].
 pub fn outside<R>(f: impl FnOnce() -> R) -> R {
-    scope::outside(f)
+    current::outside(f)
 }
 
 /// Wraps a future so that it runs outside any request: what it allocates is charged to no
@@ -252,7 +253,7 @@ where
     F::Output: Send + 'static,
 {
     // Spawned with no request current, the runtime hooks do not track it either.
-    scope::outside(|| tokio::spawn(detach(future)))
+    current::outside(|| tokio::spawn(detach(future)))
 }
 
 pin_project! {
@@ -269,7 +270,7 @@ impl<F: Future> Future for Detached<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let inner = self.project().inner;
-        scope::outside(|| inner.poll(cx))
+        current::outside(|| inner.poll(cx))
     }
 }
 
