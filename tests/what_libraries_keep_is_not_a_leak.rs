@@ -2,7 +2,8 @@
 //! bounded `moka` cache (TinyLFU: it keeps old entries and turns new ones away) and a bounded
 //! `quick_cache` (S3-FIFO), each of capacity 100 filled by 1 000 distinct keys, and the
 //! per-thread state `tracing-subscriber` grows lazily on each worker under tower-http's
-//! `TraceLayer`. A real axum service on 127.0.0.1 with the exact allocator, steady traffic
+//! `TraceLayer`. A real axum service on 127.0.0.1 with the exact allocator (and, built with
+//! `--cfg tokio_unstable`, `instrument_runtime`), steady traffic
 //! (batches, a sweep after each), on a current-thread and a 4-worker runtime: no report of any
 //! kind. A route that keeps 2 KiB per request in a plain global map, driven the same way, is
 //! reported — the control that shows the detector is looking.
@@ -109,6 +110,10 @@ async fn drive() -> Vec<LeakReport> {
 }
 
 fn run(flavor: &str) {
+    // With `--cfg tokio_unstable`, every `tokio::spawn` is tracked too (the unstable CI pass).
+    #[cfg(tokio_unstable)]
+    let runtime = support::hooked_runtime(flavor);
+    #[cfg(not(tokio_unstable))]
     let runtime = support::runtime_builder(flavor).build().unwrap();
     // A real subscriber for every thread: spans and events formatted into a sink.
     static INSTALL: std::sync::Once = std::sync::Once::new();
