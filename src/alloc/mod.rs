@@ -113,9 +113,13 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 /// recognises it by its address alone. A route that keeps `L` bytes per request gets a sampled
 /// witness about every `mean / L` requests, so with the default
 /// [`memory_window`](crate::LeakDetectorBuilder::memory_window) of 256 a
-/// [`RetainedMemory`](crate::LeakKind::RetainedMemory) report comes after about
-/// `3 × mean / L + 256` requests: at a 512 KiB mean, about 650 requests for 4 KiB per request,
-/// 2 200 for 800 bytes, 33 000 for 48 bytes. Elsewhere than Unix no block is sampled
+/// [`RetainedMemory`](crate::LeakKind::RetainedMemory) report comes once three of them are old
+/// — after about `3 × mean / L + 256` requests — and the route's estimated retained bytes have
+/// grown by about `L` per request over a window, usually one window later: at a 512 KiB mean,
+/// about 900 requests for 4 KiB per request, 2 500 for 800 bytes, 33 000 for 48 bytes. Samples
+/// come at random: unlucky ones can take up to twice the sampling part and two more windows
+/// (`tests/alloc_sampled_leak_timing.rs` checks this at a 16 KiB mean). Elsewhere than Unix no
+/// block is sampled
 /// ([`Stats::samples_unserved`](crate::Stats::samples_unserved) counts them).
 ///
 /// ```

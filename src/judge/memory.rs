@@ -174,18 +174,25 @@ impl MemoryJudge {
             let steady = route.growth.steady();
             // Old requests holding memory are a leak only if the route's memory grows with its
             // requests: a bounded cache that keeps old entries on purpose (TinyLFU, S3-FIFO)
-            // has old witnesses too, but a plateau. A route whose requests each keep about
-            // what its old witnesses hold retains about that much per request judged (a cache
-            // holds its capacity's worth, under `memory_window` requests' worth); and where
-            // windows have closed (steady traffic), each of the last ones grew by at least half
-            // of it per request (a cache's own bookkeeping grows for a while, by far less).
-            let median = median_held(&old);
+            // has old witnesses too, but a plateau. Counted exactly, a route whose requests each
+            // keep about what its old witnesses hold retains about that much per request judged
+            // (a cache holds its capacity's worth, under `memory_window` requests' worth). In
+            // sampled mode a witness holds a sample's weight, not what a request keeps: the
+            // route's own retained bytes per request judged stand in for it. Under steady
+            // traffic the route must also have grown lately by at least half of that per
+            // request (a cache's own bookkeeping grows for a while, by far less).
             let retained_per_request = retained.max(0) as u64 / route.judged.max(1);
+            let (kept, like_witnesses) = if alloc::sampling_mean().is_some() {
+                (retained_per_request, true)
+            } else {
+                let median = median_held(&old);
+                (median, 4 * retained_per_request >= 3 * median)
+            };
             let growth = &route.growth;
-            let grew = 4 * retained_per_request >= 3 * median
+            let grew = like_witnesses
                 && if growth.is_steady() {
                     let window = config.memory_window;
-                    growth.grew_lately(route.judged, retained, window, median / 2)
+                    growth.grew_lately(route.judged, retained, window, kept / 2)
                 } else {
                     // A burst between a few sweeps: no window to read, the total must do.
                     true
