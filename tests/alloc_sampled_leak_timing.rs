@@ -10,13 +10,7 @@
 
 mod support;
 
-use axum::body::Body;
-use axum::extract::Path;
-use axum::routing::get;
-use axum::Router;
-use http::Request;
-use leakwatch::{LeakDetector, LeakKind, LeakState};
-use tower::ServiceExt;
+use support::timing::requests_until_reported;
 
 const MEAN: u64 = 16 * 1024;
 
@@ -24,64 +18,20 @@ const MEAN: u64 = 16 * 1024;
 static ALLOC: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::sampled(MEAN);
 
 const WINDOW: u64 = 32;
-const EVERY: u64 = 4;
-
-async fn forget(Path(bytes): Path<usize>) -> &'static str {
-    std::mem::forget(vec![7u8; bytes]);
-    "forgotten"
-}
-
-async fn temporary(Path(bytes): Path<usize>) -> String {
-    vec![7u8; bytes].len().to_string()
-}
-
-fn app(detector: &LeakDetector) -> Router {
-    Router::new()
-        .route("/forget/{bytes}", get(forget))
-        .route("/temporary/{bytes}", get(temporary))
-        .layer(detector.layer())
-}
-
-/// Requests sent to `path` until its route is reported, if it is within `limit`.
-async fn requests_until_reported(path: &str, route: &str, limit: u64) -> Option<u64> {
-    let sink = leakwatch::sink::CollectingSink::new();
-    let detector = support::builder(&sink)
-        .memory_window(WINDOW)
-        .build()
-        .unwrap();
-    let app = app(&detector);
-    for sent in 1..=limit {
-        let request = Request::get(path).body(Body::empty()).unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        support::read_body(response).await;
-        if sent % EVERY == 0 {
-            let found = detector.sweep_now().into_iter().any(|r| {
-                r.route == route
-                    && r.kind == LeakKind::RetainedMemory
-                    && r.state == LeakState::Confirmed
-            });
-            if found {
-                return Some(sent);
-            }
-        }
-    }
-    None
-}
 
 async fn found_within_the_documented_requests() {
     for bytes in [4096u64, 1000] {
         let expected = 3 * MEAN / bytes + WINDOW;
         // Samples come at random: allow twice the sampling part and two more windows.
         let limit = 2 * (3 * MEAN / bytes) + 3 * WINDOW;
-        let path = format!("/forget/{bytes}");
-        let took = requests_until_reported(&path, "/forget/{bytes}", limit).await;
+        let took = requests_until_reported(WINDOW, bytes, true, limit).await;
         assert!(
             took.is_some(),
             "{bytes} bytes per request at a {MEAN}-byte mean: not reported within {limit} \
              requests (about {expected} expected)"
         );
     }
-    let took = requests_until_reported("/temporary/4096", "/temporary/{bytes}", 256).await;
+    let took = requests_until_reported(WINDOW, 4096, false, 256).await;
     assert_eq!(took, None, "4 KiB freed by every request");
 }
 

@@ -17,6 +17,9 @@ use leakwatch::{LeakDetector, LeakDetectorBuilder, LeakKind, LeakReport};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+#[cfg(feature = "axum")]
+pub mod timing;
+
 /// A builder for test detectors: no grace, confirmed at the first sweep, no background sweeps
 /// (tests sweep with `sweep_now`), reports collected.
 pub fn builder(sink: &CollectingSink) -> LeakDetectorBuilder {
