@@ -50,7 +50,7 @@ pub(crate) use self::sites::{
     dropped as sites_dropped, enabled as sites_enabled, exact as sites_exact, top as top_sites,
     RawSite,
 };
-pub(crate) use self::slots::{slots_exhausted, SlotGuard, Usage};
+pub(crate) use self::slots::{slots_exhausted, slots_in_use, SlotGuard, Usage};
 
 /// Bytes in front of every block (more for alignments above it).
 ///

@@ -163,6 +163,25 @@ impl SlotGuard {
         })
     }
 
+    /// Counts `alloc_bytes` allocated and `freed_bytes` freed (one block each) for the request,
+    /// as the allocator would.
+    #[cfg(test)]
+    pub(crate) fn charge(&self, alloc_bytes: u64, freed_bytes: u64) {
+        let blocks = |bytes| u64::from(bytes != 0);
+        ScopeSlot::get(self.tag.slot()).add(
+            self.tag.generation(),
+            alloc_bytes,
+            blocks(alloc_bytes),
+            freed_bytes,
+            blocks(freed_bytes),
+        );
+    }
+
+    /// Whether the slot is still held (not released).
+    pub(crate) fn is_held(&self) -> bool {
+        !self.released.load(Ordering::Acquire)
+    }
+
     /// Retires the slot: later frees of the request's blocks count for its route only.
     pub(crate) fn release(&self) {
         if self.released.swap(true, Ordering::AcqRel) {
@@ -199,11 +218,30 @@ impl Usage {
     pub(crate) fn retained_blocks(&self) -> u64 {
         self.alloc_blocks.saturating_sub(self.freed_blocks)
     }
+
+    /// Whether every block allocated was freed.
+    pub(crate) fn is_clean(&self) -> bool {
+        self.retained_bytes() == 0 && self.retained_blocks() == 0
+    }
 }
 
 /// Requests that went untracked because every scope slot was taken.
 pub(crate) fn slots_exhausted() -> u64 {
     SLOTS_EXHAUSTED.load(Ordering::Relaxed)
+}
+
+/// Scope slots held now: requests in flight and finished requests whose memory waits for the
+/// sweeper. (Slot 0, never handed out, is not counted.)
+pub(crate) fn slots_in_use() -> u64 {
+    let used: u32 = SLOTS_USED
+        .iter()
+        .enumerate()
+        .map(|(w, word)| {
+            let bits = word.load(Ordering::Relaxed);
+            if w == 0 { bits & !1 } else { bits }.count_ones()
+        })
+        .sum();
+    u64::from(used)
 }
 
 #[cfg(test)]

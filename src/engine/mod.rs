@@ -10,6 +10,7 @@ pub(crate) mod dump;
 pub(crate) mod stats;
 pub(crate) mod sweeper;
 mod view;
+mod warnings;
 
 use std::collections::{HashMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -34,6 +35,8 @@ use crate::request::scope::{RequestHead, Scope, UpstreamCall};
 use crate::request::trace;
 use crate::util::clock;
 use crate::util::sync::lock;
+
+use self::warnings::Warnings;
 
 /// How many one-shot findings ([`LeakKind::UnconsumedBody`]) are remembered.
 pub(crate) const FINDINGS_CAPACITY: usize = 1024;
@@ -66,6 +69,8 @@ struct Judges {
     trend: Trend,
     /// The most recent one-shot findings, oldest first ([`FINDINGS_CAPACITY`] at most).
     findings: VecDeque<LeakReport>,
+    /// When what went uncounted was last warned about.
+    warnings: Warnings,
 }
 
 /// Totals since the detector was built.
@@ -102,6 +107,7 @@ impl Engine {
                 tasks: TaskJudge::default(),
                 trend,
                 findings: VecDeque::new(),
+                warnings: Warnings::default(),
             }),
             sweeping: Mutex::new(()),
             sinks,
@@ -227,6 +233,9 @@ impl Engine {
         let (counted, mut finished): (Vec<_>, Vec<_>) = released
             .into_iter()
             .partition(|scope| scope.memory.is_some());
+        judges
+            .memory
+            .count_clean(&self.registry.take_clean(), &self.registry);
         let returned = judges
             .memory
             .judge_requests(counted, config, &self.registry);
@@ -254,6 +263,7 @@ impl Engine {
             }
             judges.findings.push_back(finding.clone());
         }
+        judges.warnings.check(self.uncounted(), now);
         drop(guard);
         self.registry.recycle(finished);
         #[cfg(leakwatch_taskdump)]

@@ -90,6 +90,12 @@ pub struct Stats {
     /// Requests whose memory went uncounted because every request slot of the allocator was
     /// taken (process-wide, since start-up).
     pub untracked_requests: u64,
+    /// Requests whose memory is counted per request now (process-wide): those in flight, and
+    /// those that ended still holding memory, until the sweeper has judged them (after the
+    /// [`grace`](crate::LeakDetectorBuilder::grace) period). A request that frees all it
+    /// allocated gives its slot back as it ends. Past 65 536, new requests go uncounted
+    /// ([`untracked_requests`](Self::untracked_requests)).
+    pub memory_slots_in_use: u64,
     /// Per route, by template: requests in flight and finished, memory, tasks alive.
     pub routes: Vec<RouteStats>,
     /// Alive tasks of the tokio runtime the detector was built in, at the last trend sample;

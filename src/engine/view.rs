@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::stats::{KindCounts, MemoryAccounting, RouteStats, Stats};
+use super::warnings::Uncounted;
 use super::Engine;
 use crate::alloc;
 use crate::config::Config;
@@ -237,6 +238,19 @@ impl Engine {
         routes.into_values().collect()
     }
 
+    /// What went uncounted since start-up: requests without memory counting, entries the
+    /// registry had no room for.
+    pub(crate) fn uncounted(&self) -> Uncounted {
+        Uncounted {
+            untracked_requests: if self.memory_tracked {
+                alloc::slots_exhausted()
+            } else {
+                0
+            },
+            skipped: self.registry.skipped(),
+        }
+    }
+
     /// Counters and gauges of the detector's own state.
     pub(crate) fn stats(&self) -> Stats {
         let counters = &self.counters;
@@ -251,8 +265,9 @@ impl Engine {
             sink_panics: counters.sink_panics.load(Ordering::Relaxed),
             memory: self.memory_accounting(),
             live_heap_bytes: self.live_heap_bytes(),
-            untracked_requests: if self.memory_tracked {
-                alloc::slots_exhausted()
+            untracked_requests: self.uncounted().untracked_requests,
+            memory_slots_in_use: if self.memory_tracked {
+                alloc::slots_in_use()
             } else {
                 0
             },

@@ -97,6 +97,27 @@ impl MemoryJudge {
         done
     }
 
+    /// Counts as judged the requests that ended having freed all they allocated (by route
+    /// slot): they gave their allocator slot back as they ended, and retain nothing.
+    pub(crate) fn count_clean(&mut self, clean: &[u64], registry: &Registry) {
+        for (slot, &n) in clean.iter().enumerate().skip(1) {
+            if n != 0 {
+                self.route(slot as u32, registry).judged += n;
+            }
+        }
+    }
+
+    /// The memory of the route of allocator slot `slot`, added if new.
+    fn route(&mut self, slot: u32, registry: &Registry) -> &mut RouteMemory {
+        self.routes.entry(slot).or_insert_with(|| RouteMemory {
+            judged: 0,
+            witnesses: VecDeque::new(),
+            growth: RetainedGrowth::default(),
+            latest: None,
+            alert: StandingAlert::new(registry.next_id()),
+        })
+    }
+
     /// Judges one request; returns it unless it is kept as a witness.
     fn judge_request(
         &mut self,
@@ -113,16 +134,7 @@ impl MemoryJudge {
             scope.retire_memory();
             return Some(scope);
         }
-        let route = self
-            .routes
-            .entry(scope.route_slot())
-            .or_insert_with(|| RouteMemory {
-                judged: 0,
-                witnesses: VecDeque::new(),
-                growth: RetainedGrowth::default(),
-                latest: None,
-                alert: StandingAlert::new(registry.next_id()),
-            });
+        let route = self.route(scope.route_slot(), registry);
         route.judged += 1;
         route.latest = Some(scope.clone());
         if usage.retained_bytes() >= config.memory_threshold

@@ -8,7 +8,11 @@
 //!
 //! A request that ends having left nothing behind — no task, body or watched object alive, no
 //! memory to judge, no `StuckRequest` reported — is forgotten as it ends, by the thread that
-//! ends it: the sweeper never sees it. Only the others wait for a sweep.
+//! ends it: the sweeper never sees it. One whose memory is counted waits on its thread until a
+//! few more of the thread's requests have ended (its response's bytes are written and freed by
+//! then): if it has freed all it allocated, it gives its allocator slot back and is forgotten
+//! there too, so that slots never run out however many requests a second come. Only the
+//! others wait for a sweep.
 
 use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -19,7 +23,9 @@ use dashmap::DashMap;
 
 mod shard;
 
-use self::shard::{count_finished, this_threads_shard, Shard, POOLED_PER_SHARD, SHARDS};
+use self::shard::{
+    count_finished, this_threads_shard, Shard, POOLED_PER_SHARD, SETTLING_PER_SHARD, SHARDS,
+};
 
 use crate::alloc::SlotGuard;
 use crate::report::lifecycle::Lifecycle;
@@ -191,6 +197,7 @@ impl Registry {
         for shard in &self.shards {
             let mut shard = lock(shard);
             taken.scopes.append(&mut shard.handed);
+            taken.scopes.extend(shard.settling.drain(..));
             // A request that has just closed is its own thread's to retire.
             for scope in shard.live.iter().flatten().filter(|s| s.is_open()) {
                 judge_one(scope);
@@ -224,6 +231,22 @@ impl Registry {
             let room = POOLED_PER_SHARD.saturating_sub(pool.len());
             pool.extend(unused.by_ref().take(share.min(room)));
         }
+    }
+
+    /// Requests whose memory was judged clean as they ended, by allocator route slot, since the
+    /// last call: the memory judge counts them as judged.
+    pub(crate) fn take_clean(&self) -> Vec<u64> {
+        let mut total = Vec::new();
+        for shard in &self.shards {
+            let mut shard = lock(shard);
+            if total.len() < shard.clean.len() {
+                total.resize(shard.clean.len(), 0);
+            }
+            for (sum, n) in total.iter_mut().zip(shard.clean.iter_mut()) {
+                *sum += std::mem::take(n);
+            }
+        }
+        total
     }
 
     /// Requests finished and let go of since the registry was made, by route index.
@@ -270,6 +293,7 @@ impl Registry {
             let shard = lock(shard);
             shard.live.iter().flatten().for_each(|s| f(s));
             shard.handed.iter().for_each(|s| f(s));
+            shard.settling.iter().for_each(|s| f(s));
         }
     }
 
@@ -362,17 +386,51 @@ impl Owner for Registry {
         };
         shard.vacant.push(index);
         drop(held);
-        // Memory to judge, or a `StuckRequest` to release: the sweeper's.
-        let judged_later = scope.memory.is_some() || scope.stuck.load().reported().is_some();
+        let reported_stuck = scope.stuck.load().reported().is_some();
         // When nothing else holds the scope (no task, body, watched object or outgoing call of
         // the request), nothing can ever read when it closed: the clock is not read for it.
-        if judged_later || !is_unused(&scope) {
+        if scope.counts_memory() || reported_stuck || !is_unused(&scope) {
             scope.close();
         }
-        if judged_later {
+        if scope.counts_memory() && !reported_stuck && is_unused(&scope) {
+            // Its memory is settled a few requests later, on this thread.
+            if shard.settling.len() == SETTLING_PER_SHARD {
+                if let Some(oldest) = shard.settling.pop_front() {
+                    self.settle(&mut shard, oldest);
+                }
+            }
+            shard.settling.push_back(scope);
+            return;
+        }
+        if scope.counts_memory() || reported_stuck {
+            // Memory to judge, or a `StuckRequest` to release: the sweeper's.
             shard.handed.push(scope);
             return;
         }
+        self.forget(&mut shard, scope);
+    }
+}
+
+impl Registry {
+    /// Settles the memory of a request that ended a few requests ago (its response's bytes
+    /// written and freed by now): one that has freed all it allocated, with nothing left that
+    /// could allocate for it, gives its allocator slot back here and is counted as judged
+    /// clean, without waiting for the sweeper — under load, slots would otherwise run out and
+    /// requests go uncounted. Any other is the sweeper's.
+    fn settle(&self, shard: &mut Shard, scope: Arc<Scope>) {
+        if !is_unused(&scope) || !scope.retire_memory_if_clean() {
+            shard.handed.push(scope);
+            return;
+        }
+        if !scope.is_upgraded() {
+            count_finished(&mut shard.clean, scope.route_slot());
+        }
+        self.forget(shard, scope);
+    }
+
+    /// Forgets a request that ended with nothing left to judge: counts it finished and pools
+    /// its scope for reuse when nothing else holds it.
+    fn forget(&self, shard: &mut Shard, scope: Arc<Scope>) {
         count_finished(&mut shard.finished, scope.route_index);
         self.len.fetch_sub(1, Ordering::Relaxed);
         // Whatever the request left behind holds its scope and judges itself.
@@ -451,6 +509,41 @@ mod tests {
         assert_eq!(Arc::as_ptr(&second), address);
         assert_eq!((second.id, second.place.index), (2, 0));
         assert!(second.stuck.load().reported().is_none());
+    }
+
+    #[test]
+    fn requests_that_freed_their_memory_give_their_slot_back_on_their_thread() {
+        let registry = Registry::new(1024);
+        let open = |id, charged: (u64, u64)| {
+            let slot = SlotGuard::acquire(9).unwrap();
+            slot.charge(charged.0, charged.1);
+            registry.open(id, request(id, 1), Some(slot)).unwrap()
+        };
+        // Nothing else may hold a scope whose slot is given back: the test keeps none.
+        registry.retire(open(1, (100, 60)));
+        registry.retire(open(2, (100, 100)));
+        assert_eq!(registry.len(), 2, "settled later");
+        assert!(registry.take_clean().iter().all(|&n| n == 0));
+        for id in 3..3 + SETTLING_PER_SHARD as u64 {
+            registry.retire(open(id, (0, 0)));
+        }
+        // The two have waited for as many requests of this thread to end: the one that freed
+        // all it allocated gave its slot back and is counted clean; the other is the sweeper's.
+        assert_eq!(registry.take_clean()[9], 1);
+        assert_eq!(registry.take_clean().get(9), Some(&0), "taken once");
+        assert_eq!(registry.len(), SETTLING_PER_SHARD + 1);
+        let mut handed = Vec::new();
+        registry.sweep_scopes(|scope, _| {
+            handed.push(scope.id);
+            assert!(scope.counts_memory());
+            true
+        });
+        assert_eq!(
+            handed.len(),
+            SETTLING_PER_SHARD + 1,
+            "the sweeper takes the rest"
+        );
+        assert!(handed.contains(&1) && !handed.contains(&2));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! scopes its new requests reuse.
 
 use std::cell::Cell;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -16,6 +17,12 @@ pub(super) const SHARDS: usize = 16;
 
 /// The most finished scopes kept for reuse per shard.
 pub(super) const POOLED_PER_SHARD: usize = 256;
+
+/// How many ended requests whose memory is counted wait in a shard to be settled: each waits
+/// for this many more requests of its thread to end, by which time its response's bytes have
+/// been written and freed, and the response's header map, which hyper keeps for the next
+/// request on the connection, has been reused and freed.
+pub(super) const SETTLING_PER_SHARD: usize = 128;
 
 /// Source of each thread's shard.
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
@@ -46,11 +53,17 @@ pub(super) struct Shard {
     /// Scopes for the sweeper to take over: requests that ended with something left to judge,
     /// and outgoing calls.
     pub(super) handed: Vec<Arc<Scope>>,
+    /// Requests that ended holding an allocator slot and nothing else, oldest first, to be
+    /// settled on this thread (at most [`SETTLING_PER_SHARD`]; the sweeper takes what is left).
+    pub(super) settling: VecDeque<Arc<Scope>>,
     /// Finished scopes nothing else holds, for new requests to reuse (at most
     /// [`POOLED_PER_SHARD`]).
     pub(super) pool: Vec<Arc<Scope>>,
     /// Requests that ended with nothing left to judge, by route index.
     pub(super) finished: Vec<u64>,
+    /// Requests whose memory was judged clean as they ended, by allocator route slot, not yet
+    /// taken by the sweeper.
+    pub(super) clean: Vec<u64>,
 }
 
 impl Shard {
@@ -59,8 +72,10 @@ impl Shard {
             live: Vec::new(),
             vacant: Vec::new(),
             handed: Vec::new(),
+            settling: VecDeque::new(),
             pool: Vec::new(),
             finished: Vec::new(),
+            clean: Vec::new(),
         }
     }
 
@@ -93,7 +108,7 @@ impl Shard {
     }
 }
 
-/// Adds one finished request of route `index` to `counts`.
+/// Adds one request of route `index` (a route index or slot) to `counts`.
 pub(super) fn count_finished(counts: &mut Vec<u64>, index: u32) {
     if index == RouteInfo::NO_INDEX {
         return;

@@ -321,6 +321,25 @@ impl Scope {
         self.memory.as_ref()?.usage()
     }
 
+    /// Whether the request's memory is still counted per request (it holds its slot).
+    pub(crate) fn counts_memory(&self) -> bool {
+        self.memory.as_ref().is_some_and(SlotGuard::is_held)
+    }
+
+    /// At the request's end: when it has freed every block it allocated, stops counting its
+    /// memory per request and returns `true` — there is nothing left for the memory judge to
+    /// wait for. The caller makes sure nothing else holds the scope (no task or body of the
+    /// request can allocate under its tag any more).
+    pub(crate) fn retire_memory_if_clean(&self) -> bool {
+        match &self.memory {
+            Some(slot) if slot.usage().is_some_and(|usage| usage.is_clean()) => {
+                slot.release();
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Stops counting the request's memory per request (its route still counts it).
     pub(crate) fn retire_memory(&self) {
         if let Some(slot) = &self.memory {

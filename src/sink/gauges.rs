@@ -45,13 +45,22 @@ const GAUGES: [Reading; 4] = [
     },
 ];
 
-/// The counter of entries the registry could not take.
-const SKIPPED: Reading = Reading {
-    name: "leakwatch.registry.skipped",
-    unit: "{entry}",
-    description: "Scopes and objects not tracked because the registry was full",
-    read: |engine| Some(engine.registry().skipped()),
-};
+/// The counters of what went uncounted.
+const COUNTERS: [Reading; 2] = [
+    Reading {
+        name: "leakwatch.registry.skipped",
+        unit: "{entry}",
+        description: "Scopes and objects not tracked because the registry was full",
+        read: |engine| Some(engine.uncounted().skipped),
+    },
+    Reading {
+        name: "leakwatch.requests.untracked",
+        unit: "{request}",
+        description: "Requests whose memory was not counted per request because every \
+                      allocator request slot was taken (process-wide)",
+        read: |engine| Some(engine.uncounted().untracked_requests),
+    },
+];
 
 /// Registers the detector's gauges on `meter`; see
 /// [`LeakDetector::register_metrics`](crate::LeakDetector::register_metrics).
@@ -85,16 +94,19 @@ pub(crate) fn register(engine: &Arc<Engine>, meter: &Meter) {
             })
             .build();
     }
-    meter
-        .u64_observable_counter(SKIPPED.name)
-        .with_unit(SKIPPED.unit)
-        .with_description(SKIPPED.description)
-        .with_callback(move |counter| {
-            if let Some(value) = read(&engine, SKIPPED.read) {
-                counter.observe(value, &[]);
-            }
-        })
-        .build();
+    for reading in COUNTERS {
+        let weak = engine.clone();
+        meter
+            .u64_observable_counter(reading.name)
+            .with_unit(reading.unit)
+            .with_description(reading.description)
+            .with_callback(move |counter| {
+                if let Some(value) = read(&weak, reading.read) {
+                    counter.observe(value, &[]);
+                }
+            })
+            .build();
+    }
 }
 
 /// Reads one figure from the engine, while it lives.

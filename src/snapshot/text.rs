@@ -4,6 +4,7 @@ use std::fmt::{self, Display};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Snapshot, TrendSample};
+use crate::engine::stats::MemoryAccounting;
 use crate::report::{render_list, LeakKind};
 use crate::util::table::{self, or_dash, Align};
 
@@ -15,12 +16,20 @@ impl Display for Snapshot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let taken = self.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default();
         let stats = &self.stats;
-        writeln!(
+        write!(
             f,
             "leakwatch snapshot at {} ms since the Unix epoch; memory: {}",
             taken.as_millis(),
             stats.memory.as_str()
         )?;
+        if stats.memory != MemoryAccounting::Untracked {
+            write!(
+                f,
+                " ({} requests counted now, {} untracked since start-up)",
+                stats.memory_slots_in_use, stats.untracked_requests
+            )?;
+        }
+        writeln!(f)?;
         writeln!(
             f,
             "registry: {} of {} entries, {} skipped; in flight: {}; sweeps: {}; \
