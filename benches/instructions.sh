@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Instructions per request, counted by valgrind's callgrind: the same variants and routes as
-# benches/load.sh, but all but deterministic — the count hardly depends on the machine's load,
-# so a change of a few dozen instructions per request shows (requests per second on a shared VM
-# move by several per cent from one run to the next).
+# benches/load.sh (and, as the yardstick of what a production service already pays, tower-http's
+# TraceLayer with a fmt subscriber at INFO: `trace`, whose spans are DEBUG and never recorded;
+# `trace-logged`, with INFO spans and a line per response; `trace+sampled`, TraceLayer over
+# leakwatch's layer with the sampled allocator), but all but deterministic — the count hardly
+# depends on the machine's load, so a change of a few dozen instructions per request shows
+# (requests per second on a shared VM move by several per cent from one run to the next).
 #
 # Each variant runs twice under callgrind: once serving WARMUP requests, once WARMUP + COUNT;
 # the difference over COUNT is the cost of one request, start-up and shutdown excluded. Each
@@ -96,5 +99,8 @@ leakwatch+sites load_leakwatch LEAKWATCH_SITES=sampled
 sampled-alloc load_sampled LEAKWATCH_LAYER=off
 sampled load_sampled X=1
 tracking-allocator load_tracking_allocator X=1
+trace load_baseline LOAD_TRACE=default
+trace-logged load_baseline LOAD_TRACE=logged
+trace+sampled load_sampled LOAD_TRACE=default
 VARIANTS
 done

@@ -18,13 +18,16 @@ fn main() {
         let detector = leakwatch::LeakDetector::builder()
             .build()
             .expect("valid configuration");
-        common::serve(common::routes().layer(detector.layer()));
+        let app = common::routes().layer(detector.layer());
+        common::serve(common::with_stats(app, detector));
     } else if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("ignored") {
         // The layer with both routes ignored: bodies wrapped, no scope — the floor of a layer
         // that watches bodies.
         let detector = leakwatch::LeakDetector::builder()
             .ignore_route("/hello")
             .ignore_route("/alloc")
+            .ignore_route("/json")
+            .ignore_route("/upstream")
             .build()
             .expect("valid configuration");
         common::serve(common::routes().layer(detector.layer()));

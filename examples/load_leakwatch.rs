@@ -44,6 +44,7 @@ fn main() {
         // The allocator alone, for telling its cost from the layer's.
         common::serve(common::routes());
     } else {
-        common::serve(common::routes().layer(detector.layer()));
+        let app = common::routes().layer(detector.layer());
+        common::serve(common::with_stats(app, detector));
     }
 }

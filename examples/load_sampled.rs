@@ -22,6 +22,7 @@ fn main() {
     if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("off") {
         common::serve(common::routes());
     } else {
-        common::serve(common::routes().layer(detector.layer()));
+        let app = common::routes().layer(detector.layer());
+        common::serve(common::with_stats(app, detector));
     }
 }
