@@ -180,7 +180,14 @@ async fn soak(mode: &str) -> bool {
 
     let with_layer = in_flight_heap(&detector, app, &gate).await;
     let without = in_flight_heap(&detector, routes(gate.clone()), &gate).await;
+    // Any middleware under `Router::layer` costs something per request (axum boxes the layered
+    // service's future): measured with a layer that does nothing.
+    let identity = routes(gate.clone()).layer(tower::layer::util::Identity::new());
+    let with_identity = in_flight_heap(&detector, identity, &gate).await;
     let per_request = with_layer
+        .zip(without)
+        .map(|(with, without)| (with - without) / IN_FLIGHT as i64);
+    let any_layer = with_identity
         .zip(without)
         .map(|(with, without)| (with - without) / IN_FLIGHT as i64);
 
@@ -209,9 +216,10 @@ async fn soak(mode: &str) -> bool {
             stats.sampled_region_bytes / 1024
         );
     }
-    match per_request {
-        Some(bytes) => println!(
-            "{mode}: detector's own heap per request in flight, at {IN_FLIGHT} at once: {bytes} bytes{}",
+    match per_request.zip(any_layer) {
+        Some((bytes, any_layer)) => println!(
+            "{mode}: detector's own heap per request in flight, at {IN_FLIGHT} at once: {bytes} bytes{} \
+             (of which {any_layer} bytes any layer under Router::layer costs, an identity layer measured the same way)",
             if stats.memory == leakwatch::MemoryAccounting::Estimated { " (estimated)" } else { "" }
         ),
         None => println!("{mode}: no tracking allocator: in-flight footprint not measured"),

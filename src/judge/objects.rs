@@ -48,13 +48,13 @@ pub(crate) fn judge_object(
         }
         return false;
     }
+    let Some(closed_at) = object.scope.closed_at() else {
+        return true;
+    };
     if object.judged_by_growth() {
         // Not against its request: the task judge counts it with its route and spawn location.
         return true;
     }
-    let Some(closed_at) = object.scope.closed_at() else {
-        return true;
-    };
     if now.saturating_duration_since(closed_at) < config.grace {
         return true;
     }

@@ -188,9 +188,13 @@ impl Registry {
         mut judge: impl FnMut(&Arc<Scope>, &mut Lifecycle) -> bool,
     ) -> Vec<Arc<Scope>> {
         let mut judge_one = |scope: &Arc<Scope>| {
-            let mut lifecycle = scope.stuck.load();
+            let before = scope.stuck.load();
+            let mut lifecycle = before;
             let keep = judge(scope, &mut lifecycle);
-            scope.stuck.store(lifecycle);
+            // Most requests in flight are not stuck: their scopes are not written to.
+            if lifecycle != before {
+                scope.stuck.store(lifecycle);
+            }
             keep
         };
         let mut taken = lock(&self.taken);
