@@ -2,9 +2,9 @@
 //! spawned (100 000 tracked objects), swept with `sweep_now` — what the sweeper thread spends
 //! once per `sweep_interval` on a service holding that much. Goal: under 10 ms.
 //!
-//! Two figures: the sweeps as they come (seven in eight read only the requests' scopes; one in
-//! eight also checks each object of a request in flight, to forget those that are gone), and
-//! every sweep such a full one (as when the registry is more than half full).
+//! Two figures: the sweeps as they come (each reads every request's scope, and checks one in
+//! eight of the objects of requests in flight, to forget those that are gone), and full sweeps
+//! that check every object (as when the registry is more than half full).
 //!
 //! ```text
 //! cargo bench --bench sweep

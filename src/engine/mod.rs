@@ -38,9 +38,9 @@ use crate::util::sync::lock;
 
 use self::warnings::Warnings;
 
-/// One sweep in this many also looks at the objects of requests still in flight (see
-/// [`Engine::sweep`]).
-const FULL_SWEEP_EVERY: u64 = 8;
+/// Each sweep looks at one in this many objects of requests still in flight (see
+/// [`Engine::sweep`]): each, once every this many sweeps.
+const CHECK_IN_FLIGHT_EVERY: u64 = 8;
 
 /// How many one-shot findings ([`LeakKind::UnconsumedBody`]) are remembered.
 pub(crate) const FINDINGS_CAPACITY: usize = 1024;
@@ -217,14 +217,14 @@ impl Engine {
         let mut reports = Vec::new();
         let mut census = Census::default();
         // An object of a request still in flight is judged once the request has ended; until
-        // then only every few sweeps (or when the registry fills up) look at whether it is
-        // still alive, to forget it if not: a sweep over many requests in flight then reads
-        // their scopes, not each of their objects.
-        let sweeps = self.counters.sweeps.load(Ordering::Relaxed);
-        let full =
-            sweeps % FULL_SWEEP_EVERY == 0 || self.registry.len() > self.registry.capacity() / 2;
+        // then each sweep looks at one in `CHECK_IN_FLIGHT_EVERY` of them (by id; all of them
+        // when the registry is more than half full) to forget those that are gone: a sweep over
+        // many requests in flight reads their scopes, and only a few of their objects.
+        let turn = self.counters.sweeps.load(Ordering::Relaxed) % CHECK_IN_FLIGHT_EVERY;
+        let all = self.registry.len() > self.registry.capacity() / 2;
         self.registry.sweep_objects(|id, object| {
-            if !full && object.scope.is_open() && !object.judged_by_growth() {
+            let its_turn = all || id % CHECK_IN_FLIGHT_EVERY == turn;
+            if !its_turn && object.scope.is_open() && !object.judged_by_growth() {
                 return true;
             }
             let keep = objects::judge_object(id, object, now, config, &mut reports);
