@@ -93,7 +93,8 @@ pub struct Stats {
     /// Requests whose memory is counted per request now (process-wide): those in flight, and
     /// those that ended still holding memory, until the sweeper has judged them (after the
     /// [`grace`](crate::LeakDetectorBuilder::grace) period). A request that frees all it
-    /// allocated gives its slot back as it ends. Past 65 536, new requests go uncounted
+    /// allocated gives its slot back on its thread a few requests after it ends. Past 65 536,
+    /// new requests go uncounted
     /// ([`untracked_requests`](Self::untracked_requests)).
     pub memory_slots_in_use: u64,
     /// Per route, by template: requests in flight and finished, memory, tasks alive.

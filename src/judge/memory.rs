@@ -97,8 +97,9 @@ impl MemoryJudge {
         done
     }
 
-    /// Counts as judged the requests that ended having freed all they allocated (by route
-    /// slot): they gave their allocator slot back as they ended, and retain nothing.
+    /// Counts as judged the requests that had freed all they allocated a few requests after
+    /// they ended (by route slot): they gave their allocator slot back on their thread, and
+    /// retain nothing.
     pub(crate) fn count_clean(&mut self, clean: &[u64], registry: &Registry) {
         for (slot, &n) in clean.iter().enumerate().skip(1) {
             if n != 0 {

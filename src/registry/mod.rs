@@ -237,8 +237,8 @@ impl Registry {
         }
     }
 
-    /// Requests whose memory was judged clean as they ended, by allocator route slot, since the
-    /// last call: the memory judge counts them as judged.
+    /// Requests whose memory was settled clean on their thread, by allocator route slot, since
+    /// the last call: the memory judge counts them as judged.
     pub(crate) fn take_clean(&self) -> Vec<u64> {
         let mut total = Vec::new();
         for shard in &self.shards {
@@ -391,12 +391,19 @@ impl Owner for Registry {
         shard.vacant.push(index);
         drop(held);
         let reported_stuck = scope.stuck.load().reported().is_some();
+        let counts_memory = scope.counts_memory();
+        let unused = is_unused(&scope);
         // When nothing else holds the scope (no task, body, watched object or outgoing call of
         // the request), nothing can ever read when it closed: the clock is not read for it.
-        if scope.counts_memory() || reported_stuck || !is_unused(&scope) {
+        if counts_memory || reported_stuck || !unused {
             scope.close();
         }
-        if scope.counts_memory() && !reported_stuck && is_unused(&scope) {
+        if reported_stuck || (counts_memory && !unused) {
+            // A `StuckRequest` to release, or memory to judge: the sweeper's.
+            shard.handed.push(scope);
+            return;
+        }
+        if counts_memory {
             // Its memory is settled a few requests later, on this thread.
             if shard.settling.len() == SETTLING_PER_SHARD {
                 if let Some(oldest) = shard.settling.pop_front() {
@@ -404,11 +411,6 @@ impl Owner for Registry {
                 }
             }
             shard.settling.push_back(scope);
-            return;
-        }
-        if scope.counts_memory() || reported_stuck {
-            // Memory to judge, or a `StuckRequest` to release: the sweeper's.
-            shard.handed.push(scope);
             return;
         }
         self.forget(&mut shard, scope);

@@ -61,7 +61,7 @@ pub(super) struct Shard {
     pub(super) pool: Vec<Arc<Scope>>,
     /// Requests that ended with nothing left to judge, by route index.
     pub(super) finished: Vec<u64>,
-    /// Requests whose memory was judged clean as they ended, by allocator route slot, not yet
+    /// Requests whose memory was settled clean on this thread, by allocator route slot, not yet
     /// taken by the sweeper.
     pub(super) clean: Vec<u64>,
 }

@@ -326,8 +326,8 @@ impl Scope {
         self.memory.as_ref().is_some_and(SlotGuard::is_held)
     }
 
-    /// At the request's end: when it has freed every block it allocated, stops counting its
-    /// memory per request and returns `true` — there is nothing left for the memory judge to
+    /// After the request has ended: when it has freed every block it allocated, stops counting
+    /// its memory per request and returns `true` — there is nothing left for the memory judge to
     /// wait for. The caller makes sure nothing else holds the scope (no task or body of the
     /// request can allocate under its tag any more).
     pub(crate) fn retire_memory_if_clean(&self) -> bool {
