@@ -193,7 +193,7 @@ fn app(detector: &LeakDetector, globals: Globals) -> Router {
         .route("/ok/upload", post(ok_upload))
         .route("/leak/upstream", get(leak_upstream))
         .route("/ok/upstream", get(ok_upstream))
-        .route_service("/debug/leaks", detector.snapshot_service())
+        .nest_service("/debug/leaks", detector.snapshot_service())
         .with_state(globals)
         .layer(detector.layer())
 }
@@ -498,6 +498,8 @@ async fn serve(options: Options) {
         );
     }
     println!("  curl http://{addr}/debug/leaks?format=text    # the detector's snapshot (JSON without ?format)");
+    println!("  go tool pprof -http=: http://{addr}/debug/leaks/heap    # the retained heap by route and line (pprof)");
+    println!("  curl http://{addr}/debug/leaks/tasks?debug=1    # the tracked tasks by route and spawn line (pprof without ?debug)");
     let globals = Globals::new(&detector, start_upstream().await);
     axum::serve(listener, app(&detector, globals))
         .with_graceful_shutdown(async {

@@ -135,9 +135,10 @@ impl LeakDetector {
 cfg_feature! {
     "serde",
     impl LeakDetector {
-        /// A tower service answering `GET` with this detector's [`snapshot`](Self::snapshot):
-        /// JSON, or a table with `?format=text`. Mount it on an operators-only path; see
-        /// [`SnapshotService`].
+        /// A tower service answering `GET` with this detector's [`snapshot`](Self::snapshot)
+        /// (JSON, or a table with `?format=text`) and, under `…/heap` and `…/tasks`, its heap
+        /// and task profiles in pprof's format (feature `pprof`). Mount it on an operators-only
+        /// path; see [`SnapshotService`].
         ///
         /// ```
         /// # #[cfg(feature = "axum")]
@@ -147,7 +148,8 @@ cfg_feature! {
         /// let detector = leakwatch::LeakDetector::builder().build().unwrap();
         /// let app: Router = Router::new()
         ///     .route("/hello", get(|| async { "hello" }))
-        ///     .route_service("/debug/leaks", detector.snapshot_service())
+        ///     // `/debug/leaks`, `/debug/leaks/heap`, `/debug/leaks/tasks`
+        ///     .nest_service("/debug/leaks", detector.snapshot_service())
         ///     .layer(detector.layer());
         /// # }
         /// ```

@@ -105,6 +105,9 @@
 //! - `axum` (default): route templates from axum's `MatchedPath`.
 //! - `serde`: `serde::Serialize` for [`LeakReport`], [`Stats`] and [`snapshot::Snapshot`], and
 //!   `LeakDetector::snapshot_service`, a `/debug/leaks` endpoint.
+//! - `pprof`: the heap and task profiles of `snapshot_service` (`/debug/leaks/heap`,
+//!   `/debug/leaks/tasks`) in pprof's `profile.proto`, for `go tool pprof`, speedscope,
+//!   Pyroscope; implies `serde`.
 //! - `otel`: `sink::OtelSink` (leak spans and metrics), `LeakDetector::register_metrics`, and
 //!   trace ids in reports.
 //! - `otlp`: `otlp::init`, OTLP exporters from the standard environment variables.

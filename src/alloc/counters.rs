@@ -321,7 +321,7 @@ fn sample(local: &Local, tag: Tag, mean: u64, size: usize) -> u32 {
     local.rng.set(rng);
     // Unwinding may allocate on some platforms: such allocations are not sampled again.
     local.flags.set(FLAG_BUSY);
-    let site = sites::record(tag.route(), weight);
+    let site = sites::record(tag.route(), weight, sites::blocks_of(size, weight));
     local.flags.set(0);
     site
 }
@@ -374,9 +374,10 @@ pub(crate) fn uncount_sample(tag: Tag, bytes: i64, blocks: i64) {
     add_route(local(), tag.route(), -bytes, -blocks);
 }
 
-/// Sampled mode: records the call stack of a sampled block of `tag`, when allocation sites are
+/// Sampled mode: records the call stack of a sampled block of `tag` (standing for `weight` bytes
+/// and `blocks` blocks), when allocation sites are
 /// on; returns its site for the block's header (0: none).
-pub(crate) fn record_site(tag: Tag, weight: u64) -> u32 {
+pub(crate) fn record_site(tag: Tag, weight: u64, blocks: u64) -> u32 {
     let Some(local) = local() else {
         return 0;
     };
@@ -385,7 +386,7 @@ pub(crate) fn record_site(tag: Tag, weight: u64) -> u32 {
     }
     // Unwinding may allocate: such allocations are not sampled again.
     local.flags.set(FLAG_BUSY);
-    let site = sites::record(tag.route(), weight);
+    let site = sites::record(tag.route(), weight, blocks);
     local.flags.set(0);
     site
 }

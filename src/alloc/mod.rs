@@ -50,6 +50,8 @@ pub(crate) use self::sites::{
     dropped as sites_dropped, enabled as sites_enabled, exact as sites_exact, top as top_sites,
     RawSite,
 };
+#[cfg(feature = "pprof")]
+pub(crate) use self::sites::{live as live_sites, mean as sites_mean};
 pub(crate) use self::slots::{slots_exhausted, slots_in_use, SlotGuard, Usage};
 
 /// Bytes in front of every block (more for alignments above it).
@@ -344,9 +346,11 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             let header = read_header(new_ptr);
             on_resize(header, layout.size(), new_size);
             if header.site() != 0 {
-                let old = sites::weight_of(layout.size() as u64) as i64;
-                let new = sites::weight_of(new_size as u64) as i64;
-                sites::release(header.site(), old - new, 0);
+                let old = sites::weight_of(layout.size() as u64);
+                let new = sites::weight_of(new_size as u64);
+                let blocks = sites::blocks_of(layout.size(), old) as i64
+                    - sites::blocks_of(new_size, new) as i64;
+                sites::release(header.site(), old as i64 - new as i64, blocks);
             }
             new_ptr
         }
@@ -393,7 +397,8 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout, header: Header) {
         if header.site() != 0 {
             let weight = sites::weight_of(layout.size() as u64);
-            sites::release(header.site(), weight as i64, 1);
+            let blocks = sites::blocks_of(layout.size(), weight);
+            sites::release(header.site(), weight as i64, blocks as i64);
         }
         on_free(header, layout.size() as i64, 1);
         // SAFETY: as in `dealloc`.

@@ -136,6 +136,12 @@ fn weight(size: u64, mean: u64) -> u64 {
     }
 }
 
+/// The blocks a sampled block of `size` bytes that stands for `weight` bytes stands for: 1 in
+/// exact mode, about `1 / p` when sampled with probability `p`.
+pub(crate) fn blocks_of(size: usize, weight: u64) -> u64 {
+    (weight / (size.max(1) as u64)).max(1)
+}
+
 /// An exponentially distributed distance to the next sample.
 pub(crate) fn next_interval(mean: u64, rng: &mut u64) -> u64 {
     if *rng == 0 {
@@ -152,9 +158,10 @@ pub(crate) fn next_interval(mean: u64, rng: &mut u64) -> u64 {
     (-uniform.ln() * mean as f64) as u64 + 1
 }
 
-/// Captures the current stack and records a sample of `weight` bytes for `route`; returns the
-/// site index plus one (0 when the table is full). Must run with the allocator marked busy.
-pub(crate) fn record(route: u32, weight: u64) -> u32 {
+/// Captures the current stack and records a sample of `weight` bytes and `blocks` blocks (what
+/// the sampled block stands for) for `route`; returns the site index plus one (0 when the table
+/// is full). Must run with the allocator marked busy.
+pub(crate) fn record(route: u32, weight: u64, blocks: u64) -> u32 {
     let mut frames = [0usize; MAX_FRAMES];
     let mut n = 0;
     // SAFETY: unwinding is not synchronised with other threads' symbolisation; on this
@@ -183,7 +190,7 @@ pub(crate) fn record(route: u32, weight: u64) -> u32 {
                     slot.store(ip, Ordering::Relaxed);
                 }
                 site.ready.store(true, Ordering::Release);
-                charge(site, weight as i64, 1);
+                charge(site, weight as i64, blocks as i64);
                 return ((start + i) % MAX_SITES) as u32 + 1;
             }
             if site.hash.load(Ordering::Acquire) != hash {
@@ -192,7 +199,7 @@ pub(crate) fn record(route: u32, weight: u64) -> u32 {
         } else if current != hash {
             continue;
         }
-        charge(site, weight as i64, 1);
+        charge(site, weight as i64, blocks as i64);
         return ((start + i) % MAX_SITES) as u32 + 1;
     }
     DROPPED.fetch_add(1, Ordering::Relaxed);
@@ -205,7 +212,7 @@ fn charge(site: &Site, bytes: i64, blocks: i64) {
     site.blocks.fetch_add(blocks, Ordering::Relaxed);
 }
 
-/// Takes back a sampled block's weight (`blocks` 0 for a `realloc` size change).
+/// Takes back a sampled block's weight and blocks (their change, for a `realloc`).
 #[inline]
 pub(crate) fn release(site: u32, bytes: i64, blocks: i64) {
     if let Some(site) = (site as usize).checked_sub(1).and_then(|i| TABLE.get(i)) {
@@ -224,38 +231,53 @@ fn key_hash(route: u32, frames: &[usize]) -> u64 {
 /// A recorded stack and what it still holds.
 #[derive(Clone, Debug)]
 pub(crate) struct RawSite {
-    pub(crate) index: usize,
     pub(crate) frames: Vec<usize>,
     pub(crate) bytes: u64,
+    /// Live blocks (estimated when sampling).
     pub(crate) blocks: u64,
 }
 
 /// The `n` stacks of `route` holding the most (estimated) bytes.
 pub(crate) fn top(route: u32, n: usize) -> Vec<RawSite> {
-    let mut sites: Vec<RawSite> = TABLE
-        .iter()
-        .enumerate()
-        .filter(|(_, s)| {
-            s.ready.load(Ordering::Acquire) && s.route.load(Ordering::Relaxed) == route
-        })
-        .filter_map(|(index, s)| {
-            let bytes = s.bytes.load(Ordering::Relaxed);
-            (bytes > 0).then(|| RawSite {
-                index,
-                frames: s
-                    .frames
-                    .iter()
-                    .map(|f| f.load(Ordering::Relaxed))
-                    .take_while(|&ip| ip != 0)
-                    .collect(),
-                bytes: bytes as u64,
-                blocks: s.blocks.load(Ordering::Relaxed).max(0) as u64,
-            })
-        })
-        .collect();
+    let mut sites: Vec<RawSite> = holding(|r| r == route).map(|(_, site)| site).collect();
     sites.sort_by_key(|site| std::cmp::Reverse(site.bytes));
     sites.truncate(n);
     sites
+}
+
+/// Every recorded stack still holding bytes, with its route.
+#[cfg(feature = "pprof")]
+pub(crate) fn live() -> Vec<(u32, RawSite)> {
+    holding(|_| true).collect()
+}
+
+/// The recorded stacks of the routes `wanted` accepts that still hold bytes.
+fn holding(wanted: impl Fn(u32) -> bool) -> impl Iterator<Item = (u32, RawSite)> {
+    TABLE.iter().filter_map(move |s| {
+        if !s.ready.load(Ordering::Acquire) {
+            return None;
+        }
+        let route = s.route.load(Ordering::Relaxed);
+        let bytes = s.bytes.load(Ordering::Relaxed);
+        if !wanted(route) || bytes <= 0 {
+            return None;
+        }
+        let frames = s
+            .frames
+            .iter()
+            .map(|f| f.load(Ordering::Relaxed))
+            .take_while(|&ip| ip != 0)
+            .collect();
+        let blocks = s.blocks.load(Ordering::Relaxed).max(0) as u64;
+        Some((
+            route,
+            RawSite {
+                frames,
+                bytes: bytes as u64,
+                blocks,
+            },
+        ))
+    })
 }
 
 /// Samples not recorded because the table was full.

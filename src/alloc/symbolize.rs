@@ -2,6 +2,7 @@
 //! frames and the standard library's, so that the first frame left is the caller's code.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::alloc::RawSite;
 use crate::report::AllocationSite;
@@ -23,12 +24,23 @@ const SKIPPED: &[&str] = &[
     "<hashbrown::",
 ];
 
-/// The caller's frame of a sampled stack.
-#[derive(Clone, Debug, Default)]
+/// One function in a sampled stack, and where in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub(crate) struct Frame {
-    function: String,
-    file: Option<String>,
-    line: Option<u32>,
+    /// Demangled, without its hash; `<unknown>` when the address has no symbol.
+    pub(crate) function: String,
+    pub(crate) file: Option<String>,
+    pub(crate) line: Option<u32>,
+}
+
+/// One return address of a sampled stack, resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct Location {
+    #[cfg_attr(not(feature = "pprof"), allow(dead_code))]
+    pub(crate) address: usize,
+    /// The functions at this address, innermost first: all but the last were inlined into the
+    /// last (the order of pprof's `Location.line`).
+    pub(crate) frames: Arc<[Frame]>,
 }
 
 /// A source path relative to the working directory when it is below it (as `file!()` gives it),
@@ -52,23 +64,28 @@ fn is_internal(function: &str, file: Option<&str>) -> bool {
         || file.is_some_and(|f| f.starts_with("/rustc/") || f.contains("/library/alloc/"))
 }
 
-/// Caches resolved frames by site: a site's stack never changes once recorded.
+/// Resolves sampled stacks, caching each address: a code address means the same all along.
 #[derive(Default)]
 pub(crate) struct Symbolizer {
-    resolved: HashMap<usize, Frame>,
+    resolved: HashMap<usize, Arc<[Frame]>>,
 }
 
 impl Symbolizer {
-    /// Resolves `sites` into report entries.
+    /// Resolves `sites` into report entries: each one's first frame outside the allocator and
+    /// the standard library.
     pub(crate) fn sites(&mut self, sites: &[RawSite]) -> Vec<AllocationSite> {
         sites
             .iter()
             .map(|site| {
                 let frame = self
-                    .resolved
-                    .entry(site.index)
-                    .or_insert_with(|| resolve(&site.frames))
-                    .clone();
+                    .stack(&site.frames)
+                    .into_iter()
+                    .next()
+                    .and_then(|l| l.frames.first().cloned());
+                let frame = frame.unwrap_or_else(|| Frame {
+                    function: "<unknown>".to_owned(),
+                    ..Frame::default()
+                });
                 AllocationSite {
                     function: frame.function,
                     file: frame.file,
@@ -79,41 +96,66 @@ impl Symbolizer {
             })
             .collect()
     }
+
+    /// The stack of return addresses `frames`, leaf first, from the caller's frame on: the
+    /// allocator's, the unwinder's and the standard library's frames above the first frame of
+    /// other code are left out (all of the stack is kept when it has no other frame).
+    pub(crate) fn stack(&mut self, frames: &[usize]) -> Vec<Location> {
+        let mut stack: Vec<Location> = frames
+            .iter()
+            .map(|&address| Location {
+                address,
+                frames: self
+                    .resolved
+                    .entry(address)
+                    .or_insert_with(|| resolve(address))
+                    .clone(),
+            })
+            .collect();
+        let Some(first) = stack
+            .iter()
+            .position(|l| l.frames.iter().any(|f| !f.is_internal()))
+        else {
+            return stack;
+        };
+        stack.drain(..first);
+        let leaf = &stack[0].frames;
+        if let Some(inner) = leaf
+            .iter()
+            .position(|f| !f.is_internal())
+            .filter(|&i| i > 0)
+        {
+            stack[0].frames = leaf[inner..].into();
+        }
+        stack
+    }
 }
 
-/// The first frame of `frames` outside the allocator and the standard library.
-fn resolve(frames: &[usize]) -> Frame {
-    let mut first_named = None;
-    for &ip in frames {
-        let mut found = None;
-        // Inlined frames come innermost first: the first acceptable symbol is the caller.
-        backtrace::resolve(ip as *mut std::ffi::c_void, |symbol| {
-            if found.is_some() {
-                return;
-            }
-            let Some(name) = symbol.name().map(|n| format!("{n:#}")) else {
-                return;
-            };
-            let frame = Frame {
-                function: name.clone(),
-                file: symbol.filename().map(relative),
-                line: symbol.lineno(),
-            };
-            if first_named.is_none() {
-                first_named = Some(frame.clone());
-            }
-            if !is_internal(&name, frame.file.as_deref()) {
-                found = Some(frame);
-            }
-        });
-        if let Some(frame) = found {
-            return frame;
-        }
+impl Frame {
+    fn is_internal(&self) -> bool {
+        is_internal(&self.function, self.file.as_deref())
     }
-    first_named.unwrap_or_else(|| Frame {
-        function: "<unknown>".to_owned(),
-        ..Frame::default()
-    })
+}
+
+/// The functions at `address`, innermost first (at least one).
+fn resolve(address: usize) -> Arc<[Frame]> {
+    let mut frames = Vec::new();
+    backtrace::resolve(address as *mut std::ffi::c_void, |symbol| {
+        frames.push(Frame {
+            function: symbol
+                .name()
+                .map_or_else(|| "<unknown>".to_owned(), |n| format!("{n:#}")),
+            file: symbol.filename().map(relative),
+            line: symbol.lineno(),
+        });
+    });
+    if frames.is_empty() {
+        frames.push(Frame {
+            function: "<unknown>".to_owned(),
+            ..Frame::default()
+        });
+    }
+    frames.into()
 }
 
 #[cfg(test)]

@@ -167,7 +167,8 @@ pub struct AllocationSite {
     pub line: Option<u32>,
     /// Live bytes allocated there (an estimate when sampling, exact in exact mode).
     pub bytes: u64,
-    /// Live sampled blocks allocated there.
+    /// Live blocks allocated there (an estimate when sampling: each sampled block counts for
+    /// the blocks it stands for, exact in exact mode).
     pub blocks: u64,
 }
 

@@ -30,8 +30,10 @@ use crate::util::clock;
 cfg_feature! {
     "serde",
     mod service;
-    pub use self::service::SnapshotService;
+    pub use self::service::{SnapshotBody, SnapshotService};
 }
+#[cfg(feature = "pprof")]
+mod pprof;
 mod text;
 
 #[cfg(feature = "serde")]
@@ -161,12 +163,7 @@ fn collect(engine: &Engine) -> Snapshot {
     let stats = engine.stats();
     let tasks = task_groups(engine, now);
     let (tasks, task_groups_omitted) = truncated(tasks, Snapshot::MAX_TASK_GROUPS);
-    let sites_accounting = match stats.memory {
-        MemoryAccounting::Untracked => MemoryAccounting::Untracked,
-        _ if !alloc::sites_enabled() => MemoryAccounting::Untracked,
-        MemoryAccounting::Exact if alloc::sites_exact() => MemoryAccounting::Exact,
-        _ => MemoryAccounting::Estimated,
-    };
+    let sites_accounting = sites_accounting(stats.memory);
     let reports = engine.leaks();
     let trend = trend(engine.trend_window(), &reports);
     let (reports, reports_omitted) = truncated(reports, Snapshot::MAX_REPORTS);
@@ -184,6 +181,16 @@ fn collect(engine: &Engine) -> Snapshot {
         },
         sites_accounting,
         trend,
+    }
+}
+
+/// How allocation sites count bytes, given how memory is counted.
+fn sites_accounting(memory: MemoryAccounting) -> MemoryAccounting {
+    match memory {
+        MemoryAccounting::Untracked => MemoryAccounting::Untracked,
+        _ if !alloc::sites_enabled() => MemoryAccounting::Untracked,
+        MemoryAccounting::Exact if alloc::sites_exact() => MemoryAccounting::Exact,
+        _ => MemoryAccounting::Estimated,
     }
 }
 

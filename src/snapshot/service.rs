@@ -2,22 +2,36 @@
 
 use std::convert::Infallible;
 use std::fmt;
-use std::sync::Arc;
 use std::future::{ready, Ready};
+use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+
+use bytes::Bytes;
 
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tower_service::Service;
 
 use crate::engine::Engine;
 
-/// Answers `GET` with the detector's [`Snapshot`](super::Snapshot): JSON by default, a table
-/// for a terminal with `?format=text`. From
-/// [`LeakDetector::snapshot_service`](crate::LeakDetector::snapshot_service).
+/// Answers `GET` with the detector's [`Snapshot`](super::Snapshot), and its heap and task
+/// profiles. From [`LeakDetector::snapshot_service`](crate::LeakDetector::snapshot_service).
 ///
-/// Any other method gets `405 Method Not Allowed`; any other `format`, `400 Bad Request`. The
-/// request's body is never read, and nothing of the request (its path, query or headers)
-/// appears in the answer. Responses carry `cache-control: no-store`.
+/// What it answers depends on the last segment of the path, so that it works mounted with
+/// axum's `nest_service("/debug/leaks", …)` (which hands it `/`, `/heap`, `/tasks`) as well as
+/// with the whole path:
+///
+/// | path | answer |
+/// |---|---|
+/// | `…/heap` | the live tracked heap as a gzipped pprof profile, by allocation site, `route` and `held_by` (`finished`, `in_flight`) labels; `?route=` and `?held_by=` filter (feature `pprof`) |
+/// | `…/tasks` | the tracked tasks alive, as a gzipped pprof profile, or as text with `?debug=1` like Go's `goroutine?debug=1`; `?route=` and `?held_by=` filter (feature `pprof`) |
+/// | anything else | the snapshot: JSON by default, a table for a terminal with `?format=text` |
+///
+/// Any other method gets `405 Method Not Allowed`; any other `format` or `held_by`, `400 Bad
+/// Request`; a heap profile where memory or allocation sites are not tracked, `404 Not Found`
+/// saying how to turn them on. The request's body is never read, and nothing of the request
+/// (its path, query or headers) appears in the answer. Responses carry `cache-control:
+/// no-store`.
 ///
 /// A snapshot shows the service's routes, request ids and source locations: mount it where only
 /// operators can reach it (an admin listener, or behind authentication).
@@ -37,7 +51,7 @@ impl SnapshotService {
         SnapshotService { engine }
     }
 
-    fn respond<B>(&self, request: &Request<B>) -> Response<String> {
+    fn respond<B>(&self, request: &Request<B>) -> Response<SnapshotBody> {
         if !matches!(*request.method(), Method::GET | Method::HEAD) {
             let mut response = plain(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -47,27 +61,78 @@ impl SnapshotService {
             response.headers_mut().insert(header::ALLOW, allow);
             return response;
         }
-        match Format::of(request.uri().query()) {
-            Some(Format::Json) => match serde_json::to_string_pretty(&super::take(&self.engine)) {
-                Ok(json) => with_type(StatusCode::OK, json, "application/json"),
+        let query = match Query::parse(request.uri().query()) {
+            Ok(query) => query,
+            Err(message) => return plain(StatusCode::BAD_REQUEST, message.to_owned()),
+        };
+        match request.uri().path().rsplit('/').next() {
+            Some("heap") => self.heap(&query),
+            Some("tasks") => self.tasks(&query),
+            _ => self.snapshot(&query),
+        }
+    }
+
+    fn snapshot(&self, query: &Query) -> Response<SnapshotBody> {
+        match query.format.as_deref() {
+            None | Some("json") => match serde_json::to_string_pretty(&super::take(&self.engine)) {
+                Ok(json) => with_type(StatusCode::OK, json.into(), "application/json"),
                 Err(error) => plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("the snapshot could not be serialised: {error}\n"),
                 ),
             },
-            Some(Format::Text) => plain(StatusCode::OK, super::take(&self.engine).to_string()),
-            None => plain(
+            Some("text") => plain(StatusCode::OK, super::take(&self.engine).to_string()),
+            Some(_) => plain(
                 StatusCode::BAD_REQUEST,
                 "unknown format: use format=json (the default) or format=text\n".to_owned(),
             ),
         }
     }
+
+    #[cfg(feature = "pprof")]
+    fn heap(&self, query: &Query) -> Response<SnapshotBody> {
+        let engine = &self.engine;
+        match crate::request::current::outside(|| super::pprof::heap::heap(engine, &query.filter)) {
+            Ok(profile) => pprof(profile, "heap.pb.gz"),
+            Err(reason) => plain(StatusCode::NOT_FOUND, reason.to_owned()),
+        }
+    }
+
+    #[cfg(feature = "pprof")]
+    fn tasks(&self, query: &Query) -> Response<SnapshotBody> {
+        let engine = &self.engine;
+        crate::request::current::outside(|| {
+            if query.debug {
+                plain(StatusCode::OK, super::pprof::tasks::text(engine, &query.filter))
+            } else {
+                pprof(super::pprof::tasks::pprof(engine, &query.filter), "tasks.pb.gz")
+            }
+        })
+    }
+
+    #[cfg(not(feature = "pprof"))]
+    fn heap(&self, _query: &Query) -> Response<SnapshotBody> {
+        without_pprof()
+    }
+
+    #[cfg(not(feature = "pprof"))]
+    fn tasks(&self, _query: &Query) -> Response<SnapshotBody> {
+        without_pprof()
+    }
+}
+
+#[cfg(not(feature = "pprof"))]
+fn without_pprof() -> Response<SnapshotBody> {
+    plain(
+        StatusCode::NOT_FOUND,
+        "profiles need leakwatch's `pprof` feature\n".to_owned(),
+    )
 }
 
 impl<B> Service<Request<B>> for SnapshotService {
-    type Response = Response<String>;
+    type Response = Response<SnapshotBody>;
     type Error = Infallible;
-    type Future = Ready<Result<Response<String>, Infallible>>;
+    type Future = Ready<Result<Response<SnapshotBody>, Infallible>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
         Poll::Ready(Ok(()))
@@ -78,40 +143,135 @@ impl<B> Service<Request<B>> for SnapshotService {
     }
 }
 
-/// The answer's form, from the query's `format` parameter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    Json,
-    Text,
+/// What a request's query asks for; any other parameter is ignored.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Query {
+    /// `format=`: the snapshot's form.
+    format: Option<String>,
+    /// `debug=1`: the task profile as text.
+    debug: bool,
+    /// `route=` and `held_by=`: which samples the profiles keep.
+    #[cfg(feature = "pprof")]
+    filter: super::pprof::heap::Filter,
 }
 
-impl Format {
-    /// `None` for a `format` other than `json` or `text`; other parameters are ignored.
-    fn of(query: Option<&str>) -> Option<Format> {
-        let format = query
-            .unwrap_or("")
-            .split('&')
-            .filter_map(|pair| pair.strip_prefix("format="))
-            .next_back();
-        match format {
-            None | Some("json") => Some(Format::Json),
-            Some("text") => Some(Format::Text),
-            Some(_) => None,
+impl Query {
+    /// Parses a query; when a parameter appears twice, the last one counts. The error never
+    /// repeats what the query said.
+    fn parse(query: Option<&str>) -> Result<Query, &'static str> {
+        let mut parsed = Query::default();
+        for pair in query.unwrap_or("").split('&') {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decoded(value);
+            match key {
+                "format" => parsed.format = Some(value),
+                "debug" => parsed.debug = value != "0",
+                #[cfg(feature = "pprof")]
+                "route" => parsed.filter.route = Some(value),
+                #[cfg(feature = "pprof")]
+                "held_by" => {
+                    parsed.filter.held_by = Some(
+                        super::pprof::heap::HeldBy::parse(&value).ok_or(
+                            "unknown held_by: use held_by=finished or held_by=in_flight\n",
+                        )?,
+                    );
+                }
+                _ => {}
+            }
         }
+        Ok(parsed)
     }
 }
 
-fn plain(status: StatusCode, body: String) -> Response<String> {
-    with_type(status, body, "text/plain; charset=utf-8")
+/// `text` with `%XX` escapes decoded and `+` read as a space (as forms send them); a malformed
+/// escape is kept as it is.
+fn percent_decoded(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match bytes[i] {
+            b'%' => {
+                let digit = |at: usize| bytes.get(at).and_then(|&b| hex(b));
+                if let (Some(high), Some(low)) = (digit(i + 1), digit(i + 2)) {
+                    out.push((high * 16 + low) as u8);
+                    i += 3;
+                    continue;
+                }
+                out.push(b'%');
+            }
+            b'+' => out.push(b' '),
+            byte => out.push(byte),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-fn with_type(status: StatusCode, body: String, content_type: &'static str) -> Response<String> {
-    let mut response = Response::new(body);
+fn plain(status: StatusCode, body: String) -> Response<SnapshotBody> {
+    with_type(status, body.into(), "text/plain; charset=utf-8")
+}
+
+#[cfg(feature = "pprof")]
+fn pprof(profile: Vec<u8>, filename: &'static str) -> Response<SnapshotBody> {
+    let mut response = with_type(StatusCode::OK, profile.into(), "application/octet-stream");
+    let disposition = match filename {
+        "heap.pb.gz" => HeaderValue::from_static("attachment; filename=\"heap.pb.gz\""),
+        _ => HeaderValue::from_static("attachment; filename=\"tasks.pb.gz\""),
+    };
+    response
+        .headers_mut()
+        .insert(header::CONTENT_DISPOSITION, disposition);
+    response
+}
+
+fn with_type(status: StatusCode, body: Bytes, content_type: &'static str) -> Response<SnapshotBody> {
+    let mut response = Response::new(SnapshotBody::new(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     response
+}
+
+/// The body of [`SnapshotService`]'s responses: the whole answer, in one frame.
+#[derive(Debug, Default)]
+pub struct SnapshotBody {
+    data: Option<Bytes>,
+}
+
+impl SnapshotBody {
+    fn new(data: Bytes) -> Self {
+        SnapshotBody {
+            data: (!data.is_empty()).then_some(data),
+        }
+    }
+
+    /// The bytes not yet read (for tests and for callers outside an HTTP server).
+    pub fn bytes(&self) -> &[u8] {
+        self.data.as_deref().unwrap_or_default()
+    }
+}
+
+impl http_body::Body for SnapshotBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.get_mut().data.take().map(|data| Ok(http_body::Frame::data(data))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.data.is_none()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.bytes().len() as u64)
+    }
 }
 
 #[cfg(test)]
@@ -120,12 +280,14 @@ mod tests {
 
     #[test]
     fn the_format_comes_from_the_query() {
-        assert_eq!(Format::of(None), Some(Format::Json));
-        assert_eq!(Format::of(Some("")), Some(Format::Json));
-        assert_eq!(Format::of(Some("format=json")), Some(Format::Json));
-        assert_eq!(Format::of(Some("a=1&format=text")), Some(Format::Text));
-        assert_eq!(Format::of(Some("format=xml")), None);
-        assert_eq!(Format::of(Some("format=json&format=text")), Some(Format::Text));
+        let format = |query| Query::parse(query).unwrap().format;
+        assert_eq!(format(None), None);
+        assert_eq!(format(Some("")), None);
+        assert_eq!(format(Some("format=json")).as_deref(), Some("json"));
+        assert_eq!(format(Some("a=1&format=text")).as_deref(), Some("text"));
+        assert_eq!(format(Some("format=json&format=text")).as_deref(), Some("text"));
+        assert!(Query::parse(Some("debug=1")).unwrap().debug);
+        assert!(!Query::parse(Some("debug=0")).unwrap().debug);
     }
 
     fn detector() -> crate::LeakDetector {
@@ -134,7 +296,8 @@ mod tests {
 
     fn call(method: Method, uri: &str) -> Response<String> {
         let request = Request::builder().method(method).uri(uri).body(()).unwrap();
-        detector().snapshot_service().respond(&request)
+        let response = detector().snapshot_service().respond(&request);
+        response.map(|body| String::from_utf8(body.bytes().to_vec()).unwrap())
     }
 
     #[test]
@@ -160,5 +323,34 @@ mod tests {
         let xml = call(Method::GET, "/debug/leaks?format=%3Cscript%3E");
         assert_eq!(xml.status(), StatusCode::BAD_REQUEST);
         assert!(!xml.body().contains("script"), "the query is not echoed");
+        let held_by = call(Method::GET, "/debug/leaks/heap?held_by=%3Cscript%3E");
+        assert_eq!(held_by.status(), StatusCode::BAD_REQUEST);
+        assert!(!held_by.body().contains("script"), "the query is not echoed");
+    }
+
+    #[test]
+    fn queries_are_percent_decoded() {
+        assert_eq!(percent_decoded("/users/%7Bid%7D"), "/users/{id}");
+        assert_eq!(percent_decoded("a+b%2"), "a b%2");
+        assert_eq!(percent_decoded("%zz%"), "%zz%");
+        assert_eq!(percent_decoded("%E2%9C%93"), "\u{2713}");
+    }
+
+    #[test]
+    fn the_body_is_one_frame() {
+        use http_body::Body as _;
+        let mut body = SnapshotBody::new(Bytes::from_static(b"abc"));
+        assert_eq!(body.size_hint().exact(), Some(3));
+        assert!(!body.is_end_stream());
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let frame = Pin::new(&mut body).poll_frame(&mut cx);
+        let Poll::Ready(Some(Ok(frame))) = frame else {
+            panic!("one frame");
+        };
+        assert_eq!(frame.into_data().unwrap(), "abc");
+        assert!(body.is_end_stream());
+        assert!(matches!(Pin::new(&mut body).poll_frame(&mut cx), Poll::Ready(None)));
+        assert!(SnapshotBody::new(Bytes::new()).is_end_stream());
     }
 }
