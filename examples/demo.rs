@@ -497,7 +497,8 @@ async fn serve(options: Options) {
             t.method, t.scenario
         );
     }
-    println!("  curl http://{addr}/debug/leaks?format=text    # the detector's snapshot (JSON without ?format)");
+    println!("  open http://{addr}/debug/leaks    # the detector's page, in a browser");
+    println!("  curl http://{addr}/debug/leaks?format=text    # the snapshot as tables (JSON without ?format)");
     println!("  go tool pprof -http=: http://{addr}/debug/leaks/heap    # the retained heap by route and line (pprof)");
     println!("  curl http://{addr}/debug/leaks/tasks?debug=1    # the tracked tasks by route and spawn line (pprof without ?debug)");
     let globals = Globals::new(&detector, start_upstream().await);

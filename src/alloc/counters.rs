@@ -321,7 +321,7 @@ fn sample(local: &Local, tag: Tag, mean: u64, size: usize) -> u32 {
     local.rng.set(rng);
     // Unwinding may allocate on some platforms: such allocations are not sampled again.
     local.flags.set(FLAG_BUSY);
-    let site = sites::record(tag.route(), weight, sites::blocks_of(size, weight));
+    let site = sites::record(tag.route(), weight, sites::site_blocks(size, weight));
     local.flags.set(0);
     site
 }

@@ -348,8 +348,8 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             if header.site() != 0 {
                 let old = sites::weight_of(layout.size() as u64);
                 let new = sites::weight_of(new_size as u64);
-                let blocks = sites::blocks_of(layout.size(), old) as i64
-                    - sites::blocks_of(new_size, new) as i64;
+                let blocks = sites::site_blocks(layout.size(), old) as i64
+                    - sites::site_blocks(new_size, new) as i64;
                 sites::release(header.site(), old as i64 - new as i64, blocks);
             }
             new_ptr
@@ -397,7 +397,7 @@ impl<A: GlobalAlloc> TrackingAllocator<A> {
     unsafe fn dealloc_slow(&self, ptr: *mut u8, layout: Layout, header: Header) {
         if header.site() != 0 {
             let weight = sites::weight_of(layout.size() as u64);
-            let blocks = sites::blocks_of(layout.size(), weight);
+            let blocks = sites::site_blocks(layout.size(), weight);
             sites::release(header.site(), weight as i64, blocks as i64);
         }
         on_free(header, layout.size() as i64, 1);

@@ -136,10 +136,17 @@ fn weight(size: u64, mean: u64) -> u64 {
     }
 }
 
-/// The blocks a sampled block of `size` bytes that stands for `weight` bytes stands for: 1 in
-/// exact mode, about `1 / p` when sampled with probability `p`.
-pub(crate) fn blocks_of(size: usize, weight: u64) -> u64 {
-    (weight / (size.max(1) as u64)).max(1)
+/// A site counts blocks in 256ths: a sampled block stands for `weight / size` blocks, rarely a
+/// whole number (2.54 for 16 KiB sampled with a mean of 32 KiB), and rounding each one would
+/// bias the site's estimate by up to a block per sample.
+pub(crate) const BLOCK_UNIT: u64 = 256;
+
+/// The blocks, in [`BLOCK_UNIT`]s, that a sampled block of `size` bytes standing for `weight`
+/// bytes counts for at its site: one block in exact mode, about `1 / p` blocks when sampled
+/// with probability `p`.
+pub(crate) fn site_blocks(size: usize, weight: u64) -> u64 {
+    let size = size.max(1) as u128;
+    ((u128::from(weight) * u128::from(BLOCK_UNIT) + size / 2) / size) as u64
 }
 
 /// An exponentially distributed distance to the next sample.
@@ -158,8 +165,8 @@ pub(crate) fn next_interval(mean: u64, rng: &mut u64) -> u64 {
     (-uniform.ln() * mean as f64) as u64 + 1
 }
 
-/// Captures the current stack and records a sample of `weight` bytes and `blocks` blocks (what
-/// the sampled block stands for) for `route`; returns the site index plus one (0 when the table
+/// Captures the current stack and records a sample of `weight` bytes and `blocks` blocks (in
+/// [`BLOCK_UNIT`]s: what the sampled block stands for) for `route`; returns the site index plus one (0 when the table
 /// is full). Must run with the allocator marked busy.
 pub(crate) fn record(route: u32, weight: u64, blocks: u64) -> u32 {
     let mut frames = [0usize; MAX_FRAMES];
@@ -268,7 +275,8 @@ fn holding(wanted: impl Fn(u32) -> bool) -> impl Iterator<Item = (u32, RawSite)>
             .map(|f| f.load(Ordering::Relaxed))
             .take_while(|&ip| ip != 0)
             .collect();
-        let blocks = s.blocks.load(Ordering::Relaxed).max(0) as u64;
+        let units = s.blocks.load(Ordering::Relaxed).max(0) as u64;
+        let blocks = (units + BLOCK_UNIT / 2) / BLOCK_UNIT;
         Some((
             route,
             RawSite {
@@ -296,6 +304,24 @@ mod tests {
         // A tiny block stands for about one mean.
         let w = weight(16, 1 << 19);
         assert!((w as f64 - (1 << 19) as f64).abs() < 1024.0, "{w}");
+    }
+
+    #[test]
+    fn a_site_counts_the_blocks_a_sample_stands_for_without_rounding_them() {
+        assert_eq!(site_blocks(100, 100), BLOCK_UNIT, "exact: one block");
+        let w = weight(16 << 10, 32 << 10);
+        let units = site_blocks(16 << 10, w);
+        let blocks = w as f64 / f64::from(16 << 10);
+        assert!(
+            (units as f64 / BLOCK_UNIT as f64 - blocks).abs() < 0.01,
+            "{units} {blocks}"
+        );
+        assert!(blocks > 2.5 && blocks < 2.6, "{blocks}: not a whole number");
+        assert_eq!(
+            site_blocks(0, 3),
+            3 * BLOCK_UNIT,
+            "a zero size counts as one byte"
+        );
     }
 
     #[test]

@@ -29,9 +29,11 @@ pub(crate) struct Sample {
 }
 
 /// What the window holds, for a snapshot.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub(crate) struct TrendWindow {
     pub(crate) samples: usize,
+    /// Every sample of the window, oldest first.
+    pub(crate) series: Vec<Sample>,
     pub(crate) first: Option<(Instant, Sample)>,
     pub(crate) latest: Option<(Instant, Sample)>,
 }
@@ -144,6 +146,7 @@ impl Trend {
     pub(crate) fn window(&self) -> TrendWindow {
         TrendWindow {
             samples: self.samples.len(),
+            series: self.samples.iter().map(|(_, s)| *s).collect(),
             first: self.samples.front().copied(),
             latest: self.samples.back().copied(),
         }

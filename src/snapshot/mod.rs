@@ -32,6 +32,7 @@ cfg_feature! {
     mod service;
     pub use self::service::{SnapshotBody, SnapshotService};
 }
+mod html;
 #[cfg(feature = "pprof")]
 mod pprof;
 mod text;
@@ -122,6 +123,8 @@ pub struct TrendSnapshot {
     pub span: Duration,
     /// The oldest sample of the window.
     pub first: Option<TrendSample>,
+    /// Every sample of the window, oldest first, one per trend interval.
+    pub series: Vec<TrendSample>,
     /// The newest sample.
     pub latest: Option<TrendSample>,
     /// The state of the [`HeapGrowth`](LeakKind::HeapGrowth) alert, when raised.
@@ -270,6 +273,7 @@ fn trend(window: TrendWindow, reports: &[LeakReport]) -> TrendSnapshot {
         samples: window.samples,
         span,
         first: window.first.map(|(_, s)| s.into()),
+        series: window.series.iter().map(|&s| s.into()).collect(),
         latest: window.latest.map(|(_, s)| s.into()),
         heap_growth: state_of(LeakKind::HeapGrowth),
         task_growth: state_of(LeakKind::TaskGrowth),

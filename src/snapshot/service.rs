@@ -14,8 +14,8 @@ use tower_service::Service;
 
 use crate::engine::Engine;
 
-/// Answers `GET` with the detector's [`Snapshot`](super::Snapshot), and its heap and task
-/// profiles. From [`LeakDetector::snapshot_service`](crate::LeakDetector::snapshot_service).
+/// Answers `GET` with the detector's [`Snapshot`](super::Snapshot) — as JSON, text or a page —
+/// and its heap and task profiles. From [`LeakDetector::snapshot_service`](crate::LeakDetector::snapshot_service).
 ///
 /// What it answers depends on the last segment of the path, so that it works mounted with
 /// axum's `nest_service("/debug/leaks", …)` (which hands it `/`, `/heap`, `/tasks`) as well as
@@ -25,7 +25,7 @@ use crate::engine::Engine;
 /// |---|---|
 /// | `…/heap` | the live tracked heap as a gzipped pprof profile, by allocation site, `route` and `held_by` (`finished`, `in_flight`) labels; `?route=` and `?held_by=` filter (feature `pprof`) |
 /// | `…/tasks` | the tracked tasks alive, as a gzipped pprof profile, or as text with `?debug=1` like Go's `goroutine?debug=1`; `?route=` and `?held_by=` filter (feature `pprof`) |
-/// | anything else | the snapshot: JSON by default, a table for a terminal with `?format=text` |
+/// | anything else | the snapshot: JSON by default, a table for a terminal with `?format=text`, one self-contained HTML page for a browser (sent `Accept: text/html`) or with `?format=html` |
 ///
 /// Any other method gets `405 Method Not Allowed`; any other `format` or `held_by`, `400 Bad
 /// Request`; a heap profile where memory or allocation sites are not tracked, `404 Not Found`
@@ -68,12 +68,28 @@ impl SnapshotService {
         match request.uri().path().rsplit('/').next() {
             Some("heap") => self.heap(&query),
             Some("tasks") => self.tasks(&query),
-            _ => self.snapshot(&query),
+            _ => self.snapshot(&query, request),
         }
     }
 
-    fn snapshot(&self, query: &Query) -> Response<SnapshotBody> {
-        match query.format.as_deref() {
+    fn snapshot<B>(&self, query: &Query, request: &Request<B>) -> Response<SnapshotBody> {
+        let browser = || {
+            request
+                .headers()
+                .get_all(header::ACCEPT)
+                .iter()
+                .any(|accept| accept.to_str().is_ok_and(|a| a.contains("text/html")))
+        };
+        let format = match query.format.as_deref() {
+            None if browser() => Some("html"),
+            format => format,
+        };
+        match format {
+            Some("html") => {
+                let links = super::html::Links::for_path(page_path(request));
+                let page = super::html::page(&super::take(&self.engine), &links);
+                with_type(StatusCode::OK, page.into(), "text/html; charset=utf-8")
+            }
             None | Some("json") => match serde_json::to_string_pretty(&super::take(&self.engine)) {
                 Ok(json) => with_type(StatusCode::OK, json.into(), "application/json"),
                 Err(error) => plain(
@@ -84,7 +100,8 @@ impl SnapshotService {
             Some("text") => plain(StatusCode::OK, super::take(&self.engine).to_string()),
             Some(_) => plain(
                 StatusCode::BAD_REQUEST,
-                "unknown format: use format=json (the default) or format=text\n".to_owned(),
+                "unknown format: use format=json (the default), format=text or format=html\n"
+                    .to_owned(),
             ),
         }
     }
@@ -119,6 +136,16 @@ impl SnapshotService {
     fn tasks(&self, _query: &Query) -> Response<SnapshotBody> {
         without_pprof()
     }
+}
+
+/// The path the client asked for: under axum's `nest_service`, the whole of it (the service
+/// itself sees what follows the prefix).
+fn page_path<B>(request: &Request<B>) -> &str {
+    #[cfg(feature = "axum")]
+    if let Some(original) = request.extensions().get::<axum::extract::OriginalUri>() {
+        return original.path();
+    }
+    request.uri().path()
 }
 
 #[cfg(not(feature = "pprof"))]

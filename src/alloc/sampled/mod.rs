@@ -22,7 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use super::counters;
 use super::header::Tag;
 use super::sites;
-use super::sites::blocks_of;
 
 /// Bytes in front of a sampled block's pointer, where its [`SampleHeader`] lives (more for an
 /// alignment above it).
@@ -47,6 +46,11 @@ struct SampleHeader {
 }
 
 const _: () = assert!(std::mem::size_of::<SampleHeader>() <= HEADER);
+
+/// The blocks a sampled block of `size` bytes and `weight` stands for, in its route's counts.
+fn blocks_of(size: usize, weight: u64) -> u64 {
+    (weight / (size.max(1) as u64)).max(1)
+}
 
 /// The offset of the block's pointer in its run, and the run's length in units; `None` for an
 /// alignment above [`region::UNIT`] or a size too large for the region (never sampled).
@@ -124,7 +128,7 @@ unsafe fn alloc_sampled<A: GlobalAlloc>(
     let blocks = blocks_of(layout.size(), weight);
     counters::count_sample(tag, weight as i64, blocks as i64);
     let site = if tag != Tag::NONE {
-        counters::record_site(tag, weight, blocks)
+        counters::record_site(tag, weight, sites::site_blocks(layout.size(), weight))
     } else {
         0
     };
@@ -180,7 +184,8 @@ unsafe fn dealloc_sampled(ptr: *mut u8) {
     let header = unsafe { ptr.sub(HEADER).cast::<SampleHeader>().read() };
     counters::uncount_sample(header.tag, header.weight as i64, header.blocks as i64);
     if header.site != 0 {
-        sites::release(header.site, header.weight as i64, header.blocks as i64);
+        let blocks = sites::site_blocks(header.size, header.weight);
+        sites::release(header.site, header.weight as i64, blocks as i64);
     }
     // SAFETY: the run came from `region::allocate` with `units`, and its only block is freed.
     unsafe { region::free(header.run, header.units) };
@@ -278,7 +283,8 @@ unsafe fn realloc_sampled<A: GlobalAlloc>(
         sites::release(
             header.site,
             header.weight as i64 - weight as i64,
-            header.blocks as i64 - blocks as i64,
+            sites::site_blocks(header.size, header.weight) as i64
+                - sites::site_blocks(new_size, weight) as i64,
         );
     }
     header.weight = weight;
