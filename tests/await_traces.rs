@@ -97,7 +97,40 @@ fn an_orphan_waiting_on_a_channel_names_its_function_and_the_receive() {
         let message = panic.downcast_ref::<String>().unwrap();
         assert!(message.contains("wait_for_orders"), "{message}");
         assert!(message.contains("Receiver<T>::recv"), "{message}");
+
+        // The task profile shows it above the spawn line: as text and in the pprof profile.
+        let text = profile(&detector, "/debug/leaks/tasks?debug=1").await;
+        let text = String::from_utf8(text).unwrap();
+        assert!(
+            text.contains("1 @ /worker: 1 outlive their request"),
+            "{text}"
+        );
+        assert!(text.contains("#\tawaiting:"), "{text}");
+        assert!(
+            text.contains("wait_for_orders") && text.contains("Receiver<T>::recv"),
+            "{text}"
+        );
+        let gzipped = profile(&detector, "/debug/leaks/tasks").await;
+        let mut decoded = Vec::new();
+        std::io::Read::read_to_end(
+            &mut flate2::read::GzDecoder::new(&gzipped[..]),
+            &mut decoded,
+        )
+        .unwrap();
+        let strings = String::from_utf8_lossy(&decoded);
+        assert!(
+            strings.contains("wait_for_orders"),
+            "the trace's frames are in the profile"
+        );
     });
+}
+
+/// The body of the snapshot service's answer to `GET path`.
+async fn profile(detector: &LeakDetector, path: &str) -> Vec<u8> {
+    let request = Request::get(path).body(Body::empty()).unwrap();
+    let response = detector.snapshot_service().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), http::StatusCode::OK);
+    support::read_body(response).await.to_vec()
 }
 
 #[test]

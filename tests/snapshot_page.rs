@@ -87,7 +87,12 @@ async fn the_page_shows_the_leaky_route_first_and_hostile_names_as_text() {
             let path = format!("/leak/map/{}?token=hunter2-query", round * 40 + id);
             assert_eq!(get_path(addr, &path, "*/*").await.0, StatusCode::OK);
         }
-        assert_eq!(get_path(addr, "/evil/x", "*/*").await.0, StatusCode::OK);
+        let with_body = Request::post(format!("http://{addr}/evil/x"))
+            .body(Full::new(Bytes::from_static(b"hunter2-body")))
+            .unwrap();
+        let response = support::client().request(with_body).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        support::read_body(response).await;
         // One trend sample per round.
         tokio::time::sleep(Duration::from_millis(2)).await;
         detector.sweep_now();
@@ -105,7 +110,10 @@ async fn the_page_shows_the_leaky_route_first_and_hostile_names_as_text() {
         html.contains("&lt;img src=x onerror=alert(1)&gt;"),
         "{html}"
     );
-    assert!(!html.contains("hunter2"), "nothing of a query or header");
+    assert!(
+        !html.contains("hunter2"),
+        "nothing of a query, header or body"
+    );
     let (_, json) = get_path(addr, "/debug/leaks", "*/*").await;
     assert!(serde_json::from_str::<Value>(&json).is_ok());
     let (_, forced) = get_path(addr, "/debug/leaks?format=html", "*/*").await;
