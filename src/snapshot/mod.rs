@@ -32,6 +32,7 @@ cfg_feature! {
     mod service;
     pub use self::service::{SnapshotBody, SnapshotService};
 }
+#[cfg(feature = "serde")]
 mod html;
 #[cfg(feature = "pprof")]
 mod pprof;

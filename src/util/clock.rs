@@ -20,6 +20,7 @@ pub(crate) fn wall(at: Instant) -> SystemTime {
 
 /// `at` as `YYYY-MM-DD HH:MM:SS UTC` (the proleptic Gregorian calendar; times before 1970 as
 /// 1970).
+#[cfg(feature = "serde")]
 pub(crate) fn utc(at: SystemTime) -> String {
     let secs = at
         .duration_since(SystemTime::UNIX_EPOCH)
@@ -53,6 +54,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    #[cfg(feature = "serde")]
     #[test]
     fn utc_dates_are_calendar_dates() {
         let at = |secs: u64| utc(SystemTime::UNIX_EPOCH + Duration::from_secs(secs));
