@@ -144,9 +144,14 @@ pub(crate) const BLOCK_UNIT: u64 = 256;
 /// The blocks, in [`BLOCK_UNIT`]s, that a sampled block of `size` bytes standing for `weight`
 /// bytes counts for at its site: one block in exact mode, about `1 / p` blocks when sampled
 /// with probability `p`.
+#[inline]
 pub(crate) fn site_blocks(size: usize, weight: u64) -> u64 {
-    let size = size.max(1) as u128;
-    ((u128::from(weight) * u128::from(BLOCK_UNIT) + size / 2) / size) as u64
+    let size = size.max(1) as u64;
+    if weight == size {
+        // Exact mode (and blocks always sampled): no division on every free.
+        return BLOCK_UNIT;
+    }
+    (weight.saturating_mul(BLOCK_UNIT) + size / 2) / size
 }
 
 /// An exponentially distributed distance to the next sample.

@@ -110,7 +110,7 @@ impl SnapshotService {
     fn heap(&self, query: &Query) -> Response<SnapshotBody> {
         let engine = &self.engine;
         match crate::request::current::outside(|| super::pprof::heap::heap(engine, &query.filter)) {
-            Ok(profile) => pprof(profile, "heap.pb.gz"),
+            Ok(profile) => pprof(profile, "attachment; filename=\"heap.pb.gz\""),
             Err(reason) => plain(StatusCode::NOT_FOUND, reason.to_owned()),
         }
     }
@@ -122,7 +122,7 @@ impl SnapshotService {
             if query.debug {
                 plain(StatusCode::OK, super::pprof::tasks::text(engine, &query.filter))
             } else {
-                pprof(super::pprof::tasks::pprof(engine, &query.filter), "tasks.pb.gz")
+                pprof(super::pprof::tasks::pprof(engine, &query.filter), "attachment; filename=\"tasks.pb.gz\"")
             }
         })
     }
@@ -179,7 +179,7 @@ struct Query {
     debug: bool,
     /// `route=` and `held_by=`: which samples the profiles keep.
     #[cfg(feature = "pprof")]
-    filter: super::pprof::heap::Filter,
+    filter: super::pprof::Filter,
 }
 
 impl Query {
@@ -198,7 +198,7 @@ impl Query {
                 #[cfg(feature = "pprof")]
                 "held_by" => {
                     parsed.filter.held_by = Some(
-                        super::pprof::heap::HeldBy::parse(&value).ok_or(
+                        super::pprof::HeldBy::parse(&value).ok_or(
                             "unknown held_by: use held_by=finished or held_by=in_flight\n",
                         )?,
                     );
@@ -241,15 +241,13 @@ fn plain(status: StatusCode, body: String) -> Response<SnapshotBody> {
 }
 
 #[cfg(feature = "pprof")]
-fn pprof(profile: Vec<u8>, filename: &'static str) -> Response<SnapshotBody> {
+/// A gzipped profile, offered for saving under the name `disposition` gives.
+fn pprof(profile: Vec<u8>, disposition: &'static str) -> Response<SnapshotBody> {
     let mut response = with_type(StatusCode::OK, profile.into(), "application/octet-stream");
-    let disposition = match filename {
-        "heap.pb.gz" => HeaderValue::from_static("attachment; filename=\"heap.pb.gz\""),
-        _ => HeaderValue::from_static("attachment; filename=\"tasks.pb.gz\""),
-    };
-    response
-        .headers_mut()
-        .insert(header::CONTENT_DISPOSITION, disposition);
+    response.headers_mut().insert(
+        header::CONTENT_DISPOSITION,
+        HeaderValue::from_static(disposition),
+    );
     response
 }
 

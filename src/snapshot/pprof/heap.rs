@@ -13,44 +13,11 @@
 
 use std::collections::HashMap;
 
-use super::Builder;
+use super::{Builder, Filter, HeldBy};
 use crate::alloc;
 use crate::alloc::symbolize::Symbolizer;
 use crate::engine::stats::MemoryAccounting;
 use crate::engine::Engine;
-
-/// Who holds a block: a request that has finished, or one in flight.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum HeldBy {
-    Finished,
-    InFlight,
-}
-
-impl HeldBy {
-    /// The `held_by` label's value, and the `?held_by=` filter's.
-    pub(crate) const fn as_str(self) -> &'static str {
-        match self {
-            HeldBy::Finished => "finished",
-            HeldBy::InFlight => "in_flight",
-        }
-    }
-
-    /// Parses the `?held_by=` filter.
-    pub(crate) fn parse(value: &str) -> Option<HeldBy> {
-        [HeldBy::Finished, HeldBy::InFlight]
-            .into_iter()
-            .find(|held_by| held_by.as_str() == value)
-    }
-}
-
-/// Which samples a profile keeps.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Filter {
-    /// Only this route template.
-    pub(crate) route: Option<String>,
-    /// Only what these hold.
-    pub(crate) held_by: Option<HeldBy>,
-}
 
 /// Why there is no heap profile to give.
 pub(crate) const UNTRACKED: &str = "no heap profile: memory is not tracked (install \
@@ -190,14 +157,6 @@ impl Share {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn held_by_parses_its_own_names_only() {
-        assert_eq!(HeldBy::parse("finished"), Some(HeldBy::Finished));
-        assert_eq!(HeldBy::parse("in_flight"), Some(HeldBy::InFlight));
-        assert_eq!(HeldBy::parse("Finished"), None);
-        assert_eq!(HeldBy::parse(""), None);
-    }
 
     #[test]
     fn a_site_is_divided_as_its_route_is_held() {

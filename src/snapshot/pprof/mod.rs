@@ -22,6 +22,39 @@ pub(crate) mod heap;
 mod proto;
 pub(crate) mod tasks;
 
+/// Who holds a block or a task: a request that has finished (what leaks), or one in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum HeldBy {
+    Finished,
+    InFlight,
+}
+
+impl HeldBy {
+    /// The `held_by` label's value, and the `?held_by=` filter's.
+    pub(crate) const fn as_str(self) -> &'static str {
+        match self {
+            HeldBy::Finished => "finished",
+            HeldBy::InFlight => "in_flight",
+        }
+    }
+
+    /// Parses the `?held_by=` filter.
+    pub(crate) fn parse(value: &str) -> Option<HeldBy> {
+        [HeldBy::Finished, HeldBy::InFlight]
+            .into_iter()
+            .find(|held_by| held_by.as_str() == value)
+    }
+}
+
+/// Which samples a profile keeps.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Filter {
+    /// Only this route template.
+    pub(crate) route: Option<String>,
+    /// Only what these hold.
+    pub(crate) held_by: Option<HeldBy>,
+}
+
 /// The one mapping every location refers to.
 const MAPPING: u64 = 1;
 
@@ -220,6 +253,14 @@ mod tests {
             file: Some("src/app.rs".to_owned()),
             line: Some(line),
         }
+    }
+
+    #[test]
+    fn held_by_parses_its_own_names_only() {
+        assert_eq!(HeldBy::parse("finished"), Some(HeldBy::Finished));
+        assert_eq!(HeldBy::parse("in_flight"), Some(HeldBy::InFlight));
+        assert_eq!(HeldBy::parse("Finished"), None);
+        assert_eq!(HeldBy::parse(""), None);
     }
 
     #[test]

@@ -10,8 +10,7 @@ use std::collections::HashMap;
 use std::fmt::Write;
 use std::time::Instant;
 
-use super::heap::{Filter, HeldBy};
-use super::Builder;
+use super::{Builder, Filter, HeldBy};
 use crate::alloc::symbolize::Frame;
 use crate::engine::Engine;
 use crate::report::SourceLocation;
