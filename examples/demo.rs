@@ -463,7 +463,7 @@ fn otlp_export() -> Option<leakwatch::otlp::OtlpProviders> {
 }
 
 /// The demo's detector: a short grace period, confirmed one sweep after it is suspected.
-fn detector(options: &Options, sink: impl leakwatch::ReportSink) -> LeakDetector {
+fn detector(options: &Options, sink: impl leakwatch::sink::ReportSink) -> LeakDetector {
     LeakDetector::builder()
         .grace(options.grace)
         .memory_window(MEMORY_WINDOW)

@@ -16,7 +16,7 @@ fn main() {
         .build()
         .expect("valid configuration");
     assert!(
-        detector.stats().memory == leakwatch::MemoryAccounting::Estimated,
+        detector.stats().memory == leakwatch::stats::MemoryAccounting::Estimated,
         "the sampled allocator is installed"
     );
     if std::env::var("LEAKWATCH_LAYER").as_deref() == Ok("off") {

@@ -184,7 +184,7 @@ impl LeakDetectorBuilder {
     }
 
     /// The most scopes and tracked objects held at once. Past it, new requests and objects go
-    /// untracked and [`Stats::skipped`](crate::Stats::skipped) counts them, so the detector's own
+    /// untracked and [`Stats::skipped`](crate::stats::Stats::skipped) counts them, so the detector's own
     /// memory stays bounded.
     ///
     /// Default: [`DEFAULT_REGISTRY_CAPACITY`](Self::DEFAULT_REGISTRY_CAPACITY). Must be greater

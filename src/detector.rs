@@ -9,13 +9,13 @@ use std::time::Duration;
 
 use crate::client::ClientLeakLayer;
 use crate::config::{ConfigError, LeakDetectorBuilder};
-use crate::engine::stats::Stats;
 use crate::engine::{self, Engine};
 use crate::report::{render_list, LeakReport};
 use crate::server::LeakLayer;
 #[cfg(feature = "serde")]
 use crate::snapshot::SnapshotService;
 use crate::snapshot::{self, Snapshot};
+use crate::stats::Stats;
 
 /// Finds what requests leave behind. Cheap to clone: every clone shares one state.
 ///

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use leakwatch::server::RequestBody;
+use leakwatch::stats::MemoryAccounting;
 use leakwatch::LeakKind;
-use leakwatch::MemoryAccounting;
 use tower::{ServiceBuilder, ServiceExt};
 
 /// One sample per 64 KiB allocated: a test's worth of requests gives a few hundred samples.
@@ -37,7 +37,7 @@ async fn estimates_follow_what_routes_keep() {
         .unwrap();
     let stats = detector.stats();
     assert!(
-        stats.memory == leakwatch::MemoryAccounting::Estimated,
+        stats.memory == leakwatch::stats::MemoryAccounting::Estimated,
         "{stats:?}"
     );
     // Reserved outside any request, so that keeping a block never grows the vector inside one.

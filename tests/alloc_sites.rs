@@ -15,7 +15,7 @@ use axum::routing::get;
 use axum::Router;
 use http::Request;
 use leakwatch::snapshot::Snapshot;
-use leakwatch::MemoryAccounting;
+use leakwatch::stats::MemoryAccounting;
 use leakwatch::{AllocationSites, LeakKind, LeakReport};
 use tower::ServiceExt;
 

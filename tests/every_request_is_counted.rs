@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Full};
-use leakwatch::{LeakDetector, MemoryAccounting};
+use leakwatch::{stats::MemoryAccounting, LeakDetector};
 use tower::ServiceExt;
 
 #[global_allocator]

@@ -220,7 +220,7 @@ async fn soak(mode: &str) -> bool {
         Some((bytes, any_layer)) => println!(
             "{mode}: detector's own heap per request in flight, at {IN_FLIGHT} at once: {bytes} bytes{} \
              (of which {any_layer} bytes any layer under Router::layer costs, an identity layer measured the same way)",
-            if stats.memory == leakwatch::MemoryAccounting::Estimated { " (estimated)" } else { "" }
+            if stats.memory == leakwatch::stats::MemoryAccounting::Estimated { " (estimated)" } else { "" }
         ),
         None => println!("{mode}: no tracking allocator: in-flight footprint not measured"),
     }
@@ -238,7 +238,7 @@ async fn soak(mode: &str) -> bool {
     check(leaks.is_empty(), "no leak report");
     check(growth.is_none_or(|g| g < 5 << 20), "RSS growth under 5 MB");
     // Estimates from sampling are too coarse for a per-request figure: exact mode checks it.
-    let exact = per_request.filter(|_| stats.memory == leakwatch::MemoryAccounting::Exact);
+    let exact = per_request.filter(|_| stats.memory == leakwatch::stats::MemoryAccounting::Exact);
     check(
         exact.is_none_or(|b| b <= 1024),
         "at most 1 KiB per request in flight",

@@ -25,6 +25,9 @@
 //!   all other allocations, so the sum over all route slots is the process's live heap.
 
 #![allow(unsafe_code)]
+// Every unsafe operation sits in a block of its own with a `// SAFETY:` comment, also inside
+// `unsafe fn`s; CI keeps it so.
+#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::num::NonZeroU64;
@@ -62,7 +65,7 @@ pub(crate) use self::slots::{slots_exhausted, slots_in_use, SlotGuard, Usage};
 pub(crate) const HEADER_SIZE: usize = 8;
 
 /// How many request scopes can be tracked at once. Past it, new requests go untracked and
-/// [`Stats::untracked_requests`](crate::Stats::untracked_requests) counts them.
+/// [`Stats::untracked_requests`](crate::stats::Stats::untracked_requests) counts them.
 pub(crate) const SCOPE_SLOTS: usize = 1 << 16;
 
 /// How many distinct routes can be tracked, over all detectors of the process (slot 0 is "no
@@ -90,7 +93,7 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 ///
 /// Each block costs 8 extra bytes (or its alignment, when that is larger than 8). At most
 /// 65 536 requests have their memory counted at once, over all detectors of the process
-/// (past that, [`Stats::untracked_requests`](crate::Stats::untracked_requests) counts those that
+/// (past that, [`Stats::untracked_requests`](crate::stats::Stats::untracked_requests) counts those that
 /// go without), and at most 4 096 routes (further routes' memory is counted as no route's).
 /// Outside a request the cost is the header and one uncontended counter update; inside a
 /// request, thread-local additions flushed once per poll. Nothing is locked and nothing is
@@ -107,7 +110,7 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 /// only about one allocation per `mean_bytes` allocated bytes, the way Go's heap profiler
 /// samples every 512 KiB: the others go straight to the inner allocator with no header and no
 /// counting beyond a thread-local countdown. Figures are then unbiased estimates, and say so
-/// ([`MemoryAccounting::Estimated`](crate::MemoryAccounting::Estimated)).
+/// ([`MemoryAccounting::Estimated`](crate::stats::MemoryAccounting::Estimated)).
 ///
 /// A sampled block is served from an address range reserved for sampled blocks (Unix `mmap`,
 /// `MAP_NORESERVE`: only the pages in use are memory), with a header naming its request, route
@@ -124,7 +127,7 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 /// `tests/alloc_sampled_leak_timing.rs` allows three times the sampling part and three more
 /// windows. Elsewhere than Unix no
 /// block is sampled
-/// ([`Stats::samples_unserved`](crate::Stats::samples_unserved) counts them).
+/// ([`Stats::samples_unserved`](crate::stats::Stats::samples_unserved) counts them).
 ///
 /// ```
 /// #[global_allocator]

@@ -7,7 +7,6 @@
 
 #[cfg(leakwatch_taskdump)] // set by the build script
 pub(crate) mod dump;
-pub(crate) mod stats;
 pub(crate) mod sweeper;
 mod view;
 mod warnings;

@@ -10,7 +10,6 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::stats::{KindCounts, MemoryAccounting, RouteStats, Stats};
 use super::warnings::Uncounted;
 use super::Engine;
 use crate::alloc;
@@ -21,6 +20,7 @@ use crate::registry::{Registry, TrackedObject};
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request::liveness::Liveness;
 use crate::request::scope::Scope;
+use crate::stats::{KindCounts, MemoryAccounting, RouteStats, Stats};
 use crate::util::sync::lock;
 
 /// How long [`Engine::settle`] waits between sweeps.

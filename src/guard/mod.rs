@@ -69,7 +69,7 @@ pub use self::baseline::{BASELINE_ENV, BASELINE_UPDATE_ENV};
 pub use self::report::{GuardError, GuardOutcome, RouteVerdict};
 use crate::config::LeakDetectorBuilder;
 use crate::detector::LeakDetector;
-use crate::engine::stats::RouteStats;
+use crate::stats::RouteStats;
 
 /// Makes the `i`-th request to a route.
 type MakeRequest<B> = Box<dyn Fn(usize) -> Request<B> + Send + Sync>;

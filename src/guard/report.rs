@@ -5,8 +5,8 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::config::ConfigError;
-use crate::engine::stats::MemoryAccounting;
 use crate::report::{render_list, LeakReport};
+use crate::stats::MemoryAccounting;
 use crate::util::table::{self, or_dash, Align};
 
 /// The most leak reports the table lists per route.

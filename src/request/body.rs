@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 use crate::request::liveness::{BodyProgress, BodyState};
 
 pin_project! {
-    /// Request body handed to the inner service by [`LeakService`](crate::LeakService).
+    /// Request body handed to the inner service by [`LeakService`](crate::server::LeakService).
     ///
     /// It forwards frames unchanged and unbuffered, along with `is_end_stream` and `size_hint`,
     /// and records how much was read, whether the end was reached and when it was dropped. From

@@ -2,7 +2,7 @@
 //!
 //! The sweeper hands every state change to every configured sink, from its own thread, after a
 //! sweep — never on a request's path. A sink must not block for long; one that panics is caught
-//! and counted in [`Stats::sink_panics`](crate::Stats::sink_panics).
+//! and counted in [`Stats::sink_panics`](crate::stats::Stats::sink_panics).
 //!
 //! Built in:
 //!
@@ -18,7 +18,9 @@
 
 use std::sync::Arc;
 
-pub use crate::report::{LeakReport, ReportSink};
+pub use crate::report::sink::ReportSink;
+
+use crate::report::LeakReport;
 
 mod collect;
 pub use self::collect::{ChannelSink, CollectingSink};

@@ -9,7 +9,7 @@
 use std::fmt::Write;
 
 use super::{Snapshot, TrendSample};
-use crate::engine::stats::RouteStats;
+use crate::stats::RouteStats;
 
 /// The most reports the page lists (the JSON form has them all).
 const MAX_REPORTS: usize = 50;

@@ -19,12 +19,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::alloc;
 use crate::alloc::symbolize::Symbolizer;
-use crate::engine::stats::{MemoryAccounting, Stats};
 use crate::engine::Engine;
 use crate::judge::trend::{Sample, TrendWindow};
 use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::current;
 use crate::request::liveness::Liveness;
+use crate::stats::{MemoryAccounting, Stats};
 use crate::util::clock;
 
 cfg_feature! {

@@ -4,8 +4,8 @@ use std::fmt::{self, Display};
 use std::time::{Duration, UNIX_EPOCH};
 
 use super::{Snapshot, TrendSample};
-use crate::engine::stats::MemoryAccounting;
 use crate::report::{render_list, LeakKind};
+use crate::stats::MemoryAccounting;
 use crate::util::table::{self, or_dash, Align};
 
 fn millis(d: Duration) -> String {

@@ -1,6 +1,6 @@
 //! Tasks and objects a request leaves behind: [`spawn`], [`scoped`] and [`watch`].
 //!
-//! Inside a request (anywhere under [`LeakLayer`](crate::LeakLayer): the handler, its response
+//! Inside a request (anywhere under [`LeakLayer`](crate::server::LeakLayer): the handler, its response
 //! body, or a task it spawned through these functions), each call registers what it creates
 //! under the request's scope, with the caller's `file:line`. Outside a request they do nothing
 //! extra: `spawn` is `tokio::spawn`, `scoped` passes polls straight through and `watch` returns.

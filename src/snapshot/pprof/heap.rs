@@ -16,8 +16,8 @@ use std::collections::HashMap;
 use super::{Builder, Filter, HeldBy};
 use crate::alloc;
 use crate::alloc::symbolize::Symbolizer;
-use crate::engine::stats::MemoryAccounting;
 use crate::engine::Engine;
+use crate::stats::MemoryAccounting;
 
 /// Why there is no heap profile to give.
 pub(crate) const UNTRACKED: &str = "no heap profile: memory is not tracked (install \

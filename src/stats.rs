@@ -1,6 +1,6 @@
 //! [`Stats`] and the types it is made of: the detector's own counters and gauges, per-route
-//! figures and how memory is counted. They are filled in by the engine's read side
-//! ([`super::view`]).
+//! figures and how memory is counted, as [`LeakDetector::stats`](crate::LeakDetector::stats)
+//! returns them (and the snapshot and the CI guard show them).
 
 use std::fmt;
 use std::time::Duration;
