@@ -56,10 +56,9 @@ pub struct LeakDetector {
 
 impl fmt::Debug for LeakDetector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let registry = self.engine.registry();
         f.debug_struct("LeakDetector")
-            .field("registry_entries", &registry.len())
-            .field("skipped", &registry.skipped())
+            .field("registry_entries", &self.engine.registry_entries())
+            .field("skipped", &self.engine.uncounted().skipped)
             .finish_non_exhaustive()
     }
 }

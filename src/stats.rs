@@ -5,7 +5,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::report::LeakKind;
+use crate::report::{LeakKind, SourceLocation};
 
 /// Counts of reports by [`LeakKind`].
 #[derive(Clone, Copy, Default, PartialEq, Eq)]
@@ -175,6 +175,28 @@ impl MemoryAccounting {
     pub const fn is_tracked(self) -> bool {
         !matches!(self, MemoryAccounting::Untracked)
     }
+}
+
+/// Tracked tasks of one route spawned at one place, in
+/// [`Snapshot::tasks`](crate::snapshot::Snapshot::tasks) and the task profile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct TaskGroup {
+    /// The route of the requests that spawned them.
+    pub route: String,
+    /// Where they were spawned, when known.
+    pub location: Option<SourceLocation>,
+    /// How many are alive.
+    pub alive: u64,
+    /// Of those, how many outlive a request that has finished.
+    pub after_request: u64,
+    /// How long ago the oldest of them was spawned (milliseconds in JSON).
+    #[cfg_attr(
+        feature = "serde",
+        serde(serialize_with = "crate::report::ser::millis")
+    )]
+    pub oldest: Duration,
 }
 
 #[cfg(test)]

@@ -4,9 +4,10 @@
 //! When a sweep first reports tasks as orphans, the engine asks for their traces. A dump is taken
 //! off the request path — on the orphans' runtime, as one task of its own, then symbolised on
 //! the blocking pool (about 100 ms) — at most one at a time and one per sweep, bounded by
-//! [`DUMP_TIMEOUT`]. The traces of the orphans are attached to their registry entries, so that
-//! every report made of them afterwards (a later state change, [`leaks`](crate::LeakDetector::leaks),
-//! the message of [`assert_no_leaks`](crate::LeakDetector::assert_no_leaks)) carries one. A dump
+//! [`DUMP_TIMEOUT`]. The traces of the orphans are added to their active reports (what
+//! [`leaks`](crate::LeakDetector::leaks) and the message of
+//! [`assert_no_leaks`](crate::LeakDetector::assert_no_leaks) return) and to their registry
+//! entries, so that a later state change carries one too. A dump
 //! stops the runtime's workers at a barrier and re-polls every task in tracing mode, which is why
 //! dumps are rare: nothing is dumped when no new orphan was reported.
 
@@ -18,6 +19,7 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::task::Id;
 
+use crate::judge::objects::Active;
 use crate::registry::Registry;
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request::liveness::Liveness;
@@ -40,7 +42,12 @@ impl TaskDumps {
     /// Notes the orphans `reports` announce for the first time, and starts a dump unless one is
     /// under way: of the runtime of the first pending orphan whose task is known (a task
     /// wrapped by `scoped` is known from its first poll on).
-    pub(crate) fn after_sweep(&self, registry: &Arc<Registry>, reports: &[LeakReport]) {
+    pub(crate) fn after_sweep(
+        &self,
+        registry: &Arc<Registry>,
+        active: &Arc<Mutex<Active>>,
+        reports: &[LeakReport],
+    ) {
         let mut pending = lock(&self.pending);
         pending.extend(
             reports
@@ -80,6 +87,7 @@ impl TaskDumps {
                 runtime,
                 wanted,
                 Arc::downgrade(registry),
+                Arc::downgrade(active),
                 self.in_flight.clone(),
             ),
             None => self.in_flight.store(false, Ordering::Release),
@@ -98,11 +106,13 @@ fn is_first_report_of_orphan(report: &LeakReport) -> bool {
         }
 }
 
-/// Dumps `runtime`'s tasks and attaches the traces of the `wanted` ones (task id → registry id).
+/// Dumps `runtime`'s tasks and attaches the traces of the `wanted` ones (task id → registry id)
+/// to their registry entries (for the reports made of them later) and to their active reports.
 fn start(
     runtime: Handle,
     wanted: HashMap<Id, u64>,
     registry: Weak<Registry>,
+    active: Weak<Mutex<Active>>,
     in_flight: Arc<AtomicBool>,
 ) {
     let dumper = runtime.clone();
@@ -116,12 +126,13 @@ fn start(
         // Symbolising the traces takes about 100 ms: not on a worker thread.
         let _ = tokio::task::spawn_blocking(move || {
             let _done = done;
-            let Some(registry) = registry.upgrade() else {
+            let (Some(registry), Some(active)) = (registry.upgrade(), active.upgrade()) else {
                 return;
             };
             for task in dump.tasks().iter() {
                 if let Some(&object) = wanted.get(&task.id()) {
                     let trace = bounded(task.trace().to_string());
+                    lock(&active).attach_await_trace(object, &trace);
                     registry.set_await_trace(object, trace.into());
                 }
             }

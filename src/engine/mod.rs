@@ -55,6 +55,9 @@ pub(crate) struct Engine {
     id_prefix: u32,
     /// The judges' own state; locked for their part of a sweep.
     judges: Mutex<Judges>,
+    /// The active reports of tracked objects and stuck requests (shared with the task dumps,
+    /// which add await traces to them). Never locked together with `judges`.
+    active: Arc<Mutex<objects::Active>>,
     /// Held for a whole sweep, so that sweeps run (and deliver) one at a time, in order.
     sweeping: Mutex<()>,
     sinks: Vec<Box<dyn ReportSink>>,
@@ -112,6 +115,7 @@ impl Engine {
                 findings: VecDeque::new(),
                 warnings: Warnings::default(),
             }),
+            active: Arc::default(),
             sweeping: Mutex::new(()),
             sinks,
             counters: Counters::default(),
@@ -241,6 +245,7 @@ impl Engine {
             }
             keep
         });
+        lock(&self.active).record(&reports);
         let mut guard = lock(&self.judges);
         let judges = &mut *guard;
         let (counted, mut finished): (Vec<_>, Vec<_>) = released
@@ -280,7 +285,8 @@ impl Engine {
         drop(guard);
         self.registry.recycle(finished);
         #[cfg(leakwatch_taskdump)]
-        self.dumps.after_sweep(&self.registry, &reports);
+        self.dumps
+            .after_sweep(&self.registry, &self.active, &reports);
         self.count(&reports);
         self.deliver(&reports);
         reports

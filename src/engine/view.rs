@@ -5,70 +5,30 @@
 //! settle loop, how memory is counted, and the per-route figures ([`Engine::routes`]). None of
 //! them sweeps except [`Engine::settle`]; none runs on a request's path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::warnings::Uncounted;
 use super::Engine;
-use crate::alloc;
-use crate::config::Config;
+use crate::alloc::{self, RawSite};
 use crate::judge::objects;
 use crate::judge::trend::TrendWindow;
-use crate::registry::{Registry, TrackedObject};
-use crate::report::{LeakKind, LeakReport, LeakState};
+use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::liveness::Liveness;
-use crate::request::scope::Scope;
-use crate::stats::{KindCounts, MemoryAccounting, RouteStats, Stats};
+use crate::stats::{KindCounts, MemoryAccounting, RouteStats, Stats, TaskGroup};
 use crate::util::sync::lock;
 
 /// How long [`Engine::settle`] waits between sweeps.
 const SETTLE_RETRY: Duration = Duration::from_millis(5);
 
-/// Something active that a report can be made of.
-enum Finding<'a> {
-    Object(u64, &'a TrackedObject, LeakState),
-    Stuck(&'a Scope, LeakState),
-    Made(&'a LeakReport),
-}
-
-impl Finding<'_> {
-    fn kind(&self) -> LeakKind {
-        match self {
-            Finding::Object(_, object, _) => object.liveness.leak_kind(),
-            Finding::Stuck(..) => LeakKind::StuckRequest,
-            Finding::Made(report) => report.kind,
-        }
-    }
-
-    fn report(&self, now: Instant, config: &Config) -> LeakReport {
-        match *self {
-            Finding::Object(id, object, state) => objects::object_report(id, object, state, now),
-            Finding::Stuck(scope, state) => objects::stuck_report(scope, state, now, config),
-            Finding::Made(report) => report.clone(),
-        }
-    }
-}
-
 impl Engine {
-    /// Calls `f` with every active finding: the objects `object_state` gives a state, the
-    /// stuck requests, the remembered one-shot findings and the standing alerts.
-    fn for_each_finding(
-        &self,
-        object_state: impl Fn(&TrackedObject) -> Option<LeakState>,
-        mut f: impl FnMut(Finding<'_>),
-    ) {
-        self.registry.for_each_object(|id, object| {
-            if let Some(state) = object_state(object) {
-                f(Finding::Object(id, object, state));
-            }
-        });
-        self.registry.for_each_scope(|scope| {
-            if let Some(state) = scope.stuck.load().reported().filter(|s| s.is_active()) {
-                f(Finding::Stuck(scope, state));
-            }
-        });
+    /// Calls `f` with every active report, as its judge made it: those of tracked objects and
+    /// stuck requests, the remembered one-shot findings and the standing alerts. Nothing is
+    /// rebuilt: a report's `detected_at` is when the sweep made it.
+    fn for_each_report(&self, mut f: impl FnMut(&LeakReport)) {
+        lock(&self.active).iter().for_each(&mut f);
         let judges = lock(&self.judges);
         let made = judges.findings.iter();
         let alerts = judges
@@ -76,47 +36,37 @@ impl Engine {
             .active_reports()
             .chain(judges.tasks.active_reports())
             .chain(judges.trend.active_reports());
-        made.chain(alerts)
-            .for_each(|report| f(Finding::Made(report)));
+        made.chain(alerts).for_each(f);
     }
 
-    /// Reports for the findings [`for_each_finding`](Self::for_each_finding) visits that `keep`
-    /// keeps, ordered by id, and how many of them are objects.
-    fn reports(
-        &self,
-        object_state: impl Fn(&TrackedObject) -> Option<LeakState>,
-        keep: impl Fn(&LeakReport) -> bool,
-    ) -> (Vec<LeakReport>, usize) {
-        let now = Instant::now();
+    /// The active reports `keep` keeps, ordered by id.
+    fn reports(&self, keep: impl Fn(&LeakReport) -> bool) -> Vec<LeakReport> {
         let mut reports = Vec::new();
-        let mut objects = 0;
-        self.for_each_finding(object_state, |finding| {
-            let report = finding.report(now, &self.config);
-            if keep(&report) {
-                objects += usize::from(matches!(finding, Finding::Object(..)));
-                reports.push(report);
+        self.for_each_report(|report| {
+            if keep(report) {
+                reports.push(report.clone());
             }
         });
         reports.sort_by_key(|r| r.id);
-        (reports, objects)
+        reports
     }
 
     /// The active reports, ordered by id.
     pub(crate) fn leaks(&self) -> Vec<LeakReport> {
-        self.reports(reported_active, |_| true).0
+        self.reports(|_| true)
     }
 
-    /// Active reports by kind, counted without building them.
+    /// Active reports by kind, counted without copying them.
     pub(crate) fn active_counts(&self) -> KindCounts {
         let mut counts = KindCounts::default();
-        self.for_each_finding(reported_active, |finding| counts.add(finding.kind(), 1));
+        self.for_each_report(|report| counts.add(report.kind, 1));
         counts
     }
 
     /// Sweeps until nothing `keep` keeps is left that may still go away by itself — an object
     /// (task, body, watched object) of a finished request still alive — or until `timeout`
-    /// passes; returns what is left of interest: every such object still alive (grace period
-    /// or not), stuck requests, one-shot findings and standing alerts.
+    /// passes; returns what is left of interest: the active reports, and a `Suspected` report,
+    /// made now, of every such object not reported yet (still in its grace period).
     ///
     /// goleak-style: a task that ends a few milliseconds after its response is not a leak. The
     /// one settle loop of the crate: `assert_no_leaks` and the CI guard both use it.
@@ -128,19 +78,40 @@ impl Engine {
         let deadline = Instant::now() + timeout;
         loop {
             self.sweep();
-            let (reports, objects) = self.reports(
-                |object| {
-                    let finished = !object.scope.is_open() && !object.judged_by_growth();
-                    (finished && object.liveness.is_alive())
-                        .then(|| object.lifecycle.reported().unwrap_or(LeakState::Suspected))
-                },
-                &keep,
-            );
+            let (reports, objects) = self.left(&keep);
             if objects == 0 || Instant::now() >= deadline {
                 return reports;
             }
             tokio::time::sleep(SETTLE_RETRY).await;
         }
+    }
+
+    /// What [`settle`](Self::settle) returns, ordered by id, and how many objects of finished
+    /// requests that `keep` keeps are still alive.
+    fn left(&self, keep: &impl Fn(&LeakReport) -> bool) -> (Vec<LeakReport>, usize) {
+        let mut reports = self.reports(keep);
+        let now = Instant::now();
+        let mut objects = 0;
+        let active = lock(&self.active);
+        self.registry.for_each_object(|id, object| {
+            let finished = !object.scope.is_open() && !object.judged_by_growth();
+            if !finished || !object.liveness.is_alive() {
+                return;
+            }
+            match active.get(id) {
+                Some(report) => objects += usize::from(keep(report)),
+                None => {
+                    let report = objects::object_report(id, object, LeakState::Suspected, now);
+                    if keep(&report) {
+                        objects += 1;
+                        reports.push(report);
+                    }
+                }
+            }
+        });
+        drop(active);
+        reports.sort_by_key(|r| r.id);
+        (reports, objects)
     }
 
     /// How the byte figures are counted.
@@ -171,8 +142,45 @@ impl Engine {
             .and_then(|sample| sample.alive_tasks)
     }
 
-    pub(crate) fn registry(&self) -> &Registry {
-        &self.registry
+    /// Scopes and objects the registry holds.
+    pub(crate) fn registry_entries(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Tracked tasks still alive, grouped by route and spawn location, most tasks first: the
+    /// one count of live tasks (the per-route figures add these up).
+    pub(crate) fn task_groups(&self, now: Instant) -> Vec<TaskGroup> {
+        let mut groups: HashMap<(Arc<str>, Option<SourceLocation>), TaskGroup> = HashMap::new();
+        self.registry.for_each_object(|_, object| {
+            if !matches!(object.liveness, Liveness::Task(_)) || !object.liveness.is_alive() {
+                return;
+            }
+            let location = object.location.map(SourceLocation::from_std);
+            let route = object.scope.route.as_str();
+            let group = groups
+                .entry((route.into(), location))
+                .or_insert_with(|| TaskGroup {
+                    route: route.to_owned(),
+                    location,
+                    alive: 0,
+                    after_request: 0,
+                    oldest: Duration::ZERO,
+                });
+            group.alive += 1;
+            group.after_request += u64::from(!object.scope.is_open());
+            group.oldest = group
+                .oldest
+                .max(now.saturating_duration_since(object.created_at));
+        });
+        let mut groups: Vec<TaskGroup> = groups.into_values().collect();
+        groups.sort_by(|a, b| {
+            (b.alive, &a.route, a.location.map(|l| (l.file, l.line))).cmp(&(
+                a.alive,
+                &b.route,
+                b.location.map(|l| (l.file, l.line)),
+            ))
+        });
+        groups
     }
 
     /// The trend sampler's window: how many samples, and the oldest and newest with their
@@ -181,9 +189,45 @@ impl Engine {
         lock(&self.judges).trend.window()
     }
 
-    /// Every route with an allocator route slot, with that slot.
-    pub(crate) fn route_slots(&self) -> Vec<(u32, Arc<str>)> {
-        self.routes.slots()
+    /// How allocation sites count bytes: `Untracked` when memory is not counted or sites are
+    /// off, `Exact` when every allocation is recorded, else `Estimated`.
+    pub(crate) fn sites_accounting(&self) -> MemoryAccounting {
+        match self.memory_accounting() {
+            MemoryAccounting::Untracked => MemoryAccounting::Untracked,
+            _ if !alloc::sites_enabled() => MemoryAccounting::Untracked,
+            MemoryAccounting::Exact if alloc::sites_exact() => MemoryAccounting::Exact,
+            _ => MemoryAccounting::Estimated,
+        }
+    }
+
+    /// The bytes one recorded allocation stands for: 1 when sites are exact, else the mean of
+    /// the sampling.
+    #[cfg(feature = "pprof")]
+    pub(crate) fn sites_period(&self) -> u64 {
+        match self.sites_accounting() {
+            MemoryAccounting::Exact => 1,
+            _ => alloc::sampling_mean().unwrap_or_else(alloc::sites_mean),
+        }
+    }
+
+    /// The `max` allocation stacks holding the most live bytes of each route that has any.
+    pub(crate) fn top_sites(&self, max: usize) -> Vec<(Arc<str>, Vec<RawSite>)> {
+        self.routes
+            .slots()
+            .into_iter()
+            .map(|(slot, name)| (name, alloc::top_sites(slot, max)))
+            .filter(|(_, top)| !top.is_empty())
+            .collect()
+    }
+
+    /// Every recorded allocation stack still holding memory, with its route.
+    #[cfg(feature = "pprof")]
+    pub(crate) fn live_sites(&self) -> Vec<(Arc<str>, RawSite)> {
+        let names: HashMap<u32, Arc<str>> = self.routes.slots().into_iter().collect();
+        alloc::live_sites()
+            .into_iter()
+            .filter_map(|(slot, site)| Some((names.get(&slot)?.clone(), site)))
+            .collect()
     }
 
     /// The figures of every route the detector has seen a request of, ordered by template: the
@@ -216,11 +260,9 @@ impl Engine {
                 route_entry(&mut routes, &name, tracked).witnesses = witnesses;
             }
         }
-        self.registry.for_each_object(|_, object| {
-            if matches!(object.liveness, Liveness::Task(_)) && object.liveness.is_alive() {
-                route_entry(&mut routes, object.scope.route.as_str(), tracked).tasks_alive += 1;
-            }
-        });
+        for group in self.task_groups(now) {
+            route_entry(&mut routes, &group.route, tracked).tasks_alive += group.alive;
+        }
         if tracked {
             for (slot, name) in self.routes.slots() {
                 let (bytes, blocks) = alloc::route_live(slot);
@@ -290,11 +332,6 @@ impl Engine {
             });
         stats
     }
-}
-
-/// The state of an object whose report is active.
-fn reported_active(object: &TrackedObject) -> Option<LeakState> {
-    object.lifecycle.reported().filter(|s| s.is_active())
 }
 
 /// The entry of the route `name`, added if new (with zero byte figures when memory is tracked).

@@ -39,6 +39,7 @@ use super::growth::{RetainedGrowth, Steady};
 use crate::alloc;
 use crate::alloc::symbolize::Symbolizer;
 use crate::config::Config;
+use crate::judge::build::request_report;
 use crate::registry::Registry;
 use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState};
@@ -275,7 +276,8 @@ fn growth_report(
         bytes_per_request: Some(per_request),
         // Route figures: estimates whenever the allocator samples.
         bytes_estimated: alloc::sampling_mean().is_some(),
-        ..latest.report(
+        ..request_report(
+            latest,
             0,
             LeakKind::RetainedMemory,
             LeakState::Suspected,
@@ -326,7 +328,8 @@ fn route_report(
         bytes_per_request: Some(per_request),
         // Route figures: estimates whenever the allocator samples.
         bytes_estimated: alloc::sampling_mean().is_some(),
-        ..oldest.report(
+        ..request_report(
+            oldest,
             0,
             LeakKind::RetainedMemory,
             LeakState::Suspected,

@@ -11,6 +11,7 @@
 //!   in number with their route's requests;
 //! - [`trend`]: the process's live heap and tokio's alive tasks, growing over a window.
 
+pub(crate) mod build;
 pub(crate) mod growth;
 pub(crate) mod memory;
 pub(crate) mod objects;

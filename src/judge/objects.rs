@@ -5,16 +5,64 @@
 //! before its end is a one-shot [`UnconsumedBody`](LeakKind::UnconsumedBody) finding. A request
 //! open longer than `max_request_age` (on a route that is not allowed to stream) goes through
 //! the same states as a [`StuckRequest`](LeakKind::StuckRequest).
+//!
+//! The reports made here are kept in [`Active`] while they are active, as they were made: what
+//! the detector's read side returns.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::judge::build::request_report;
 use crate::registry::TrackedObject;
 use crate::report::lifecycle::Lifecycle;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::liveness::Liveness;
 use crate::request::scope::Scope;
+
+/// The active reports (`Suspected` or `Confirmed`) of tracked objects and stuck requests, by
+/// report id, exactly as they were made and delivered. At most one per tracked object or scope:
+/// bounded by the registry's capacity.
+#[derive(Default)]
+pub(crate) struct Active(HashMap<u64, LeakReport>);
+
+impl Active {
+    /// Records what this judge reported in a sweep: an active report replaces its finding's
+    /// previous one, a `Released` one removes it. One-shot findings
+    /// ([`UnconsumedBody`](LeakKind::UnconsumedBody)) are not kept here.
+    pub(crate) fn record(&mut self, reports: &[LeakReport]) {
+        for report in reports {
+            if report.kind == LeakKind::UnconsumedBody {
+                continue;
+            }
+            if report.state.is_active() {
+                self.0.insert(report.id, report.clone());
+            } else {
+                self.0.remove(&report.id);
+            }
+        }
+    }
+
+    /// The active report of the object or stuck request `id`.
+    pub(crate) fn get(&self, id: u64) -> Option<&LeakReport> {
+        self.0.get(&id)
+    }
+
+    /// Every active report, in no order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &LeakReport> {
+        self.0.values()
+    }
+
+    /// Adds where an orphan task waits to its active report (from a task dump that arrived after
+    /// the report was made).
+    #[cfg(leakwatch_taskdump)] // set by the build script
+    pub(crate) fn attach_await_trace(&mut self, id: u64, trace: &str) {
+        if let Some(report) = self.0.get_mut(&id) {
+            report.await_trace = Some(trace.to_owned());
+        }
+    }
+}
 
 /// Judges one tracked object; pushes what changed onto `reports`. Returns whether to keep it.
 pub(crate) fn judge_object(
@@ -39,11 +87,14 @@ pub(crate) fn judge_object(
                     format!("request body dropped before its end: {}", body.describe())
                 };
                 let kind = LeakKind::UnconsumedBody;
-                reports.push(
-                    object
-                        .scope
-                        .report(id, kind, LeakState::Confirmed, now, detail),
-                );
+                reports.push(request_report(
+                    &object.scope,
+                    id,
+                    kind,
+                    LeakState::Confirmed,
+                    now,
+                    detail,
+                ));
             }
         }
         return false;
@@ -91,7 +142,7 @@ pub(crate) fn object_report(
         location: object.location.map(SourceLocation::from_std),
         type_name: object.type_name,
         await_trace: object.await_trace.as_deref().map(str::to_owned),
-        ..object.scope.report(id, kind, state, now, detail)
+        ..request_report(&object.scope, id, kind, state, now, detail)
     }
 }
 
@@ -146,5 +197,5 @@ pub(crate) fn stuck_report(
             config.max_request_age.as_millis()
         ),
     };
-    scope.report(scope.id, LeakKind::StuckRequest, state, now, detail)
+    request_report(scope, scope.id, LeakKind::StuckRequest, state, now, detail)
 }

@@ -21,6 +21,7 @@ use std::time::Instant;
 
 use super::growth::RetainedGrowth;
 use crate::config::Config;
+use crate::judge::build::request_report;
 use crate::registry::{Registry, TrackedObject};
 use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
@@ -131,7 +132,14 @@ impl TaskJudge {
                     let (_, scope) = &seen.newest;
                     let report = LeakReport {
                         location: Some(SourceLocation::from_std(key.location)),
-                        ..scope.report(0, LeakKind::OrphanTask, LeakState::Suspected, now, detail)
+                        ..request_report(
+                            scope,
+                            0,
+                            LeakKind::OrphanTask,
+                            LeakState::Suspected,
+                            now,
+                            detail,
+                        )
                     };
                     group.alert.raise(report, config.confirm_sweeps)
                 }

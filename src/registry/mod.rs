@@ -289,18 +289,6 @@ impl Registry {
         }
     }
 
-    /// Calls `f` with every scope: requests in flight, scopes handed to the sweeper and those
-    /// it has taken over. Each lock is held only while its own scopes are visited.
-    pub(crate) fn for_each_scope(&self, mut f: impl FnMut(&Scope)) {
-        lock(&self.taken).scopes.iter().for_each(|s| f(s));
-        for shard in &self.shards {
-            let shard = lock(shard);
-            shard.live.iter().flatten().for_each(|s| f(s));
-            shard.handed.iter().for_each(|s| f(s));
-            shard.settling.iter().for_each(|s| f(s));
-        }
-    }
-
     /// Calls `f` with the scope of every request in flight (never an outgoing call's: those are
     /// handed to the sweeper when they open). Each shard's lock is held only while its own
     /// scopes are visited.
@@ -569,7 +557,7 @@ mod tests {
         assert_eq!((seen, released.len()), (vec![1, 2], 0));
         assert!(stuck.stuck.load().is_active());
         let mut active = Vec::new();
-        registry.for_each_scope(|s| {
+        registry.for_each_open_request(|s| {
             if s.stuck.load().is_active() {
                 active.push(s.id)
             }

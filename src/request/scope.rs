@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::alloc::{self, SlotGuard, Tag, Usage};
+use crate::alloc::{SlotGuard, Tag, Usage};
 use crate::report::lifecycle::AtomicLifecycle;
-use crate::report::{LeakKind, LeakReport, LeakState, Upstream};
+use crate::report::Upstream;
 use crate::request::id::RequestId;
 use crate::request::liveness::Liveness;
 use crate::request::route::{Route, RouteInfo};
@@ -106,7 +106,7 @@ pub(crate) struct UpstreamCall {
 }
 
 impl UpstreamCall {
-    fn report(&self) -> Upstream {
+    fn upstream(&self) -> Upstream {
         Upstream {
             method: self.method.as_str().to_owned(),
             host: self.host.to_string(),
@@ -352,45 +352,9 @@ impl Scope {
         clock::wall(self.opened_at)
     }
 
-    /// A report about this request, made at `now`: everything the scope knows filled in, no
-    /// location, type, sites or per-request figure.
-    pub(crate) fn report(
-        &self,
-        id: u64,
-        kind: LeakKind,
-        state: LeakState,
-        now: Instant,
-        detail: String,
-    ) -> LeakReport {
-        let closed_at = self.closed_at();
-        let usage = self.usage();
-        // A stuck request's age runs from when it opened; anything else's from the close.
-        let since = closed_at.unwrap_or(self.opened_at);
-        LeakReport {
-            id,
-            kind,
-            state,
-            route: self.route.as_str().to_owned(),
-            method: self.method.as_str().to_owned(),
-            request_id: self.request_id.to_string(),
-            trace_id: self.trace.map(|t| t.trace_id_hex()),
-            span_id: self.trace.map(|t| t.span_id_hex()),
-            request_number: self.id,
-            opened_at: self.opened_wall(),
-            closed_at: closed_at.map(clock::wall),
-            detected_at: clock::wall(now),
-            age: now.saturating_duration_since(since),
-            location: None,
-            type_name: None,
-            bytes: usage.map(|u| u.retained_bytes()),
-            allocations: usage.map(|u| u.retained_blocks()),
-            bytes_per_request: None,
-            bytes_estimated: usage.is_some() && alloc::sampling_mean().is_some(),
-            sites: Vec::new(),
-            await_trace: None,
-            upstream: self.upstream.as_deref().map(UpstreamCall::report),
-            detail,
-        }
+    /// For an outgoing call's scope: the upstream it went to, as reports name it.
+    pub(crate) fn upstream(&self) -> Option<Upstream> {
+        self.upstream.as_deref().map(UpstreamCall::upstream)
     }
 }
 
@@ -407,32 +371,5 @@ mod tests {
             .track(Liveness::Task(Arc::downgrade(&token)), None, None)
             .is_none());
         assert!(!s.left_objects());
-    }
-
-    #[test]
-    fn reports_carry_the_request_and_no_raw_path() {
-        let s = scope(6);
-        let now = Instant::now();
-        let open = s.report(
-            9,
-            LeakKind::StuckRequest,
-            LeakState::Suspected,
-            now,
-            "d".into(),
-        );
-        assert_eq!((open.id, open.request_number), (9, 6));
-        assert_eq!((open.route.as_str(), open.method.as_str()), ("/t", "GET"));
-        assert_eq!(open.request_id, "lw-00000000-6");
-        assert_eq!(open.closed_at, None);
-        assert_eq!(open.bytes, None, "memory is not tracked");
-        s.close();
-        let closed = s.report(
-            9,
-            LeakKind::OrphanTask,
-            LeakState::Confirmed,
-            now,
-            String::new(),
-        );
-        assert!(closed.closed_at.is_some());
     }
 }

@@ -41,7 +41,7 @@ const GAUGES: [Reading; 4] = [
         name: "leakwatch.registry.entries",
         unit: "{entry}",
         description: "Scopes and objects held by the weak-reference registry",
-        read: |engine| Some(engine.registry().len() as u64),
+        read: |engine| Some(engine.registry_entries() as u64),
     },
 ];
 

@@ -14,17 +14,15 @@
 //! Its [`Display`](std::fmt::Display) form is a set of tables for a terminal; with the `serde`
 //! feature it serialises (to JSON, for the endpoint).
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
-use crate::alloc;
 use crate::alloc::symbolize::Symbolizer;
+use crate::alloc::RawSite;
 use crate::engine::Engine;
 use crate::judge::trend::{Sample, TrendWindow};
-use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState, SourceLocation};
+use crate::report::{AllocationSite, LeakKind, LeakReport, LeakState};
 use crate::request::current;
-use crate::request::liveness::Liveness;
-use crate::stats::{MemoryAccounting, Stats};
+use crate::stats::{MemoryAccounting, Stats, TaskGroup};
 use crate::util::clock;
 
 cfg_feature! {
@@ -81,24 +79,6 @@ impl Snapshot {
     pub const MAX_TASK_GROUPS: usize = 256;
     /// The most routes whose allocation sites a snapshot lists.
     pub const MAX_SITE_ROUTES: usize = 32;
-}
-
-/// Tracked tasks of one route spawned at one place, in a [`Snapshot`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-#[cfg_attr(feature = "serde", derive(serde::Serialize))]
-#[non_exhaustive]
-pub struct TaskGroup {
-    /// The route of the requests that spawned them.
-    pub route: String,
-    /// Where they were spawned, when known.
-    pub location: Option<SourceLocation>,
-    /// How many are alive.
-    pub alive: u64,
-    /// Of those, how many outlive a request that has finished.
-    pub after_request: u64,
-    /// How long ago the oldest of them was spawned (milliseconds in JSON).
-    #[cfg_attr(feature = "serde", serde(serialize_with = "ser::millis"))]
-    pub oldest: Duration,
 }
 
 /// Where one route's live memory was allocated, in a [`Snapshot`].
@@ -165,9 +145,9 @@ pub(crate) fn take(engine: &Engine) -> Snapshot {
 fn collect(engine: &Engine) -> Snapshot {
     let now = Instant::now();
     let stats = engine.stats();
-    let tasks = task_groups(engine, now);
+    let tasks = engine.task_groups(now);
     let (tasks, task_groups_omitted) = truncated(tasks, Snapshot::MAX_TASK_GROUPS);
-    let sites_accounting = sites_accounting(stats.memory);
+    let sites_accounting = engine.sites_accounting();
     let reports = engine.leaks();
     let trend = trend(engine.trend_window(), &reports);
     let (reports, reports_omitted) = truncated(reports, Snapshot::MAX_REPORTS);
@@ -188,51 +168,6 @@ fn collect(engine: &Engine) -> Snapshot {
     }
 }
 
-/// How allocation sites count bytes, given how memory is counted.
-fn sites_accounting(memory: MemoryAccounting) -> MemoryAccounting {
-    match memory {
-        MemoryAccounting::Untracked => MemoryAccounting::Untracked,
-        _ if !alloc::sites_enabled() => MemoryAccounting::Untracked,
-        MemoryAccounting::Exact if alloc::sites_exact() => MemoryAccounting::Exact,
-        _ => MemoryAccounting::Estimated,
-    }
-}
-
-/// Tracked tasks still alive, grouped by route and spawn location, most tasks first.
-fn task_groups(engine: &Engine, now: Instant) -> Vec<TaskGroup> {
-    let mut groups: HashMap<(String, Option<SourceLocation>), TaskGroup> = HashMap::new();
-    engine.registry().for_each_object(|_, object| {
-        if !matches!(object.liveness, Liveness::Task(_)) || !object.liveness.is_alive() {
-            return;
-        }
-        let location = object.location.map(SourceLocation::from_std);
-        let route = object.scope.route.as_str();
-        let group = groups
-            .entry((route.to_owned(), location))
-            .or_insert_with(|| TaskGroup {
-                route: route.to_owned(),
-                location,
-                alive: 0,
-                after_request: 0,
-                oldest: Duration::ZERO,
-            });
-        group.alive += 1;
-        group.after_request += u64::from(!object.scope.is_open());
-        group.oldest = group
-            .oldest
-            .max(now.saturating_duration_since(object.created_at));
-    });
-    let mut groups: Vec<TaskGroup> = groups.into_values().collect();
-    groups.sort_by(|a, b| {
-        (b.alive, &a.route, a.location.map(|l| (l.file, l.line))).cmp(&(
-            a.alive,
-            &b.route,
-            b.location.map(|l| (l.file, l.line)),
-        ))
-    });
-    groups
-}
-
 /// The first `max` items, and how many were left out.
 fn truncated<T>(mut items: Vec<T>, max: usize) -> (Vec<T>, usize) {
     let omitted = items.len().saturating_sub(max);
@@ -242,22 +177,14 @@ fn truncated<T>(mut items: Vec<T>, max: usize) -> (Vec<T>, usize) {
 
 /// The routes' top allocation sites, resolved to source lines.
 fn sites(engine: &Engine) -> Vec<RouteSites> {
-    let mut raw: Vec<(String, Vec<alloc::RawSite>)> = engine
-        .route_slots()
-        .into_iter()
-        .map(|(slot, name)| {
-            let top = alloc::top_sites(slot, LeakReport::MAX_SITES);
-            (name.to_string(), top)
-        })
-        .filter(|(_, top)| !top.is_empty())
-        .collect();
-    let held = |top: &[alloc::RawSite]| top.iter().map(|s| s.bytes).sum::<u64>();
+    let mut raw = engine.top_sites(LeakReport::MAX_SITES);
+    let held = |top: &[RawSite]| top.iter().map(|s| s.bytes).sum::<u64>();
     raw.sort_by_key(|(_, top)| std::cmp::Reverse(held(top)));
     raw.truncate(Snapshot::MAX_SITE_ROUTES);
     let mut symbols = Symbolizer::default();
     raw.into_iter()
         .map(|(route, top)| RouteSites {
-            route,
+            route: route.to_string(),
             sites: symbols.sites(&top),
         })
         .collect()

@@ -14,7 +14,6 @@
 use std::collections::HashMap;
 
 use super::{Builder, Filter, HeldBy};
-use crate::alloc;
 use crate::alloc::symbolize::Symbolizer;
 use crate::engine::Engine;
 use crate::stats::MemoryAccounting;
@@ -27,11 +26,10 @@ pub(crate) const UNTRACKED: &str = "no heap profile: memory is not tracked (inst
 /// The heap profile of `engine`'s routes that `filter` keeps, gzipped; `Err` with the reason
 /// when memory or allocation sites are not tracked.
 pub(crate) fn heap(engine: &Engine, filter: &Filter) -> Result<Vec<u8>, &'static str> {
-    let accounting = super::super::sites_accounting(engine.memory_accounting());
+    let accounting = engine.sites_accounting();
     if !accounting.is_tracked() {
         return Err(UNTRACKED);
     }
-    let names: HashMap<u32, _> = engine.route_slots().into_iter().collect();
     // What finished requests hold of each route's live bytes.
     let finished_share: HashMap<String, Share> = engine
         .routes()
@@ -43,10 +41,7 @@ pub(crate) fn heap(engine: &Engine, filter: &Filter) -> Result<Vec<u8>, &'static
         .collect();
 
     let mut builder = Builder::new(&[("inuse_objects", "count"), ("inuse_space", "bytes")]);
-    let period = match accounting {
-        MemoryAccounting::Exact => 1,
-        _ => alloc::sampling_mean().unwrap_or_else(alloc::sites_mean),
-    };
+    let period = engine.sites_period();
     builder.period("space", "bytes", i64::try_from(period).unwrap_or(i64::MAX));
     builder.comment(match accounting {
         MemoryAccounting::Exact => "leakwatch heap profile: exact (every allocation of a request counted)",
@@ -54,21 +49,18 @@ pub(crate) fn heap(engine: &Engine, filter: &Filter) -> Result<Vec<u8>, &'static
     });
     let mut split = false;
     let mut symbols = Symbolizer::default();
-    let mut sites = alloc::live_sites();
+    let mut sites = engine.live_sites();
     sites.sort_by_key(|(_, site)| std::cmp::Reverse(site.bytes));
-    for (slot, site) in sites {
-        let Some(route) = names.get(&slot) else {
-            continue;
-        };
+    for (route, site) in sites {
         if filter
             .route
             .as_deref()
-            .is_some_and(|wanted| wanted != &**route)
+            .is_some_and(|wanted| wanted != &*route)
         {
             continue;
         }
         let share = finished_share
-            .get(&**route)
+            .get(&*route)
             .copied()
             .unwrap_or(Share::ALL_IN_FLIGHT);
         split |= share.is_split();
@@ -91,7 +83,7 @@ pub(crate) fn heap(engine: &Engine, filter: &Filter) -> Result<Vec<u8>, &'static
             builder.sample(
                 stack.clone(),
                 vec![saturating(blocks), saturating(bytes)],
-                &[("route", route), ("held_by", held_by.as_str())],
+                &[("route", &route), ("held_by", held_by.as_str())],
             );
         }
     }

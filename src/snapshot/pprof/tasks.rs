@@ -14,7 +14,7 @@ use super::{Builder, Filter, HeldBy};
 use crate::alloc::symbolize::Frame;
 use crate::engine::Engine;
 use crate::report::SourceLocation;
-use crate::snapshot::TaskGroup;
+use crate::stats::TaskGroup;
 
 /// A group of tasks and the await trace of one of them, when a dump gave one.
 struct Group {
@@ -32,7 +32,8 @@ fn groups(engine: &Engine, filter: &Filter) -> Vec<Group> {
                 .or_insert(trace);
         }
     }
-    crate::snapshot::task_groups(engine, Instant::now())
+    engine
+        .task_groups(Instant::now())
         .into_iter()
         .filter(|g| filter.route.as_deref().is_none_or(|route| route == g.route))
         .filter(|g| match filter.held_by {
