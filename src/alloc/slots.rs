@@ -218,11 +218,6 @@ impl Usage {
     pub(crate) fn retained_blocks(&self) -> u64 {
         self.alloc_blocks.saturating_sub(self.freed_blocks)
     }
-
-    /// Whether every block allocated was freed.
-    pub(crate) fn is_clean(&self) -> bool {
-        self.retained_bytes() == 0 && self.retained_blocks() == 0
-    }
 }
 
 /// Requests that went untracked because every scope slot was taken.

@@ -20,7 +20,7 @@ use std::time::Instant;
 use crate::alloc::{self, SlotGuard};
 use crate::config::Config;
 use crate::engine::sweeper::Sweeper;
-use crate::judge::memory::MemoryJudge;
+use crate::judge::memory::{self, MemoryJudge};
 use crate::judge::objects;
 use crate::judge::tasks::{Census, TaskJudge};
 use crate::judge::trend::Trend;
@@ -79,6 +79,17 @@ struct Judges {
     warnings: Warnings,
 }
 
+/// What the scopes phase of a sweep hands on.
+#[derive(Default)]
+struct Scopes {
+    /// Scopes the registry let go of.
+    released: Vec<Arc<Scope>>,
+    /// Requests in flight (outgoing calls left out).
+    open: u64,
+    /// What requests not judged yet hold, by route slot.
+    unjudged: HashMap<u32, u64>,
+}
+
 /// Totals since the detector was built.
 #[derive(Default)]
 struct Counters {
@@ -93,13 +104,17 @@ impl Engine {
     pub(crate) fn start(config: Config, sinks: Vec<Box<dyn ReportSink>>) -> Arc<Engine> {
         clock::wall(Instant::now()); // fixes the wall-clock epoch before any request
         let memory_tracked = alloc::is_installed();
-        let registry =
-            Registry::with_ignored_spawns(config.registry_capacity, config.ignored_spawns.clone());
+        let threshold = config.memory_threshold;
+        let registry = Registry::with(
+            config.registry_capacity,
+            config.ignored_spawns.clone(),
+            Box::new(move |usage| memory::holds_memory(usage, threshold)),
+        );
         let policy = RoutePolicy {
             ignored: config.ignored_routes.clone(),
             streaming: config.streaming_routes.clone(),
         };
-        let trend = Trend::new(config.trend.clone(), config.confirm_sweeps, &registry);
+        let trend = Trend::new(config.trend.clone(), config.confirm_sweeps, registry.ids());
         let (sweeper, stopped) = Sweeper::new();
         let interval = config.sweep_interval;
         let engine = Arc::new(Engine {
@@ -212,17 +227,33 @@ impl Engine {
     }
 
     /// One sweep: judge everything tracked, record and deliver the state changes, and return
-    /// them.
+    /// them. Its phases run in this order, each handing the next what it found.
     pub(crate) fn sweep(&self) -> Vec<LeakReport> {
         let _one_at_a_time = lock(&self.sweeping);
         let now = Instant::now();
-        let config = &self.config;
         let mut reports = Vec::new();
+        let census = self.judge_objects(now, &mut reports);
+        let scopes = self.judge_scopes(now, &mut reports);
+        lock(&self.active).record(&reports);
+        let finished = self.judge_routes(now, census, scopes, &mut reports);
+        self.registry.recycle(finished);
+        #[cfg(leakwatch_taskdump)]
+        self.dumps
+            .after_sweep(&self.registry, &self.active, &reports);
+        self.count(&reports);
+        self.deliver(&reports);
+        reports
+    }
+
+    /// First phase: the objects requests left behind (tasks, bodies, watched objects), each
+    /// against its request; returns the census of the tasks judged by growth instead.
+    ///
+    /// An object of a request still in flight is judged once the request has ended; until
+    /// then each sweep looks at one in `CHECK_IN_FLIGHT_EVERY` of them (by id; all of them when
+    /// the registry is more than half full) to forget those that are gone: a sweep over many
+    /// requests in flight reads their scopes, and only a few of their objects.
+    fn judge_objects(&self, now: Instant, reports: &mut Vec<LeakReport>) -> Census {
         let mut census = Census::default();
-        // An object of a request still in flight is judged once the request has ended; until
-        // then each sweep looks at one in `CHECK_IN_FLIGHT_EVERY` of them (by id; all of them
-        // when the registry is more than half full) to forget those that are gone: a sweep over
-        // many requests in flight reads their scopes, and only a few of their objects.
         let turn = self.counters.sweeps.load(Ordering::Relaxed) % CHECK_IN_FLIGHT_EVERY;
         let all = self.registry.len() > self.registry.capacity() / 2;
         self.registry.sweep_objects(|id, object| {
@@ -230,48 +261,58 @@ impl Engine {
             if !its_turn && object.scope.is_open() && !object.judged_by_growth() {
                 return true;
             }
-            let keep = objects::judge_object(id, object, now, config, &mut reports);
+            let keep = objects::judge_object(id, object, now, &self.config, reports);
             census.count(object);
             keep
         });
-        let mut open = 0;
-        // What requests not judged yet hold, by route slot.
-        let mut unjudged: HashMap<u32, u64> = HashMap::new();
+        census
+    }
+
+    /// Second phase: the requests' scopes — stuck requests, and finished ones the registry can
+    /// let go of.
+    fn judge_scopes(&self, now: Instant, reports: &mut Vec<LeakReport>) -> Scopes {
+        let mut scopes = Scopes::default();
         let released = self.registry.sweep_scopes(|scope, lifecycle| {
-            open += u64::from(scope.is_open() && !scope.is_upstream_call());
-            let keep = objects::judge_scope(scope, lifecycle, now, config, &mut reports);
+            scopes.open += u64::from(scope.is_open() && !scope.is_upstream_call());
+            let keep = objects::judge_scope(scope, lifecycle, now, &self.config, reports);
             if let Some(usage) = scope.usage().filter(|_| keep) {
-                *unjudged.entry(scope.route_slot()).or_default() += usage.retained_bytes();
+                *scopes.unjudged.entry(scope.route_slot()).or_default() += usage.retained_bytes();
             }
             keep
         });
-        lock(&self.active).record(&reports);
+        scopes.released = released;
+        scopes
+    }
+
+    /// Last phase, under the judges' lock: the memory of the requests let go and of every
+    /// route, the tasks of shared resources, the process trend, the one-shot findings to
+    /// remember, and what went uncounted. Returns the scopes nothing needs any more.
+    fn judge_routes(
+        &self,
+        now: Instant,
+        census: Census,
+        scopes: Scopes,
+        reports: &mut Vec<LeakReport>,
+    ) -> Vec<Arc<Scope>> {
+        let config = &self.config;
+        let ids = self.registry.ids();
         let mut guard = lock(&self.judges);
         let judges = &mut *guard;
-        let (counted, mut finished): (Vec<_>, Vec<_>) = released
+        let (counted, mut finished): (Vec<_>, Vec<_>) = scopes
+            .released
             .into_iter()
             .partition(|scope| scope.memory.is_some());
+        judges.memory.count_clean(&self.registry.take_clean(), ids);
+        finished.extend(judges.memory.judge_requests(counted, config, ids));
         judges
             .memory
-            .count_clean(&self.registry.take_clean(), &self.registry);
-        let returned = judges
-            .memory
-            .judge_requests(counted, config, &self.registry);
-        finished.extend(returned);
-        judges
-            .memory
-            .judge_routes(now, config, &unjudged, &mut reports);
-        let live_heap = || self.live_heap_bytes();
+            .judge_routes(now, config, &scopes.unjudged, reports);
         let finished_by_route = self.registry.finished_requests();
-        judges.tasks.judge(
-            census,
-            &finished_by_route,
-            now,
-            config,
-            &self.registry,
-            &mut reports,
-        );
-        judges.trend.sample(now, live_heap, open, &mut reports);
+        judges
+            .tasks
+            .judge(census, &finished_by_route, now, config, ids, reports);
+        let live_heap = || self.live_heap_bytes();
+        judges.trend.sample(now, live_heap, scopes.open, reports);
         for finding in reports
             .iter()
             .filter(|r| r.kind == LeakKind::UnconsumedBody)
@@ -282,14 +323,7 @@ impl Engine {
             judges.findings.push_back(finding.clone());
         }
         judges.warnings.check(self.uncounted(), now);
-        drop(guard);
-        self.registry.recycle(finished);
-        #[cfg(leakwatch_taskdump)]
-        self.dumps
-            .after_sweep(&self.registry, &self.active, &reports);
-        self.count(&reports);
-        self.deliver(&reports);
-        reports
+        finished
     }
 
     fn count(&self, reports: &[LeakReport]) {

@@ -38,13 +38,14 @@ use std::time::Instant;
 use super::growth::{RetainedGrowth, Steady};
 use crate::alloc;
 use crate::alloc::symbolize::Symbolizer;
+use crate::alloc::Usage;
 use crate::config::Config;
 use crate::judge::build::request_report;
-use crate::registry::Registry;
 use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request::scope::Scope;
 use crate::util::clock;
+use crate::util::Ids;
 
 /// How many requests per route are kept as witnesses.
 pub(crate) const WITNESSES_PER_ROUTE: usize = 8;
@@ -77,6 +78,14 @@ struct Witness {
     seq: u64,
 }
 
+/// Whether a finished request still holds memory worth judging: at least `memory_threshold`
+/// bytes. The one verdict on a request's memory: the registry applies it on the request's
+/// thread (to let a request go without the sweeper), the objects judge before the grace period
+/// ends, and this judge to choose witnesses and to drop those that let go.
+pub(crate) fn holds_memory(usage: &Usage, memory_threshold: u64) -> bool {
+    usage.retained_bytes() >= memory_threshold
+}
+
 impl MemoryJudge {
     /// Judges requests whose scopes closed more than the grace period ago (or settled earlier),
     /// oldest first. Keeps some as witnesses; returns the others, whose memory is no longer
@@ -85,13 +94,13 @@ impl MemoryJudge {
         &mut self,
         mut scopes: Vec<Arc<Scope>>,
         config: &Config,
-        registry: &Registry,
+        ids: &Ids,
     ) -> Vec<Arc<Scope>> {
         // In request order: "older" means opened earlier, not first in the registry.
         scopes.sort_unstable_by_key(|scope| scope.id);
         let mut done = Vec::with_capacity(scopes.len());
         for scope in scopes {
-            if let Some(scope) = self.judge_request(scope, config, registry) {
+            if let Some(scope) = self.judge_request(scope, config, ids) {
                 done.push(scope);
             }
         }
@@ -101,22 +110,22 @@ impl MemoryJudge {
     /// Counts as judged the requests that had freed all they allocated a few requests after
     /// they ended (by route slot): they gave their allocator slot back on their thread, and
     /// retain nothing.
-    pub(crate) fn count_clean(&mut self, clean: &[u64], registry: &Registry) {
+    pub(crate) fn count_clean(&mut self, clean: &[u64], ids: &Ids) {
         for (slot, &n) in clean.iter().enumerate().skip(1) {
             if n != 0 {
-                self.route(slot as u32, registry).judged += n;
+                self.route(slot as u32, ids).judged += n;
             }
         }
     }
 
     /// The memory of the route of allocator slot `slot`, added if new.
-    fn route(&mut self, slot: u32, registry: &Registry) -> &mut RouteMemory {
+    fn route(&mut self, slot: u32, ids: &Ids) -> &mut RouteMemory {
         self.routes.entry(slot).or_insert_with(|| RouteMemory {
             judged: 0,
             witnesses: VecDeque::new(),
             growth: RetainedGrowth::default(),
             latest: None,
-            alert: StandingAlert::new(registry.next_id()),
+            alert: StandingAlert::new(ids.next()),
         })
     }
 
@@ -125,7 +134,7 @@ impl MemoryJudge {
         &mut self,
         scope: Arc<Scope>,
         config: &Config,
-        registry: &Registry,
+        ids: &Ids,
     ) -> Option<Arc<Scope>> {
         let Some(usage) = scope.usage() else {
             return Some(scope);
@@ -136,10 +145,10 @@ impl MemoryJudge {
             scope.retire_memory();
             return Some(scope);
         }
-        let route = self.route(scope.route_slot(), registry);
+        let route = self.route(scope.route_slot(), ids);
         route.judged += 1;
         route.latest = Some(scope.clone());
-        if usage.retained_bytes() >= config.memory_threshold
+        if holds_memory(&usage, config.memory_threshold)
             && route.witnesses.len() < WITNESSES_PER_ROUTE
         {
             route.witnesses.push_back(Witness {
@@ -173,7 +182,7 @@ impl MemoryJudge {
                 let holds = w
                     .scope
                     .usage()
-                    .is_some_and(|u| u.retained_bytes() >= config.memory_threshold);
+                    .is_some_and(|u| holds_memory(&u, config.memory_threshold));
                 if !holds {
                     w.scope.retire_memory();
                 }

@@ -15,6 +15,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::judge::build::request_report;
+use crate::judge::memory::holds_memory;
 use crate::registry::TrackedObject;
 use crate::report::lifecycle::Lifecycle;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
@@ -178,7 +179,7 @@ pub(crate) fn judge_scope(
     let settled = !scope.left_objects()
         && scope
             .usage()
-            .is_some_and(|u| u.retained_bytes() < config.memory_threshold);
+            .is_some_and(|u| !holds_memory(&u, config.memory_threshold));
     !settled && now.saturating_duration_since(closed_at) < config.grace
 }
 

@@ -22,11 +22,12 @@ use std::time::Instant;
 use super::growth::RetainedGrowth;
 use crate::config::Config;
 use crate::judge::build::request_report;
-use crate::registry::{Registry, TrackedObject};
+use crate::registry::TrackedObject;
 use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::scope::Scope;
 use crate::util::clock;
+use crate::util::Ids;
 
 /// A group must grow by a task per this many requests, window after window.
 pub(crate) const REQUESTS_PER_TASK: u64 = 16;
@@ -97,7 +98,7 @@ impl TaskJudge {
         finished: &[u64],
         now: Instant,
         config: &Config,
-        registry: &Registry,
+        ids: &Ids,
         reports: &mut Vec<LeakReport>,
     ) {
         let mut census = census.0;
@@ -105,7 +106,7 @@ impl TaskJudge {
             if !self.groups.contains_key(key) && self.groups.len() < MAX_GROUPS {
                 let group = Group {
                     growth: RetainedGrowth::default(),
-                    alert: StandingAlert::new(registry.next_id()),
+                    alert: StandingAlert::new(ids.next()),
                 };
                 self.groups.insert(*key, group);
             }
@@ -176,7 +177,7 @@ mod tests {
     /// One sweep after `finished` requests of route 0, with `live` tasks spawned at `location`.
     fn sweep(
         judge: &mut TaskJudge,
-        registry: &Registry,
+        ids: &Ids,
         location: &'static Location<'static>,
         finished: u64,
         live: u64,
@@ -192,26 +193,20 @@ mod tests {
         }
         let mut reports = Vec::new();
         let now = Instant::now();
-        judge.judge(census, &[finished], now, &config(), registry, &mut reports);
+        judge.judge(census, &[finished], now, &config(), ids, &mut reports);
         reports
     }
 
     #[test]
     fn tasks_growing_with_the_requests_are_reported_at_their_spawn() {
-        let registry = Registry::new(8);
+        let ids = Ids::default();
         let location = Location::caller();
         let mut judge = TaskJudge::default();
         let mut reported = Vec::new();
         // One task left by every other request, a sweep every window.
         for window in 1..=5 {
             let finished = window * WINDOW;
-            reported.extend(sweep(
-                &mut judge,
-                &registry,
-                location,
-                finished,
-                finished / 2,
-            ));
+            reported.extend(sweep(&mut judge, &ids, location, finished, finished / 2));
         }
         assert_eq!(reported.len(), 1, "{reported:#?}");
         let report = &reported[0];
@@ -225,7 +220,7 @@ mod tests {
         );
         assert_eq!(judge.active_reports().count(), 1);
         // Their tasks end: the report is released.
-        let released = sweep(&mut judge, &registry, location, 6 * WINDOW, 0);
+        let released = sweep(&mut judge, &ids, location, 6 * WINDOW, 0);
         assert_eq!(released.len(), 1);
         assert_eq!(released[0].state, LeakState::Released);
         assert_eq!(judge.active_reports().count(), 0);
@@ -233,21 +228,21 @@ mod tests {
 
     #[test]
     fn a_pool_that_levels_off_and_a_worker_are_not() {
-        let registry = Registry::new(8);
+        let ids = Ids::default();
         let (pool, worker) = (Location::caller(), Location::caller());
         let mut judge = TaskJudge::default();
         for window in 1..=40 {
             let finished = window * WINDOW;
             // A pool growing to 10 connections, one per window, then steady.
             let pool_live = window.min(10);
-            assert!(sweep(&mut judge, &registry, pool, finished, pool_live).is_empty());
-            assert!(sweep(&mut judge, &registry, worker, finished, 1).is_empty());
+            assert!(sweep(&mut judge, &ids, pool, finished, pool_live).is_empty());
+            assert!(sweep(&mut judge, &ids, worker, finished, 1).is_empty());
         }
         // Too slow to tell from a pool: under a task per 16 requests.
         let slow = Location::caller();
         for window in 1..=40 {
             let finished = window * WINDOW;
-            assert!(sweep(&mut judge, &registry, slow, finished, window).is_empty());
+            assert!(sweep(&mut judge, &ids, slow, finished, window).is_empty());
         }
     }
 }

@@ -14,11 +14,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use crate::config::TrendConfig;
-use crate::registry::Registry;
 use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request::route;
 use crate::util::clock;
+use crate::util::Ids;
 
 /// One sample.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,15 +64,15 @@ struct Growth {
 impl Trend {
     /// A sampler of the tokio runtime it is made in, if any; its alerts' ids come from
     /// `registry`.
-    pub(crate) fn new(config: TrendConfig, confirm_sweeps: u32, registry: &Registry) -> Self {
+    pub(crate) fn new(config: TrendConfig, confirm_sweeps: u32, ids: &Ids) -> Self {
         Trend {
             config,
             confirm_sweeps,
             samples: VecDeque::new(),
             last: None,
             runtime: tokio::runtime::Handle::try_current().ok(),
-            heap: StandingAlert::new(registry.next_id()),
-            tasks: StandingAlert::new(registry.next_id()),
+            heap: StandingAlert::new(ids.next()),
+            tasks: StandingAlert::new(ids.next()),
         }
     }
 
@@ -245,7 +245,7 @@ mod tests {
             heap_absolute: 1000,
             task_absolute: 10,
         };
-        Trend::new(config, 0, &Registry::new(1))
+        Trend::new(config, 0, &Ids::default())
     }
 
     /// Feeds heap samples 1 ms apart from `start`; returns what was reported.

@@ -27,13 +27,13 @@ use self::shard::{
     count_finished, this_threads_shard, Shard, POOLED_PER_SHARD, SETTLING_PER_SHARD, SHARDS,
 };
 
-use crate::alloc::SlotGuard;
+use crate::alloc::{SlotGuard, Usage};
 use crate::report::lifecycle::Lifecycle;
 use crate::request::liveness::Liveness;
 use crate::request::origin;
 use crate::request::scope::{Judged, Owner, Place, RequestHead, Scope};
 use crate::util::sync::lock;
-use crate::util::IdHasher;
+use crate::util::{IdHasher, Ids};
 
 /// An object a request left behind: a task, a request body or a watched object.
 pub(crate) struct TrackedObject {
@@ -58,6 +58,10 @@ impl TrackedObject {
             || (matches!(self.liveness, Liveness::Task(_)) && self.scope.is_upgraded())
     }
 }
+
+/// Whether what a finished request still holds is memory to judge: the memory judge's one
+/// verdict on a request, which the registry applies on the request's own thread.
+pub(crate) type MemoryVerdict = Box<dyn Fn(&Usage) -> bool + Send + Sync>;
 
 type IdMap<V> = DashMap<u64, V, std::hash::BuildHasherDefault<IdHasher>>;
 
@@ -86,22 +90,37 @@ pub(crate) struct Registry {
     len: AtomicUsize,
     capacity: usize,
     skipped: AtomicU64,
-    next_id: AtomicU64,
+    ids: Ids,
+    /// Whether a finished request's memory is to be judged (else it is settled on its thread).
+    holds_memory: MemoryVerdict,
     /// Spawn locations whose tasks are not tracked
     /// ([`ignore_spawned_at`](crate::LeakDetectorBuilder::ignore_spawned_at)).
     ignored_spawns: Box<[Box<str>]>,
 }
 
 impl Registry {
+    /// A registry for tests: every spawn tracked; a request holds memory to judge while it
+    /// retains a byte.
     #[cfg(test)]
     pub(crate) fn new(capacity: usize) -> Arc<Self> {
-        Self::with_ignored_spawns(capacity, Vec::new())
+        Self::with(
+            capacity,
+            Vec::new(),
+            Box::new(|usage| usage.retained_bytes() > 0),
+        )
     }
 
-    /// A registry that does not track tasks spawned at locations matching `ignored_spawns`.
-    pub(crate) fn with_ignored_spawns(capacity: usize, ignored_spawns: Vec<Box<str>>) -> Arc<Self> {
+    /// A registry that does not track tasks spawned at locations matching `ignored_spawns`,
+    /// and that lets a finished request go on its own thread unless `holds_memory` says its
+    /// memory is to be judged (the memory judge's verdict, handed down by the engine).
+    pub(crate) fn with(
+        capacity: usize,
+        ignored_spawns: Vec<Box<str>>,
+        holds_memory: MemoryVerdict,
+    ) -> Arc<Self> {
         Arc::new_cyclic(|me| Registry {
             ignored_spawns: ignored_spawns.into_boxed_slice(),
+            holds_memory,
             me: me.clone(),
             shards: [const { Mutex::new(Shard::new()) }; SHARDS],
             taken: Mutex::new(Taken::default()),
@@ -109,14 +128,19 @@ impl Registry {
             len: AtomicUsize::new(0),
             capacity,
             skipped: AtomicU64::new(0),
-            next_id: AtomicU64::new(1),
+            ids: Ids::default(),
         })
     }
 
-    /// A fresh id for a scope, an object or a standing alert: one sequence, so report ids never
-    /// collide.
+    /// The detector's ids: scopes and objects are numbered from it, and so are the judges'
+    /// standing alerts.
+    pub(crate) fn ids(&self) -> &Ids {
+        &self.ids
+    }
+
+    /// A fresh id for a scope or an object.
     pub(crate) fn next_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        self.ids.next()
     }
 
     /// Claims room for one entry, or counts it as skipped.
@@ -407,12 +431,12 @@ impl Owner for Registry {
 
 impl Registry {
     /// Settles the memory of a request that ended a few requests ago (its response's bytes
-    /// written and freed by now): one that has freed all it allocated, with nothing left that
+    /// written and freed by now): one that holds no memory to judge, with nothing left that
     /// could allocate for it, gives its allocator slot back here and is counted as judged
     /// clean, without waiting for the sweeper — under load, slots would otherwise run out and
     /// requests go uncounted. Any other is the sweeper's.
     fn settle(&self, shard: &mut Shard, scope: Arc<Scope>) {
-        if !is_unused(&scope) || !scope.retire_memory_if_clean() {
+        if !is_unused(&scope) || !scope.retire_memory_unless(&*self.holds_memory) {
             shard.handed.push(scope);
             return;
         }

@@ -326,13 +326,13 @@ impl Scope {
         self.memory.as_ref().is_some_and(SlotGuard::is_held)
     }
 
-    /// After the request has ended: when it has freed every block it allocated, stops counting
-    /// its memory per request and returns `true` — there is nothing left for the memory judge to
-    /// wait for. The caller makes sure nothing else holds the scope (no task or body of the
-    /// request can allocate under its tag any more).
-    pub(crate) fn retire_memory_if_clean(&self) -> bool {
+    /// After the request has ended: unless what it still holds is memory to judge
+    /// (`holds_memory`), stops counting its memory per request and returns `true` — there is
+    /// nothing left for the memory judge to wait for. The caller makes sure nothing else holds
+    /// the scope (no task or body of the request can allocate under its tag any more).
+    pub(crate) fn retire_memory_unless(&self, holds_memory: &dyn Fn(&Usage) -> bool) -> bool {
         match &self.memory {
-            Some(slot) if slot.usage().is_some_and(|usage| usage.is_clean()) => {
+            Some(slot) if slot.usage().is_some_and(|usage| !holds_memory(&usage)) => {
                 slot.release();
                 true
             }

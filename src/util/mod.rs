@@ -1,9 +1,28 @@
-//! Small helpers every stage uses: the clock conversion, the one way to lock, text tables and
-//! the id hasher.
+//! Small helpers every stage uses: the clock conversion, the one way to lock, text tables, the
+//! id source and the id hasher.
 
 pub(crate) mod clock;
 pub(crate) mod sync;
 pub(crate) mod table;
+
+/// The one sequence of ids of a detector: scopes, tracked objects and standing alerts draw from
+/// it, so report ids never collide. The registry owns it; the judges draw from it through the
+/// engine, without reaching into the registry.
+#[derive(Debug)]
+pub(crate) struct Ids(std::sync::atomic::AtomicU64);
+
+impl Default for Ids {
+    fn default() -> Self {
+        Ids(std::sync::atomic::AtomicU64::new(1))
+    }
+}
+
+impl Ids {
+    /// A fresh id (never 0, which reports about the whole process use as a request number).
+    pub(crate) fn next(&self) -> u64 {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
 
 /// Hashes sequential `u64` ids (the registry's, tokio's task ids) with one multiplication (Fibonacci hashing): the
 /// ids are not attacker-controlled, and SipHash would cost more than the rest of an insert.
