@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per allocation and free of one block, counted by callgrind: `System`, and
 # `TrackingAllocator` in exact and in sampled mode (512 KiB), outside any request, for 16 B,
-# 256 B, 4 KiB and 64 KiB (examples/alloc_churn.rs). Deterministic, unlike `cargo bench
+# 256 B, 4 KiB and 64 KiB (benches/servers/alloc_churn.rs). Deterministic, unlike `cargo bench
 # --bench alloc` on a shared VM. Each count is the difference between N2 and N1 iterations,
 # over N2 − N1, so that start-up is left out.
 #

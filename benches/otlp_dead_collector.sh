@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Export never gets in the way: requests per second and latency of an axum service whose
-# leakwatch layer exports leak spans over OTLP (examples/load_otlp.rs; one request in 50 leaks a
+# leakwatch layer exports leak spans over OTLP (benches/servers/load_otlp.rs; one request in 50 leaks a
 # task for 2 s, sweeps every 100 ms), with
 #   off        no export (the baseline)
 #   refusing   the collector's port refuses connections

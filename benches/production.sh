@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Production benchmark: the axum service of examples/load on a multi-thread runtime (LOAD_WORKERS
+# Production benchmark: the axum service of benches/servers/load on a multi-thread runtime (LOAD_WORKERS
 # workers, 2 by default), a mix of routes in turn — /hello, /json, /alloc (a few hundred
 # allocations) and /upstream (a call through a pooled hyper client to an upstream service on
 # 127.0.0.1) — driven by oha (https://github.com/hatoo/oha; installed once under target/tools

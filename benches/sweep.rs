@@ -55,8 +55,8 @@ fn sweep_of(c: &mut Criterion, runtime: &tokio::runtime::Runtime, name: &str, ca
         })
         .collect();
     let stats = detector.stats();
-    assert_eq!(stats.requests_in_flight, IN_FLIGHT);
-    assert_eq!(stats.tracked_tasks, IN_FLIGHT);
+    assert_eq!(stats.requests_in_flight, IN_FLIGHT as u64);
+    assert_eq!(stats.tracked_tasks, IN_FLIGHT as u64);
     c.bench_function(name, |b| b.iter(|| detector.sweep_now()));
     assert!(
         detector.leaks().is_empty(),

@@ -6,104 +6,33 @@
 //! cargo run --example demo -- --serve       # keep serving on 127.0.0.1:3000; leaks are logged
 //! ```
 //!
-//! Each leaky route reproduces one pattern of `shared/scenarios.md` (L1–L10, L9 against an
-//! in-process upstream); the clean routes (C1–C6, and L9's control) must never be reported. The demo installs the `TrackingAllocator`, so heap
+//! Each leaky route reproduces one pattern of `tests/scenarios/README.md` (L1–L10, L9 against
+//! an in-process upstream); the clean routes (C1–C6, and L9's control) must never be reported.
+//! The service is the one the tests drive (`examples/scenarios`). The demo installs the `TrackingAllocator`, so heap
 //! memory kept by requests is attributed to their routes.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::convert::Infallible;
+use std::collections::BTreeMap;
 use std::future::IntoFuture;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::body::Body;
-use axum::extract::{Path, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Router;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
-use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
+use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use leakwatch::client::{ClientLeakService, ResponseBody};
 use leakwatch::sink::{CollectingSink, TracingSink};
 use leakwatch::{LeakDetector, LeakKind, LeakReport, LeakState};
-use tokio::sync::{mpsc, Semaphore};
-use tower::ServiceExt;
+use tokio::sync::Semaphore;
+
+mod scenarios;
+
+use scenarios::{start_upstream, Kept};
 
 /// The demo counts heap memory per request and per route.
 #[global_allocator]
 static ALLOC: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::system();
-
-/// What the leaky handlers keep past their requests.
-#[derive(Clone, Default)]
-struct Globals {
-    senders: Arc<Mutex<Vec<mpsc::Sender<u64>>>>,
-    bodies: Arc<Mutex<Vec<Body>>>,
-    sessions: Arc<Mutex<Vec<Arc<Session>>>>,
-    cache: Arc<Mutex<HashMap<u64, Vec<u8>>>>,
-    callbacks: Arc<Mutex<Vec<Callback>>>,
-    lru: Arc<Mutex<VecDeque<Vec<u8>>>>,
-    upstream: Option<Upstream>,
-    upstream_bodies: Arc<Mutex<Vec<ResponseBody<Incoming>>>>,
-}
-
-/// The client for the demo's own upstream (L9), behind `client_layer()`.
-#[derive(Clone)]
-struct Upstream {
-    client: ClientLeakService<Client<HttpConnector, Empty<Bytes>>>,
-    addr: SocketAddr,
-}
-
-impl Globals {
-    /// The handlers' globals, with a client for the upstream at `addr`.
-    fn new(detector: &LeakDetector, addr: SocketAddr) -> Self {
-        let client = tower::ServiceBuilder::new()
-            .layer(detector.client_layer())
-            .service(Client::builder(TokioExecutor::new()).build_http());
-        Globals {
-            upstream: Some(Upstream { client, addr }),
-            ..Globals::default()
-        }
-    }
-
-    /// `GET /data` from the upstream.
-    async fn call_upstream(&self) -> Option<http::Response<ResponseBody<Incoming>>> {
-        let upstream = self.upstream.as_ref()?;
-        let uri = format!("http://{}/data", upstream.addr);
-        let request = http::Request::get(uri).body(Empty::new()).ok()?;
-        upstream.client.clone().oneshot(request).await.ok()
-    }
-}
-
-/// The demo's upstream: an in-process axum server on 127.0.0.1 answering 16 KiB.
-async fn start_upstream() -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind the upstream");
-    let addr = listener.local_addr().expect("the upstream's address");
-    let app = Router::new().route("/data", get(|| async { vec![7u8; 16 * 1024] }));
-    tokio::spawn(axum::serve(listener, app).into_future());
-    addr
-}
-
-/// A callback registered by a request (L6).
-type Callback = Box<dyn Fn() -> usize + Send>;
-
-/// A node of an `Arc` cycle (L8).
-struct Node {
-    _payload: Vec<u8>,
-    next: Mutex<Option<Arc<Node>>>,
-}
-
-/// Per-request state that a handler wrongly stores globally (L7).
-#[allow(dead_code)]
-struct Session {
-    user: u64,
-    token: [u8; 32],
-}
 
 /// How a route of the demo behaves.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -166,200 +95,16 @@ const TARGETS: &[Target] = &[
     target("GET", "/leak/plain/{n}", "/leak/plain/{id}", 0, Leaky, "L1 plain tokio::spawn, hooked"),
     target("GET", "/ok/json", "/ok/json", 0, Clean, "C1 plain JSON"),
     target("GET", "/ok/task", "/ok/task", 0, Clean, "C2 task done inside grace"),
-    target("GET", "/ok/lru/{n}", "/ok/lru/{id}", 0, CleanMemory, "C3 bounded cache of 32"),
+    target("GET", "/ok/lru/{n}", "/ok/lru/{id}", 0, CleanMemory, "C3 bounded cache of 32 entries"),
     target("GET", "/ok/stream", "/ok/stream", 0, Clean, "C4 streamed to the end"),
     target("GET", "/ok/config", "/ok/config", 0, CleanMemory, "C5 1 MiB OnceLock init"),
     target("POST", "/ok/upload", "/ok/upload", 16 * 1024, Clean, "C6 body read"),
     target("GET", "/ok/upstream", "/ok/upstream", 0, Clean, "L9's control: upstream body read"),
 ];
 
-fn app(detector: &LeakDetector, globals: Globals) -> Router {
-    Router::new()
-        .route("/leak/task/{id}", get(leak_task))
-        .route("/leak/channel/{id}", get(leak_channel))
-        .route("/leak/upload", post(leak_upload))
-        .route("/leak/body", post(leak_body))
-        .route("/leak/session/{id}", get(leak_session))
-        .route("/leak/ticker", get(leak_ticker))
-        .route("/leak/plain/{id}", get(leak_plain))
-        .route("/leak/cache/{id}", get(leak_cache))
-        .route("/leak/callback/{id}", get(leak_callback))
-        .route("/leak/cycle/{id}", get(leak_cycle))
-        .route("/ok/lru/{id}", get(ok_lru))
-        .route("/ok/config", get(ok_config))
-        .route("/ok/json", get(ok_json))
-        .route("/ok/task", get(ok_task))
-        .route("/ok/stream", get(ok_stream))
-        .route("/ok/upload", post(ok_upload))
-        .route("/leak/upstream", get(leak_upstream))
-        .route("/ok/upstream", get(ok_upstream))
-        .nest_service("/debug/leaks", detector.snapshot_service())
-        .with_state(globals)
-        .layer(detector.layer())
-}
-
-/// L9: the upstream's response is kept and its body never read.
-async fn leak_upstream(State(globals): State<Globals>) -> &'static str {
-    let Some(response) = globals.call_upstream().await else {
-        return "the upstream did not answer\n";
-    };
-    globals
-        .upstream_bodies
-        .lock()
-        .unwrap()
-        .push(response.into_body());
-    "kept the upstream's response without reading it\n"
-}
-
-/// L9's control: the upstream's body is read to its end.
-async fn ok_upstream(State(globals): State<Globals>) -> String {
-    let Some(response) = globals.call_upstream().await else {
-        return "the upstream did not answer\n".to_owned();
-    };
-    match response.into_body().collect().await {
-        Ok(body) => format!("read {} bytes from the upstream\n", body.to_bytes().len()),
-        Err(error) => format!("reading the upstream failed: {error}\n"),
-    }
-}
-
-async fn leak_task() -> &'static str {
-    leakwatch::spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
-    "spawned a task that sleeps for an hour\n"
-}
-
-/// L1 through plain `tokio::spawn`: reported only when the runtime has leakwatch's hooks (built
-/// with `--cfg tokio_unstable`; the demo's own check expects it then, and only then).
-async fn leak_plain() -> &'static str {
-    tokio::spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
-    "spawned a task (plain tokio::spawn) that sleeps for an hour\n"
-}
-
-async fn leak_channel(State(globals): State<Globals>) -> &'static str {
-    let (tx, mut rx) = mpsc::channel::<u64>(1);
-    globals.senders.lock().unwrap().push(tx);
-    leakwatch::spawn(async move { while rx.recv().await.is_some() {} });
-    "spawned a task waiting on a channel nobody closes\n"
-}
-
-async fn leak_upload() -> &'static str {
-    "ignored your upload\n"
-}
-
-async fn leak_body(State(globals): State<Globals>, body: Body) -> &'static str {
-    globals.bodies.lock().unwrap().push(body);
-    "kept your body\n"
-}
-
-async fn leak_session(State(globals): State<Globals>, Path(user): Path<u64>) -> &'static str {
-    let session = Arc::new(Session {
-        user,
-        token: [7; 32],
-    });
-    leakwatch::watch(&session);
-    globals.sessions.lock().unwrap().push(session);
-    "stored your session globally\n"
-}
-
-async fn leak_ticker() -> &'static str {
-    leakwatch::spawn(async {
-        let mut ticker = tokio::time::interval(Duration::from_millis(250));
-        loop {
-            ticker.tick().await;
-        }
-    });
-    "started a ticker nobody stops\n"
-}
-
-async fn leak_cache(State(globals): State<Globals>, Path(id): Path<u64>) -> &'static str {
-    globals.cache.lock().unwrap().insert(id, vec![7; 4096]);
-    "cached 4 KiB of your request, forever\n"
-}
-
-async fn leak_callback(State(globals): State<Globals>, Path(id): Path<u64>) -> &'static str {
-    let data = Arc::new(vec![id as u8; 16 * 1024]);
-    globals
-        .callbacks
-        .lock()
-        .unwrap()
-        .push(Box::new(move || data.len()));
-    "registered a callback capturing 16 KiB\n"
-}
-
-async fn leak_cycle(Path(id): Path<u64>) -> &'static str {
-    let a = Arc::new(Node {
-        _payload: vec![id as u8; 4096],
-        next: Mutex::new(None),
-    });
-    let b = Arc::new(Node {
-        _payload: vec![id as u8; 4096],
-        next: Mutex::new(Some(a.clone())),
-    });
-    *a.next.lock().unwrap() = Some(b);
-    "built an Arc cycle\n"
-}
-
-async fn ok_lru(State(globals): State<Globals>, Path(id): Path<u64>) -> &'static str {
-    let mut lru = globals.lru.lock().unwrap();
-    if lru.len() == 32 {
-        lru.pop_front();
-    }
-    lru.push_back(vec![id as u8; 4096]);
-    "cached in a bounded cache\n"
-}
-
-async fn ok_config() -> String {
-    static CONFIG: OnceLock<Vec<u8>> = OnceLock::new();
-    format!(
-        "{} bytes of config\n",
-        CONFIG.get_or_init(|| vec![1; 1 << 20]).len()
-    )
-}
-
-async fn ok_json() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
-}
-
-async fn ok_task() -> &'static str {
-    leakwatch::spawn(async { tokio::time::sleep(Duration::from_millis(50)).await });
-    "spawned a task that ends in 50 ms\n"
-}
-
-async fn ok_stream() -> Body {
-    let (tx, rx) = mpsc::channel::<Bytes>(1);
-    leakwatch::spawn(async move {
-        for i in 0..5 {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            if tx
-                .send(Bytes::from(format!("data: {i}\n\n")))
-                .await
-                .is_err()
-            {
-                return; // the client went away
-            }
-        }
-    });
-    Body::new(ChannelBody(rx))
-}
-
-/// A streamed response body fed by a channel: one frame per message, unbuffered.
-struct ChannelBody(mpsc::Receiver<Bytes>);
-
-impl http_body::Body for ChannelBody {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        self.0
-            .poll_recv(cx)
-            .map(|c| c.map(|c| Ok(http_body::Frame::data(c))))
-    }
-}
-
-async fn ok_upload(body: Bytes) -> String {
-    format!("read {} bytes\n", body.len())
+/// The scenario service, with the snapshot endpoint beside it (outside the detector's layer).
+fn app(detector: &LeakDetector, kept: Kept) -> Router {
+    scenarios::app(detector, kept).nest_service("/debug/leaks", detector.snapshot_service())
 }
 
 struct Options {
@@ -501,8 +246,8 @@ async fn serve(options: Options) {
     println!("  curl http://{addr}/debug/leaks?format=text    # the snapshot as tables (JSON without ?format)");
     println!("  go tool pprof -http=: http://{addr}/debug/leaks/heap    # the retained heap by route and line (pprof)");
     println!("  curl http://{addr}/debug/leaks/tasks?debug=1    # the tracked tasks by route and spawn line (pprof without ?debug)");
-    let globals = Globals::new(&detector, start_upstream().await);
-    axum::serve(listener, app(&detector, globals))
+    let kept = Kept::with_upstream(&detector, start_upstream().await);
+    axum::serve(listener, app(&detector, kept))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
         })
@@ -531,8 +276,8 @@ async fn drive(options: Options) {
         .await
         .expect("bind");
     let addr = listener.local_addr().unwrap();
-    let globals = Globals::new(&detector, start_upstream().await);
-    let server = tokio::spawn(axum::serve(listener, app(&detector, globals)).into_future());
+    let kept = Kept::with_upstream(&detector, start_upstream().await);
+    let server = tokio::spawn(axum::serve(listener, app(&detector, kept)).into_future());
 
     println!(
         "leakwatch demo: axum on http://{addr}, {} requests per leaky route, {} per clean route, \
@@ -576,13 +321,13 @@ async fn drive(options: Options) {
         println!("\nleak spans and metrics exported over OTLP");
     }
     println!(
-        "\ndetector: {} sweeps, {} requests in flight, {} registry entries (capacity {}), {} skipped, \
+        "\ndetector: {} sweeps, {} requests in flight, {} registry entries (capacity {}), {} uncounted, \
          {} sink reports ({} released)",
         stats.sweeps,
         stats.requests_in_flight,
         stats.registry_entries,
         stats.registry_capacity,
-        stats.skipped,
+        stats.uncounted.registry_entries,
         collected.reports().len(),
         stats.released_total,
     );
@@ -702,7 +447,7 @@ fn print_table(leaks: &[LeakReport], options: &Options) {
             .push(report);
     }
     println!(
-        "\n{:<26} {:<15} {:>5} {:>9}  {:<22} EXAMPLE",
+        "\n{:<26} {:<15} {:>5} {:>9}  {:<29} EXAMPLE",
         "ROUTE", "KIND", "COUNT", "CONFIRMED", "LOCATION"
     );
     for ((route, method, kind), reports) in &groups {
@@ -721,7 +466,7 @@ fn print_table(leaks: &[LeakReport], options: &Options) {
         };
         let what = example.type_name.map(short_type).unwrap_or("");
         println!(
-            "{:<26} {:<15} {:>5} {:>9}  {:<22} {} {}{}",
+            "{:<26} {:<15} {:>5} {:>9}  {:<29} {} {}{}",
             format!("{method} {route}"),
             kind.as_str(),
             reports.len(),

@@ -48,9 +48,9 @@ impl Default for Config {
             trend: TrendConfig {
                 interval: B::DEFAULT_TREND_INTERVAL,
                 window: B::DEFAULT_TREND_WINDOW,
-                relative: B::DEFAULT_GROWTH_RATIO,
-                heap_absolute: B::DEFAULT_HEAP_GROWTH_BYTES,
-                task_absolute: B::DEFAULT_TASK_GROWTH,
+                growth_ratio: B::DEFAULT_GROWTH_RATIO,
+                heap_growth_bytes: B::DEFAULT_HEAP_GROWTH_BYTES,
+                task_growth: B::DEFAULT_TASK_GROWTH,
             },
             route_fn: None,
             ignored_routes: Vec::new(),
@@ -75,9 +75,9 @@ impl fmt::Debug for RouteFnBox {
 pub(crate) struct TrendConfig {
     pub(crate) interval: Duration,
     pub(crate) window: usize,
-    pub(crate) relative: f64,
-    pub(crate) heap_absolute: u64,
-    pub(crate) task_absolute: u64,
+    pub(crate) growth_ratio: f64,
+    pub(crate) heap_growth_bytes: u64,
+    pub(crate) task_growth: u64,
 }
 
 /// Builder for a [`LeakDetector`](crate::LeakDetector), made by
@@ -184,8 +184,8 @@ impl LeakDetectorBuilder {
     }
 
     /// The most scopes and tracked objects held at once. Past it, new requests and objects go
-    /// untracked and [`Stats::skipped`](crate::stats::Stats::skipped) counts them, so the detector's own
-    /// memory stays bounded.
+    /// untracked and [`Uncounted::registry_entries`](crate::stats::Uncounted::registry_entries)
+    /// counts them, so the detector's own memory stays bounded.
     ///
     /// Default: [`DEFAULT_REGISTRY_CAPACITY`](Self::DEFAULT_REGISTRY_CAPACITY). Must be greater
     /// than zero.
@@ -242,7 +242,7 @@ impl LeakDetectorBuilder {
     /// `0.3` is 30 %. Default: [`DEFAULT_GROWTH_RATIO`](Self::DEFAULT_GROWTH_RATIO). Must be a
     /// finite number greater than zero.
     pub fn growth_ratio(mut self, ratio: f64) -> Self {
-        self.config.trend.relative = ratio;
+        self.config.trend.growth_ratio = ratio;
         self
     }
 
@@ -251,7 +251,7 @@ impl LeakDetectorBuilder {
     /// raised. Default: [`DEFAULT_HEAP_GROWTH_BYTES`](Self::DEFAULT_HEAP_GROWTH_BYTES). Must be
     /// greater than zero.
     pub fn heap_growth_bytes(mut self, bytes: u64) -> Self {
-        self.config.trend.heap_absolute = bytes;
+        self.config.trend.heap_growth_bytes = bytes;
         self
     }
 
@@ -260,7 +260,7 @@ impl LeakDetectorBuilder {
     /// raised. Default: [`DEFAULT_TASK_GROWTH`](Self::DEFAULT_TASK_GROWTH). Must be greater than
     /// zero.
     pub fn task_growth(mut self, tasks: u64) -> Self {
-        self.config.trend.task_absolute = tasks;
+        self.config.trend.task_growth = tasks;
         self
     }
 
@@ -360,8 +360,8 @@ impl LeakDetectorBuilder {
             ("memory_threshold", config.memory_threshold == 0),
             ("memory_window", config.memory_window == 0),
             ("trend_interval", trend.interval.is_zero()),
-            ("heap_growth_bytes", trend.heap_absolute == 0),
-            ("task_growth", trend.task_absolute == 0),
+            ("heap_growth_bytes", trend.heap_growth_bytes == 0),
+            ("task_growth", trend.task_growth == 0),
         ];
         if let Some((field, _)) = zero.into_iter().find(|&(_, zero)| zero) {
             return Err(ConfigError::new(field, "must be greater than zero"));
@@ -383,11 +383,11 @@ impl LeakDetectorBuilder {
             }),
             (
                 "growth_ratio",
-                trend.relative.is_finite() && trend.relative > 0.0,
+                trend.growth_ratio.is_finite() && trend.growth_ratio > 0.0,
                 &|| {
                     format!(
                         "must be a finite number greater than zero, not {}",
-                        trend.relative
+                        trend.growth_ratio
                     )
                 },
             ),

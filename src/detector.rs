@@ -58,7 +58,7 @@ impl fmt::Debug for LeakDetector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LeakDetector")
             .field("registry_entries", &self.engine.registry_entries())
-            .field("skipped", &self.engine.uncounted().skipped)
+            .field("uncounted", &self.engine.uncounted())
             .finish_non_exhaustive()
     }
 }
@@ -170,7 +170,8 @@ cfg_feature! {
     /// | `leakwatch.tasks.alive` | `{task}` | alive tokio tasks at the last trend sample |
     /// | `leakwatch.requests.in_flight` | `{request}` | requests in flight |
     /// | `leakwatch.registry.entries` | `{entry}` | scopes and objects held by the registry |
-    /// | `leakwatch.registry.skipped` | `{entry}` | entries not tracked because the registry was full (counter) |
+    /// | `leakwatch.registry.uncounted` | `{entry}` | entries not tracked because the registry was full (counter; [`Uncounted::registry_entries`](crate::stats::Uncounted::registry_entries)) |
+    /// | `leakwatch.requests.uncounted` | `{request}` | requests whose memory was not counted per request: every allocator slot was taken (counter; [`Uncounted::requests`](crate::stats::Uncounted::requests)) |
     ///
     /// Each instrument reads only its own figure; none builds a report. The callbacks hold
     /// only a weak reference: once the detector is gone they report nothing.

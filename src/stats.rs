@@ -55,7 +55,7 @@ impl serde::Serialize for KindCounts {
 #[non_exhaustive]
 pub struct Stats {
     /// Requests in flight: their response has not finished.
-    pub requests_in_flight: usize,
+    pub requests_in_flight: u64,
     /// Entries held by the registry: requests (in flight, or finished and not yet swept) and
     /// the objects they left behind.
     pub registry_entries: usize,
@@ -63,14 +63,11 @@ pub struct Stats {
     pub registry_capacity: usize,
     /// Tasks tracked now (spawned through [`crate::spawn`] / [`crate::scoped`] in a request, or
     /// by the runtime hooks).
-    pub tracked_tasks: usize,
+    pub tracked_tasks: u64,
     /// Request bodies tracked now.
-    pub tracked_bodies: usize,
+    pub tracked_bodies: u64,
     /// Objects passed to [`crate::watch`] and tracked now.
-    pub watched_objects: usize,
-    /// Requests and objects not tracked because the registry was full, since the detector was
-    /// built.
-    pub skipped: u64,
+    pub watched_objects: u64,
     /// Sweeps run, by the background sweeper or [`LeakDetector::sweep_now`](crate::LeakDetector::sweep_now).
     pub sweeps: u64,
     /// Active reports by kind, as [`LeakDetector::leaks`](crate::LeakDetector::leaks) returns them.
@@ -87,30 +84,44 @@ pub struct Stats {
     /// Live heap bytes of the whole process, from the allocator; `None` when memory is not
     /// tracked.
     pub live_heap_bytes: Option<u64>,
-    /// Requests whose memory went uncounted because every request slot of the allocator was
-    /// taken (process-wide, since start-up).
-    pub untracked_requests: u64,
+    /// What went uncounted since start-up, and why.
+    pub uncounted: Uncounted,
     /// Requests whose memory is counted per request now (process-wide): those in flight, and
     /// those that ended still holding memory, until the sweeper has judged them (after the
     /// [`grace`](crate::LeakDetectorBuilder::grace) period). A request that frees all it
     /// allocated gives its slot back on its thread a few requests after it ends. Past 65 536,
     /// new requests go uncounted
-    /// ([`untracked_requests`](Self::untracked_requests)).
+    /// ([`Uncounted::requests`]).
     pub memory_slots_in_use: u64,
     /// Per route, by template: requests in flight and finished, memory, tasks alive.
     pub routes: Vec<RouteStats>,
     /// Alive tasks of the tokio runtime the detector was built in, at the last trend sample;
     /// `None` when built outside a runtime or before the first sample.
-    pub alive_tasks: Option<u64>,
-    /// Allocation-site samples not recorded because the site table was full (process-wide).
-    pub sites_dropped: u64,
-    /// In sampled mode: samples that could not be served from the sampled blocks' address
-    /// range (it could not be reserved, or is used up), so that their blocks went uncounted
-    /// and the estimates are low (process-wide). 0 in exact mode.
-    pub samples_unserved: u64,
+    pub runtime_tasks: Option<u64>,
     /// In sampled mode: bytes of the sampled blocks' address range handed out so far, free runs
     /// included — at most this much of it is resident (process-wide). 0 in exact mode.
     pub sampled_region_bytes: u64,
+}
+
+/// What went uncounted since start-up, in [`Stats::uncounted`]: each field says what was not
+/// counted and why. All 0 in a healthy set-up; each cause is warned about in the logs (at most
+/// once a minute) with the setting that raises its bound.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct Uncounted {
+    /// Requests, tasks, bodies and watched objects not tracked because the registry was full
+    /// ([`registry_capacity`](crate::LeakDetectorBuilder::registry_capacity)).
+    pub registry_entries: u64,
+    /// Requests whose memory was not counted per request because every request slot of the
+    /// allocator was taken (process-wide).
+    pub requests: u64,
+    /// Allocation-site samples not recorded because the site table was full (process-wide).
+    pub allocation_sites: u64,
+    /// In sampled mode: samples that could not be served from the sampled blocks' address
+    /// range (it could not be reserved, or is used up), so that their blocks went uncounted
+    /// and the estimates are low (process-wide). 0 in exact mode.
+    pub samples: u64,
 }
 
 /// One route's figures, in [`Stats::routes`].
@@ -142,7 +153,7 @@ pub struct RouteStats {
     /// Finished requests kept as witnesses because they still hold memory.
     pub witnesses: usize,
     /// Tracked tasks of the route still alive.
-    pub tasks_alive: u64,
+    pub tracked_tasks: u64,
 }
 
 /// How byte figures are counted: in [`Stats::memory`], in the snapshot and in the CI guard.

@@ -77,7 +77,7 @@ fn parallel_requests_are_charged_exactly_to_their_own_routes() {
     detector.sweep_now();
     let stats = detector.stats();
     assert_eq!(stats.routes.len(), THREADS, "{stats:#?}");
-    assert_eq!(stats.untracked_requests, 0, "{stats:#?}");
+    assert_eq!(stats.uncounted.requests, 0, "{stats:#?}");
     for (t, route) in ROUTES.iter().enumerate() {
         let r = stats.routes.iter().find(|r| r.route == *route).unwrap();
         assert_eq!(r.finished_requests, PER_THREAD as u64);

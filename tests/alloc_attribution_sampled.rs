@@ -85,7 +85,7 @@ async fn estimates_follow_what_routes_keep() {
         "/temporary: estimated {} bytes",
         live("/temporary")
     );
-    assert_eq!(stats.samples_unserved, 0);
+    assert_eq!(stats.uncounted.samples, 0);
 
     let leaks = detector.leaks();
     assert_eq!(leaks.len(), 1, "{leaks:#?}");

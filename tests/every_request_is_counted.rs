@@ -91,7 +91,7 @@ async fn no_request_goes_untracked_when_requests_free_what_they_allocate() {
     }
     let stats = detector.stats();
     let leaked = ONESHOT_REQUESTS / LEAK_EVERY;
-    assert_eq!(stats.untracked_requests, 0);
+    assert_eq!(stats.uncounted.requests, 0);
     assert_eq!(stats.requests_in_flight, 0);
     assert_slots_held(&detector, leaked).await;
 
@@ -122,7 +122,7 @@ async fn no_request_goes_untracked_when_requests_free_what_they_allocate() {
     })
     .await;
     let stats = detector.stats();
-    assert_eq!(stats.untracked_requests, 0);
+    assert_eq!(stats.uncounted.requests, 0);
     assert_slots_held(&detector, leaked).await;
     let stats = detector.stats();
     let finished: u64 = stats.routes.iter().map(|r| r.finished_requests).sum();

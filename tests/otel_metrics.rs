@@ -107,8 +107,8 @@ async fn leak_metrics_and_detector_gauges_are_exported() {
         .unwrap();
     assert_eq!(orphans.1, 2);
     assert_eq!(points(&exported, "leakwatch.registry.entries")[0].1, 2);
-    assert_eq!(points(&exported, "leakwatch.registry.skipped")[0].1, 0);
-    assert_eq!(points(&exported, "leakwatch.requests.untracked")[0].1, 0);
+    assert_eq!(points(&exported, "leakwatch.registry.uncounted")[0].1, 0);
+    assert_eq!(points(&exported, "leakwatch.requests.uncounted")[0].1, 0);
     assert_eq!(points(&exported, "leakwatch.requests.in_flight")[0].1, 0);
 
     // The tasks end: released, and no longer active.

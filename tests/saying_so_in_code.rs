@@ -142,6 +142,6 @@ fn an_upgraded_requests_tasks_live_with_its_connection() {
         // Still tracked: judged by growth with the route's other connections.
         let route = detector.stats().routes;
         let upgraded = route.iter().find(|r| r.route == "/upgraded").unwrap();
-        assert_eq!(upgraded.tasks_alive, 3);
+        assert_eq!(upgraded.tracked_tasks, 3);
     });
 }

@@ -103,7 +103,7 @@ async fn the_snapshot_shows_requests_tasks_and_reports_by_route() {
     assert_eq!(route(&snapshot, "/hello")["live_bytes"], Value::Null);
     assert_eq!(route(&snapshot, "/slow")["requests_in_flight"], 1);
     assert!(route(&snapshot, "/slow")["oldest_in_flight"].is_u64());
-    assert_eq!(route(&snapshot, "/jobs/{id}")["tasks_alive"], 3);
+    assert_eq!(route(&snapshot, "/jobs/{id}")["tracked_tasks"], 3);
 
     let tasks = snapshot["tasks"].as_array().unwrap();
     assert_eq!(tasks.len(), 1, "{snapshot:#}");
@@ -128,7 +128,7 @@ async fn the_snapshot_shows_requests_tasks_and_reports_by_route() {
     assert_eq!(snapshot["reports_omitted"], 0);
     assert_eq!(snapshot["stats"]["active"]["OrphanTask"], 3);
     assert!(snapshot["stats"]["registry_entries"].as_u64().unwrap() >= 4);
-    assert_eq!(snapshot["stats"]["skipped"], 0);
+    assert_eq!(snapshot["stats"]["uncounted"]["registry_entries"], 0);
     assert!(snapshot["trend"]["samples"].as_u64().unwrap() >= 1);
     assert_eq!(snapshot["trend"]["heap_growth"], Value::Null);
 

@@ -88,7 +88,7 @@ async fn drive() -> Vec<leakwatch::LeakReport> {
     let alive = detector.stats().routes;
     let chat = alive.iter().find(|r| r.route == "/chat").unwrap();
     assert!(
-        chat.tasks_alive >= 1,
+        chat.tracked_tasks >= 1,
         "the open sessions are tracked: {chat:?}"
     );
     drop(open);

@@ -65,7 +65,7 @@ pub(crate) use self::slots::{slots_exhausted, slots_in_use, SlotGuard, Usage};
 pub(crate) const HEADER_SIZE: usize = 8;
 
 /// How many request scopes can be tracked at once. Past it, new requests go untracked and
-/// [`Stats::untracked_requests`](crate::stats::Stats::untracked_requests) counts them.
+/// [`Uncounted::requests`](crate::stats::Uncounted::requests) counts them.
 pub(crate) const SCOPE_SLOTS: usize = 1 << 16;
 
 /// How many distinct routes can be tracked, over all detectors of the process (slot 0 is "no
@@ -93,7 +93,7 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 ///
 /// Each block costs 8 extra bytes (or its alignment, when that is larger than 8). At most
 /// 65 536 requests have their memory counted at once, over all detectors of the process
-/// (past that, [`Stats::untracked_requests`](crate::stats::Stats::untracked_requests) counts those that
+/// (past that, [`Uncounted::requests`](crate::stats::Uncounted::requests) counts those that
 /// go without), and at most 4 096 routes (further routes' memory is counted as no route's).
 /// Outside a request the cost is the header and one uncontended counter update; inside a
 /// request, thread-local additions flushed once per poll. Nothing is locked and nothing is
@@ -127,7 +127,7 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 /// `tests/alloc_sampled_leak_timing.rs` allows three times the sampling part and three more
 /// windows. Elsewhere than Unix no
 /// block is sampled
-/// ([`Stats::samples_unserved`](crate::stats::Stats::samples_unserved) counts them).
+/// ([`Uncounted::samples`](crate::stats::Uncounted::samples) counts them).
 ///
 /// ```
 /// #[global_allocator]

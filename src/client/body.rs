@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::request::body::RequestBody;
+use crate::request::body::TrackedBody;
 use crate::request::current::ScopeGuard;
 use crate::request::liveness::Liveness;
 
@@ -23,7 +23,7 @@ pin_project! {
     /// not tracked.
     pub struct ResponseBody<B> {
         #[pin]
-        inner: RequestBody<B>,
+        inner: TrackedBody<B>,
         // Closes the scope of a call made outside any request when the body is dropped.
         guard: Option<ScopeGuard>,
     }
@@ -42,11 +42,11 @@ impl<B: Body> ResponseBody<B> {
     fn new(inner: B, guard: Option<ScopeGuard>) -> Self {
         let Some(guard) = guard else {
             return ResponseBody {
-                inner: RequestBody::untracked(inner),
+                inner: TrackedBody::untracked(inner),
                 guard: None,
             };
         };
-        let (inner, state) = RequestBody::tracked(inner);
+        let (inner, state) = TrackedBody::tracked(inner);
         if let (Some(state), Some(scope)) = (state, guard.scope()) {
             scope.track(Liveness::Body(state), None, None);
         }

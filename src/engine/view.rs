@@ -10,14 +10,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::warnings::Uncounted;
 use super::Engine;
 use crate::alloc::{self, RawSite};
 use crate::judge::objects;
 use crate::judge::trend::TrendWindow;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::liveness::Liveness;
-use crate::stats::{KindCounts, MemoryAccounting, RouteStats, Stats, TaskGroup};
+use crate::stats::{KindCounts, MemoryAccounting, RouteStats, Stats, TaskGroup, Uncounted};
 use crate::util::sync::lock;
 
 /// How long [`Engine::settle`] waits between sweeps.
@@ -135,11 +134,11 @@ impl Engine {
     }
 
     /// The runtime's alive tasks at the last trend sample.
-    pub(crate) fn alive_tasks(&self) -> Option<u64> {
+    pub(crate) fn runtime_tasks(&self) -> Option<u64> {
         lock(&self.judges)
             .trend
             .latest()
-            .and_then(|sample| sample.alive_tasks)
+            .and_then(|sample| sample.runtime_tasks)
     }
 
     /// Scopes and objects the registry holds.
@@ -261,7 +260,7 @@ impl Engine {
             }
         }
         for group in self.task_groups(now) {
-            route_entry(&mut routes, &group.route, tracked).tasks_alive += group.alive;
+            route_entry(&mut routes, &group.route, tracked).tracked_tasks += group.alive;
         }
         if tracked {
             for (slot, name) in self.routes.slots() {
@@ -280,16 +279,18 @@ impl Engine {
         routes.into_values().collect()
     }
 
-    /// What went uncounted since start-up: requests without memory counting, entries the
-    /// registry had no room for.
+    /// What went uncounted since start-up: entries the registry had no room for, requests
+    /// without memory counting, allocation sites and samples the allocator could not record.
     pub(crate) fn uncounted(&self) -> Uncounted {
         Uncounted {
-            untracked_requests: if self.memory_tracked {
+            registry_entries: self.registry.skipped(),
+            requests: if self.memory_tracked {
                 alloc::slots_exhausted()
             } else {
                 0
             },
-            skipped: self.registry.skipped(),
+            allocation_sites: alloc::sites_dropped(),
+            samples: alloc::samples_unserved(),
         }
     }
 
@@ -297,26 +298,23 @@ impl Engine {
     pub(crate) fn stats(&self) -> Stats {
         let counters = &self.counters;
         let mut stats = Stats {
-            requests_in_flight: self.requests_in_flight(),
+            requests_in_flight: self.requests_in_flight() as u64,
             registry_entries: self.registry.len(),
             registry_capacity: self.registry.capacity(),
-            skipped: self.registry.skipped(),
+            uncounted: self.uncounted(),
             sweeps: counters.sweeps.load(Ordering::Relaxed),
             active: self.active_counts(),
             released_total: counters.released.load(Ordering::Relaxed),
             sink_panics: counters.sink_panics.load(Ordering::Relaxed),
             memory: self.memory_accounting(),
             live_heap_bytes: self.live_heap_bytes(),
-            untracked_requests: self.uncounted().untracked_requests,
             memory_slots_in_use: if self.memory_tracked {
                 alloc::slots_in_use()
             } else {
                 0
             },
             routes: self.routes(),
-            alive_tasks: self.alive_tasks(),
-            sites_dropped: alloc::sites_dropped(),
-            samples_unserved: alloc::samples_unserved(),
+            runtime_tasks: self.runtime_tasks(),
             sampled_region_bytes: alloc::sampled_region_bytes(),
             ..Stats::default()
         };

@@ -7,17 +7,10 @@
 
 use std::time::{Duration, Instant};
 
+use crate::stats::Uncounted;
+
 /// At most one warning per cause in this long.
 pub(crate) const EVERY: Duration = Duration::from_secs(60);
-
-/// What went uncounted, as totals since start-up.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Uncounted {
-    /// Requests whose memory went uncounted: every allocator slot was taken.
-    pub(crate) untracked_requests: u64,
-    /// Scopes and objects the registry had no room for.
-    pub(crate) skipped: u64,
-}
 
 /// One cause's last warning.
 #[derive(Default)]
@@ -52,22 +45,22 @@ impl Warnings {
     /// cause; returns the warnings given (for tests), each naming its knob.
     pub(crate) fn check(&mut self, totals: Uncounted, now: Instant) -> Vec<String> {
         let mut given = Vec::new();
-        if let Some(more) = self.untracked.due(totals.untracked_requests, now) {
+        if let Some(more) = self.untracked.due(totals.requests, now) {
             given.push(format!(
                 "leakwatch: the memory of {more} requests was not counted per request (every one \
                  of the allocator's 65 536 request slots was taken; {} in all since start-up). A \
                  request that ends still holding memory keeps its slot until it is judged, one \
                  `grace` period later: a shorter `grace`, or `TrackingAllocator::sampled`, \
                  raises how many requests per second are counted",
-                totals.untracked_requests
+                totals.requests
             ));
         }
-        if let Some(more) = self.skipped.due(totals.skipped, now) {
+        if let Some(more) = self.skipped.due(totals.registry_entries, now) {
             given.push(format!(
                 "leakwatch: {more} requests, tasks or bodies were not tracked because the \
                  registry was full ({} in all since start-up); `registry_capacity` raises the \
                  bound",
-                totals.skipped
+                totals.registry_entries
             ));
         }
         #[cfg(feature = "tracing")]
@@ -82,10 +75,11 @@ impl Warnings {
 mod tests {
     use super::*;
 
-    fn totals(untracked_requests: u64, skipped: u64) -> Uncounted {
+    fn totals(requests: u64, registry_entries: u64) -> Uncounted {
         Uncounted {
-            untracked_requests,
-            skipped,
+            requests,
+            registry_entries,
+            ..Uncounted::default()
         }
     }
 

@@ -53,7 +53,7 @@
 //! Requests are sent one at a time and their responses read to the end.
 
 mod baseline;
-mod report;
+mod outcome;
 
 use std::error::Error;
 use std::fmt;
@@ -66,7 +66,7 @@ use tower_service::Service;
 
 use self::baseline::{Baseline, BaselineMode};
 pub use self::baseline::{BASELINE_ENV, BASELINE_UPDATE_ENV};
-pub use self::report::{GuardError, GuardOutcome, RouteVerdict};
+pub use self::outcome::{GuardError, GuardOutcome, RouteVerdict};
 use crate::config::LeakDetectorBuilder;
 use crate::detector::LeakDetector;
 use crate::stats::RouteStats;

@@ -87,7 +87,7 @@ pub(crate) fn holds_memory(usage: &Usage, memory_threshold: u64) -> bool {
 }
 
 impl MemoryJudge {
-    /// Judges requests whose scopes closed more than the grace period ago (or settled earlier),
+    /// Judges requests whose scopes closed more than the grace period ago (or let go earlier),
     /// oldest first. Keeps some as witnesses; returns the others, whose memory is no longer
     /// counted per request.
     pub(crate) fn judge_requests(
@@ -234,10 +234,10 @@ impl MemoryJudge {
                 route.alert.raise(current, config.confirm_sweeps)
             } else if old.is_empty() && steady.is_none() {
                 let detail = "the route's old requests no longer hold memory".to_owned();
-                route.alert.settle(clock::wall(now), detail)
+                route.alert.release(clock::wall(now), detail)
             } else if !grew && steady.is_none() {
                 let detail = "the route's retained memory no longer grows".to_owned();
-                route.alert.settle(clock::wall(now), detail)
+                route.alert.release(clock::wall(now), detail)
             } else {
                 None
             };

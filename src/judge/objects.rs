@@ -176,11 +176,11 @@ pub(crate) fn judge_scope(
     if scope.memory.is_none() {
         return false;
     }
-    let settled = !scope.left_objects()
+    let nothing_to_judge = !scope.left_objects()
         && scope
             .usage()
             .is_some_and(|u| !holds_memory(&u, config.memory_threshold));
-    !settled && now.saturating_duration_since(closed_at) < config.grace
+    !nothing_to_judge && now.saturating_duration_since(closed_at) < config.grace
 }
 
 /// The report for a stuck request in `state`.

@@ -146,7 +146,7 @@ impl TaskJudge {
                 }
                 _ => {
                     let detail = "the tasks spawned here no longer grow in number".to_owned();
-                    group.alert.settle(clock::wall(now), detail)
+                    group.alert.release(clock::wall(now), detail)
                 }
             };
             reports.extend(change);

@@ -24,7 +24,7 @@ use crate::util::Ids;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Sample {
     pub(crate) heap_bytes: Option<u64>,
-    pub(crate) alive_tasks: Option<u64>,
+    pub(crate) runtime_tasks: Option<u64>,
     pub(crate) in_flight: u64,
 }
 
@@ -95,7 +95,7 @@ impl Trend {
         self.last = Some(now);
         let sample = Sample {
             heap_bytes: heap_bytes().or_else(resident_set_bytes),
-            alive_tasks: self
+            runtime_tasks: self
                 .runtime
                 .as_ref()
                 .map(|rt| rt.metrics().num_alive_tasks() as u64),
@@ -116,14 +116,14 @@ impl Trend {
                 LeakKind::HeapGrowth,
                 "live heap bytes",
                 first.heap_bytes.zip(sample.heap_bytes),
-                config.heap_absolute,
+                config.heap_growth_bytes,
             ),
             (
                 &mut self.tasks,
                 LeakKind::TaskGrowth,
                 "alive tokio tasks",
-                first.alive_tasks.zip(sample.alive_tasks),
-                config.task_absolute,
+                first.runtime_tasks.zip(sample.runtime_tasks),
+                config.task_growth,
             ),
         ];
         for (alert, kind, what, values, absolute) in measures {
@@ -165,7 +165,7 @@ impl Trend {
     }
 }
 
-/// Raises or settles `alert` for `growth`; returns the report to announce, if any.
+/// Raises or releases `alert` for `growth`; returns the report to announce, if any.
 fn judge(
     alert: &mut StandingAlert,
     growth: Growth,
@@ -186,11 +186,11 @@ fn judge(
         "{what} grew from {first} to {last} (+{grew}) over {} ms",
         window.as_millis()
     );
-    if grew > absolute && (grew as f64) > config.relative * first as f64 {
+    if grew > absolute && (grew as f64) > config.growth_ratio * first as f64 {
         let report = process_report(kind, detail, grew, now);
         alert.raise(report, confirm_sweeps)
     } else {
-        alert.settle(clock::wall(now), detail)
+        alert.release(clock::wall(now), detail)
     }
 }
 
@@ -241,9 +241,9 @@ mod tests {
         let config = TrendConfig {
             interval,
             window: 4,
-            relative: 0.3,
-            heap_absolute: 1000,
-            task_absolute: 10,
+            growth_ratio: 0.3,
+            heap_growth_bytes: 1000,
+            task_growth: 10,
         };
         Trend::new(config, 0, &Ids::default())
     }

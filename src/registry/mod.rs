@@ -24,7 +24,7 @@ use dashmap::DashMap;
 mod shard;
 
 use self::shard::{
-    count_finished, this_threads_shard, Shard, POOLED_PER_SHARD, SETTLING_PER_SHARD, SHARDS,
+    count_finished, this_threads_shard, Shard, DEFERRED_PER_SHARD, POOLED_PER_SHARD, SHARDS,
 };
 
 use crate::alloc::{SlotGuard, Usage};
@@ -91,7 +91,7 @@ pub(crate) struct Registry {
     capacity: usize,
     skipped: AtomicU64,
     ids: Ids,
-    /// Whether a finished request's memory is to be judged (else it is settled on its thread).
+    /// Whether a finished request's memory is to be judged (else it is let go on its thread).
     holds_memory: MemoryVerdict,
     /// Spawn locations whose tasks are not tracked
     /// ([`ignore_spawned_at`](crate::LeakDetectorBuilder::ignore_spawned_at)).
@@ -225,7 +225,7 @@ impl Registry {
         for shard in &self.shards {
             let mut shard = lock(shard);
             taken.scopes.append(&mut shard.handed);
-            taken.scopes.extend(shard.settling.drain(..));
+            taken.scopes.extend(shard.deferred.drain(..));
             // A request that has just closed is its own thread's to retire.
             for scope in shard.live.iter().flatten().filter(|s| s.is_open()) {
                 judge_one(scope);
@@ -261,7 +261,7 @@ impl Registry {
         }
     }
 
-    /// Requests whose memory was settled clean on their thread, by allocator route slot, since
+    /// Requests let go clean on their thread, by allocator route slot, since
     /// the last call: the memory judge counts them as judged.
     pub(crate) fn take_clean(&self) -> Vec<u64> {
         let mut total = Vec::new();
@@ -416,13 +416,13 @@ impl Owner for Registry {
             return;
         }
         if counts_memory {
-            // Its memory is settled a few requests later, on this thread.
-            if shard.settling.len() == SETTLING_PER_SHARD {
-                if let Some(oldest) = shard.settling.pop_front() {
-                    self.settle(&mut shard, oldest);
+            // Its memory is decided on a few requests later, on this thread.
+            if shard.deferred.len() == DEFERRED_PER_SHARD {
+                if let Some(oldest) = shard.deferred.pop_front() {
+                    self.decide(&mut shard, oldest);
                 }
             }
-            shard.settling.push_back(scope);
+            shard.deferred.push_back(scope);
             return;
         }
         self.forget(&mut shard, scope);
@@ -430,12 +430,12 @@ impl Owner for Registry {
 }
 
 impl Registry {
-    /// Settles the memory of a request that ended a few requests ago (its response's bytes
+    /// Decides on the memory of a request that ended a few requests ago (its response's bytes
     /// written and freed by now): one that holds no memory to judge, with nothing left that
     /// could allocate for it, gives its allocator slot back here and is counted as judged
     /// clean, without waiting for the sweeper — under load, slots would otherwise run out and
     /// requests go uncounted. Any other is the sweeper's.
-    fn settle(&self, shard: &mut Shard, scope: Arc<Scope>) {
+    fn decide(&self, shard: &mut Shard, scope: Arc<Scope>) {
         if !is_unused(&scope) || !scope.retire_memory_unless(&*self.holds_memory) {
             shard.handed.push(scope);
             return;
@@ -540,16 +540,16 @@ mod tests {
         // Nothing else may hold a scope whose slot is given back: the test keeps none.
         registry.retire(open(1, (100, 60)));
         registry.retire(open(2, (100, 100)));
-        assert_eq!(registry.len(), 2, "settled later");
+        assert_eq!(registry.len(), 2, "decided on later");
         assert!(registry.take_clean().iter().all(|&n| n == 0));
-        for id in 3..3 + SETTLING_PER_SHARD as u64 {
+        for id in 3..3 + DEFERRED_PER_SHARD as u64 {
             registry.retire(open(id, (0, 0)));
         }
         // The two have waited for as many requests of this thread to end: the one that freed
         // all it allocated gave its slot back and is counted clean; the other is the sweeper's.
         assert_eq!(registry.take_clean()[9], 1);
         assert_eq!(registry.take_clean().get(9), Some(&0), "taken once");
-        assert_eq!(registry.len(), SETTLING_PER_SHARD + 1);
+        assert_eq!(registry.len(), DEFERRED_PER_SHARD + 1);
         let mut handed = Vec::new();
         registry.sweep_scopes(|scope, _| {
             handed.push(scope.id);
@@ -558,7 +558,7 @@ mod tests {
         });
         assert_eq!(
             handed.len(),
-            SETTLING_PER_SHARD + 1,
+            DEFERRED_PER_SHARD + 1,
             "the sweeper takes the rest"
         );
         assert!(handed.contains(&1) && !handed.contains(&2));

@@ -18,11 +18,11 @@ pub(super) const SHARDS: usize = 16;
 /// The most finished scopes kept for reuse per shard.
 pub(super) const POOLED_PER_SHARD: usize = 256;
 
-/// How many ended requests whose memory is counted wait in a shard to be settled: each waits
+/// How many ended requests whose memory is counted wait in a shard to be decided on: each waits
 /// for this many more requests of its thread to end, by which time its response's bytes have
 /// been written and freed, and the response's header map, which hyper keeps for the next
 /// request on the connection, has been reused and freed.
-pub(super) const SETTLING_PER_SHARD: usize = 128;
+pub(super) const DEFERRED_PER_SHARD: usize = 128;
 
 /// Source of each thread's shard.
 static NEXT_SHARD: AtomicUsize = AtomicUsize::new(0);
@@ -54,14 +54,14 @@ pub(super) struct Shard {
     /// and outgoing calls.
     pub(super) handed: Vec<Arc<Scope>>,
     /// Requests that ended holding an allocator slot and nothing else, oldest first, to be
-    /// settled on this thread (at most [`SETTLING_PER_SHARD`]; the sweeper takes what is left).
-    pub(super) settling: VecDeque<Arc<Scope>>,
+    /// decided on, on this thread (at most [`DEFERRED_PER_SHARD`]; the sweeper takes what is left).
+    pub(super) deferred: VecDeque<Arc<Scope>>,
     /// Finished scopes nothing else holds, for new requests to reuse (at most
     /// [`POOLED_PER_SHARD`]).
     pub(super) pool: Vec<Arc<Scope>>,
     /// Requests that ended with nothing left to judge, by route index.
     pub(super) finished: Vec<u64>,
-    /// Requests whose memory was settled clean on this thread, by allocator route slot, not yet
+    /// Requests let go clean on this thread, by allocator route slot, not yet
     /// taken by the sweeper.
     pub(super) clean: Vec<u64>,
 }
@@ -72,7 +72,7 @@ impl Shard {
             live: Vec::new(),
             vacant: Vec::new(),
             handed: Vec::new(),
-            settling: VecDeque::new(),
+            deferred: VecDeque::new(),
             pool: Vec::new(),
             finished: Vec::new(),
             clean: Vec::new(),

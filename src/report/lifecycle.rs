@@ -130,7 +130,11 @@ impl StandingAlert {
 
     /// The condition no longer holds: returns the `Released` report to announce if the alert
     /// had been reported. A later alert starts its life cycle afresh.
-    pub(crate) fn settle(&mut self, detected_at: SystemTime, detail: String) -> Option<LeakReport> {
+    pub(crate) fn release(
+        &mut self,
+        detected_at: SystemTime,
+        detail: String,
+    ) -> Option<LeakReport> {
         let state = self.lifecycle.gone()?;
         self.lifecycle = Lifecycle::default();
         let mut last = self.report.take()?;
@@ -219,14 +223,14 @@ mod tests {
         assert_eq!(alert.active().unwrap().state, LeakState::Confirmed);
 
         let at = SystemTime::UNIX_EPOCH;
-        let released = alert.settle(at, "flat again".into()).expect("released");
+        let released = alert.release(at, "flat again".into()).expect("released");
         assert_eq!(released.state, LeakState::Released);
         assert_eq!(
             (released.detected_at, released.detail.as_str()),
             (at, "flat again")
         );
         assert!(alert.active().is_none());
-        assert!(alert.settle(at, String::new()).is_none(), "released once");
+        assert!(alert.release(at, String::new()).is_none(), "released once");
         let again = alert.raise(sample_report(), 1).expect("a new life cycle");
         assert_eq!(again.state, LeakState::Suspected);
     }

@@ -1,5 +1,5 @@
-//! The byte-counting body wrapper both sides use: [`RequestBody`] (the server's request body,
-//! and inside the client's upstream response body).
+//! The byte-counting body wrapper both sides use: [`TrackedBody`] (public as the server's
+//! `RequestBody`, and inside the client's upstream response body).
 
 use std::fmt;
 use std::pin::Pin;
@@ -23,17 +23,17 @@ pin_project! {
     /// content) is not tracked.
     ///
     /// Under axum, the router boxes it into `axum::body::Body`, so handlers see the usual type.
-    pub struct RequestBody<B> {
+    pub struct TrackedBody<B> {
         #[pin]
         inner: B,
         progress: Option<BodyProgress>,
     }
 }
 
-impl<B: Body> RequestBody<B> {
+impl<B: Body> TrackedBody<B> {
     /// Wraps a body without tracking it.
     pub(crate) fn untracked(inner: B) -> Self {
-        RequestBody {
+        TrackedBody {
             inner,
             progress: None,
         }
@@ -46,7 +46,7 @@ impl<B: Body> RequestBody<B> {
             return (Self::untracked(inner), None);
         }
         let (progress, state) = BodyProgress::new(inner.size_hint().exact());
-        let body = RequestBody {
+        let body = TrackedBody {
             inner,
             progress: Some(progress),
         };
@@ -54,7 +54,7 @@ impl<B: Body> RequestBody<B> {
     }
 }
 
-impl<B: Body> Body for RequestBody<B> {
+impl<B: Body> Body for TrackedBody<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -90,9 +90,9 @@ impl<B: Body> Body for RequestBody<B> {
     }
 }
 
-impl<B> fmt::Debug for RequestBody<B> {
+impl<B> fmt::Debug for TrackedBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RequestBody")
+        f.debug_struct("TrackedBody")
             .field("tracked", &self.progress.is_some())
             .finish()
     }
@@ -106,7 +106,7 @@ mod tests {
 
     #[tokio::test]
     async fn forwards_frames_and_counts_bytes() {
-        let (body, state) = RequestBody::tracked(Full::new(Bytes::from_static(b"hello")));
+        let (body, state) = TrackedBody::tracked(Full::new(Bytes::from_static(b"hello")));
         let state = state.unwrap();
         assert_eq!(body.size_hint().exact(), Some(5));
         let collected = body.collect().await.unwrap().to_bytes();
@@ -118,7 +118,7 @@ mod tests {
 
     #[test]
     fn dropping_unread_marks_unconsumed() {
-        let (body, state) = RequestBody::tracked(Full::new(Bytes::from(vec![1u8; 64])));
+        let (body, state) = TrackedBody::tracked(Full::new(Bytes::from(vec![1u8; 64])));
         let state = state.unwrap();
         assert!(state.is_alive());
         drop(body);
@@ -129,7 +129,7 @@ mod tests {
 
     #[test]
     fn empty_bodies_are_not_tracked() {
-        let (body, state) = RequestBody::tracked(Empty::<Bytes>::new());
+        let (body, state) = TrackedBody::tracked(Empty::<Bytes>::new());
         assert!(state.is_none());
         assert!(body.is_end_stream());
     }

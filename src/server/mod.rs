@@ -88,7 +88,7 @@ pub use self::body::ResponseBody;
 pub use self::future::ResponseFuture;
 pub use self::layer::LeakLayer;
 pub use self::service::LeakService;
-pub use crate::request::body::RequestBody;
+pub use crate::request::body::TrackedBody as RequestBody;
 
 #[cfg(test)]
 mod tests {

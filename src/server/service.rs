@@ -5,9 +5,9 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
+use super::RequestBody;
 use super::{ResponseBody, ResponseFuture};
 use crate::engine::Engine;
-use crate::request::body::RequestBody;
 use crate::request::current::ScopeGuard;
 use crate::request::liveness::Liveness;
 

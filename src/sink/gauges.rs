@@ -29,7 +29,7 @@ const GAUGES: [Reading; 4] = [
         name: "leakwatch.tasks.alive",
         unit: "{task}",
         description: "Alive tokio tasks at the last trend sample",
-        read: Engine::alive_tasks,
+        read: Engine::runtime_tasks,
     },
     Reading {
         name: "leakwatch.requests.in_flight",
@@ -48,17 +48,17 @@ const GAUGES: [Reading; 4] = [
 /// The counters of what went uncounted.
 const COUNTERS: [Reading; 2] = [
     Reading {
-        name: "leakwatch.registry.skipped",
+        name: "leakwatch.registry.uncounted",
         unit: "{entry}",
         description: "Scopes and objects not tracked because the registry was full",
-        read: |engine| Some(engine.uncounted().skipped),
+        read: |engine| Some(engine.uncounted().registry_entries),
     },
     Reading {
-        name: "leakwatch.requests.untracked",
+        name: "leakwatch.requests.uncounted",
         unit: "{request}",
         description: "Requests whose memory was not counted per request because every \
                       allocator request slot was taken (process-wide)",
-        read: |engine| Some(engine.uncounted().untracked_requests),
+        read: |engine| Some(engine.uncounted().requests),
     },
 ];
 

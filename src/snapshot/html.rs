@@ -103,8 +103,8 @@ fn routes_table(out: &mut String, snapshot: &Snapshot) {
         .map(|r| (r, reports_of(&r.route)))
         .collect();
     routes.sort_by(|(a, ra), (b, rb)| {
-        (b.retained_bytes.unwrap_or(0), rb, b.tasks_alive)
-            .cmp(&(a.retained_bytes.unwrap_or(0), ra, a.tasks_alive))
+        (b.retained_bytes.unwrap_or(0), rb, b.tracked_tasks)
+            .cmp(&(a.retained_bytes.unwrap_or(0), ra, a.tracked_tasks))
             .then_with(|| a.route.cmp(&b.route))
     });
     out.push_str(
@@ -122,7 +122,7 @@ fn routes_table(out: &mut String, snapshot: &Snapshot) {
             route.finished_requests,
             bytes(route.live_bytes),
             bytes(route.retained_bytes),
-            route.tasks_alive,
+            route.tracked_tasks,
             class = if reports > 0 { " class=\"leaks\"" } else { "" },
             name = escape(&route.route),
             bad = if reports > 0 { " class=\"bad\"" } else { "" },
@@ -182,7 +182,7 @@ fn trend_chart(out: &mut String, series: &[TrendSample]) {
         (
             "tasks",
             "#b3261e",
-            series.iter().map(|s| s.alive_tasks).collect(),
+            series.iter().map(|s| s.runtime_tasks).collect(),
         ),
     ];
     let step = (WIDTH - 2.0 * PAD) / (series.len() - 1) as f64;

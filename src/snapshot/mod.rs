@@ -122,7 +122,7 @@ pub struct TrendSample {
     /// Live heap bytes (from the allocator, else the resident set size).
     pub heap_bytes: Option<u64>,
     /// Alive tokio tasks of the detector's runtime.
-    pub alive_tasks: Option<u64>,
+    pub runtime_tasks: Option<u64>,
     /// Requests in flight.
     pub in_flight: u64,
 }
@@ -131,7 +131,7 @@ impl From<Sample> for TrendSample {
     fn from(sample: Sample) -> Self {
         TrendSample {
             heap_bytes: sample.heap_bytes,
-            alive_tasks: sample.alive_tasks,
+            runtime_tasks: sample.runtime_tasks,
             in_flight: sample.in_flight,
         }
     }

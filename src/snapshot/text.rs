@@ -25,18 +25,18 @@ impl Display for Snapshot {
         if stats.memory != MemoryAccounting::Untracked {
             write!(
                 f,
-                " ({} requests counted now, {} untracked since start-up)",
-                stats.memory_slots_in_use, stats.untracked_requests
+                " ({} requests counted now, {} uncounted since start-up)",
+                stats.memory_slots_in_use, stats.uncounted.requests
             )?;
         }
         writeln!(f)?;
         writeln!(
             f,
-            "registry: {} of {} entries, {} skipped; in flight: {}; sweeps: {}; \
+            "registry: {} of {} entries, {} uncounted; in flight: {}; sweeps: {}; \
              active reports: {}",
             stats.registry_entries,
             stats.registry_capacity,
-            stats.skipped,
+            stats.uncounted.registry_entries,
             stats.requests_in_flight,
             stats.sweeps,
             stats.active.total()
@@ -70,7 +70,7 @@ impl Snapshot {
                     or_dash(r.retained_bytes),
                     or_dash(r.live_blocks),
                     r.witnesses.to_string(),
-                    r.tasks_alive.to_string(),
+                    r.tracked_tasks.to_string(),
                 ]
             })
             .collect();
@@ -160,7 +160,7 @@ impl Snapshot {
                 f,
                 "; heap bytes {}; alive tasks {}; in flight {}",
                 change(|s| s.heap_bytes),
-                change(|s| s.alive_tasks),
+                change(|s| s.runtime_tasks),
                 latest.in_flight
             )?;
         }

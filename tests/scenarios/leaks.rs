@@ -202,21 +202,21 @@ async fn l7_watched_context_stored_globally() {
     let (detector, _sink) = support::detector();
     let kept = Kept::default();
     let app = app::app(&detector, kept.clone());
-    let ids = send(&app, "GET", "/leak/watch/9{i}", Body::empty, "l7").await;
+    let ids = send(&app, "GET", "/leak/session/9{i}", Body::empty, "l7").await;
     let reports = detector.sweep_now();
     check(
         &reports,
         LeakKind::WatchedObject,
-        "/leak/watch/{id}",
+        "/leak/session/{id}",
         &ids,
         Some(&app::L7_LINE),
-        "/leak/watch/90",
+        "/leak/session/90",
     );
     assert!(reports
         .iter()
-        .all(|r| r.type_name == Some(std::any::type_name::<app::RequestContext>())));
+        .all(|r| r.type_name == Some(std::any::type_name::<app::Session>())));
 
-    kept.contexts.lock().unwrap().clear();
+    kept.sessions.lock().unwrap().clear();
     let released = detector.sweep_now();
     assert_eq!(released.len(), REQUESTS);
     assert!(released.iter().all(|r| r.state == LeakState::Released));

@@ -36,7 +36,7 @@ fn main() {
             let stats = detector.stats();
             eprintln!(
                 "registry entries {}, skipped {}, memory untracked {}",
-                stats.registry_entries, stats.skipped, stats.untracked_requests
+                stats.registry_entries, stats.uncounted.registry_entries, stats.uncounted.requests
             );
         });
     }

@@ -196,15 +196,15 @@ async fn soak(mode: &str) -> bool {
         .map(|(before, after)| after as i64 - before as i64);
     println!(
         "{mode}: {REQUESTS} requests in {:.1} s ({:.0} req/s); registry entries after: {entries}; \
-         leak reports: {}; RSS {} MB -> {} MB (growth {} KB); skipped: {}; untracked scopes: {}",
+         leak reports: {}; RSS {} MB -> {} MB (growth {} KB); uncounted entries: {}; uncounted requests: {}",
         elapsed.as_secs_f64(),
         REQUESTS as f64 / elapsed.as_secs_f64(),
         leaks.len(),
         rss_before.map_or(0, |b| b >> 20),
         rss_after.map_or(0, |b| b >> 20),
         growth.map_or(0, |g| g / 1024),
-        stats.skipped,
-        stats.untracked_requests,
+        stats.uncounted.registry_entries,
+        stats.uncounted.requests,
     );
     if let Some((before, after)) = heap_before.zip(heap_after) {
         println!(

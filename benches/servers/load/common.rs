@@ -115,8 +115,8 @@ pub fn with_stats(app: Router, detector: leakwatch::LeakDetector) -> Router {
             async move {
                 format!(
                     "untracked_requests={} skipped={} memory_slots_in_use={} registry_entries={}\n",
-                    stats.untracked_requests,
-                    stats.skipped,
+                    stats.uncounted.requests,
+                    stats.uncounted.registry_entries,
                     stats.memory_slots_in_use,
                     stats.registry_entries
                 )
