@@ -102,9 +102,13 @@ const TARGETS: &[Target] = &[
     target("GET", "/ok/upstream", "/ok/upstream", 0, Clean, "L9's control: upstream body read"),
 ];
 
-/// The scenario service, with the snapshot endpoint beside it (outside the detector's layer).
+/// The scenario service, with the snapshot endpoint beside it (outside the detector's layer;
+/// feature `serde`, which the repository's examples have on).
 fn app(detector: &LeakDetector, kept: Kept) -> Router {
-    scenarios::app(detector, kept).nest_service("/debug/leaks", detector.snapshot_service())
+    let app = scenarios::app(detector, kept);
+    #[cfg(feature = "serde")]
+    let app = app.nest_service("/debug/leaks", detector.snapshot_service());
+    app
 }
 
 struct Options {
@@ -192,7 +196,9 @@ async fn run() {
 const MEMORY_WINDOW: u64 = 64;
 
 /// With `OTEL_EXPORTER_OTLP_ENDPOINT` set, exports leak spans and metrics over OTLP — to
-/// Jaeger, for example. (Examples build leakwatch with its `otlp` feature; see Cargo.toml.)
+/// Jaeger, for example. (The repository's examples build leakwatch with its `otlp` feature; see
+/// Cargo.toml. A build without it, such as the published crate's, does not export.)
+#[cfg(feature = "otlp")]
 fn otlp_export() -> Option<leakwatch::otlp::OtlpProviders> {
     std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT")?;
     match leakwatch::otlp::init() {
@@ -205,6 +211,18 @@ fn otlp_export() -> Option<leakwatch::otlp::OtlpProviders> {
             None
         }
     }
+}
+
+/// Without the `otlp` feature there is nothing to export (and nothing to flush at the end).
+#[cfg(not(feature = "otlp"))]
+struct NoExport;
+
+#[cfg(not(feature = "otlp"))]
+fn otlp_export() -> Option<NoExport> {
+    if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some() {
+        eprintln!("demo: not exporting: built without leakwatch's `otlp` feature");
+    }
+    None
 }
 
 /// The demo's detector: a short grace period, confirmed one sweep after it is suspected.
@@ -242,9 +260,13 @@ async fn serve(options: Options) {
             t.method, t.scenario
         );
     }
+    #[cfg(feature = "serde")]
     println!("  open http://{addr}/debug/leaks    # the detector's page, in a browser");
+    #[cfg(feature = "serde")]
     println!("  curl http://{addr}/debug/leaks?format=text    # the snapshot as tables (JSON without ?format)");
+    #[cfg(feature = "pprof")]
     println!("  go tool pprof -http=: http://{addr}/debug/leaks/heap    # the retained heap by route and line (pprof)");
+    #[cfg(feature = "pprof")]
     println!("  curl http://{addr}/debug/leaks/tasks?debug=1    # the tracked tasks by route and spawn line (pprof without ?debug)");
     let kept = Kept::with_upstream(&detector, start_upstream().await);
     axum::serve(listener, app(&detector, kept))
@@ -259,19 +281,21 @@ async fn serve(options: Options) {
 async fn drive(options: Options) {
     let collected = CollectingSink::new();
     let otlp = otlp_export();
+    #[cfg(feature = "otlp")]
     let detector = match &otlp {
-        Some(_) => detector(
-            &options,
-            leakwatch::sink::ReportSinkExt::chain(
+        Some(_) => {
+            let sinks = leakwatch::sink::ReportSinkExt::chain(
                 collected.clone(),
                 leakwatch::sink::OtelSink::new(),
-            ),
-        ),
-        _ => detector(&options, collected.clone()),
+            );
+            let detector = detector(&options, sinks);
+            detector.register_metrics(&opentelemetry::global::meter("leakwatch"));
+            detector
+        }
+        None => detector(&options, collected.clone()),
     };
-    if otlp.is_some() {
-        detector.register_metrics(&opentelemetry::global::meter("leakwatch"));
-    }
+    #[cfg(not(feature = "otlp"))]
+    let detector = detector(&options, collected.clone());
     let listener = tokio::net::TcpListener::bind(options.addr)
         .await
         .expect("bind");
@@ -313,7 +337,7 @@ async fn drive(options: Options) {
     // Let the last requests' grace period pass, so that the statistics cover every request.
     tokio::time::sleep(options.grace).await;
     detector.sweep_now();
-    print_snapshot(addr).await;
+    print_snapshot(addr, &detector).await;
     let stats = detector.stats();
     if let Some(otlp) = otlp {
         // Export what is buffered before the process ends.
@@ -335,8 +359,17 @@ async fn drive(options: Options) {
 }
 
 /// Prints the routes and tasks of the detector's snapshot, as `GET /debug/leaks?format=text`
-/// returns it (the reports it also lists are printed above).
-async fn print_snapshot(addr: SocketAddr) {
+/// returns it (the reports it also lists are printed above); read directly without `serde`.
+#[cfg(not(feature = "serde"))]
+async fn print_snapshot(_addr: SocketAddr, detector: &LeakDetector) {
+    let text = detector.snapshot().to_string();
+    let summary = text.split("\nreports (").next().unwrap_or_default();
+    println!("\nthe detector's snapshot (its reports section left out):\n{summary}");
+}
+
+/// The snapshot as the service answers it, fetched over HTTP.
+#[cfg(feature = "serde")]
+async fn print_snapshot(addr: SocketAddr, _detector: &LeakDetector) {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let uri = format!("http://{addr}/debug/leaks?format=text");
     let text = match client.get(uri.parse().expect("valid URI")).await {

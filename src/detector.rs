@@ -5,7 +5,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use std::time::Duration;
+use std::future::Future;
+use std::time::{Duration, Instant};
 
 use crate::client::ClientLeakLayer;
 use crate::config::{ConfigError, LeakDetectorBuilder};
@@ -16,6 +17,7 @@ use crate::server::LeakLayer;
 use crate::snapshot::SnapshotService;
 use crate::snapshot::{self, Snapshot};
 use crate::stats::Stats;
+use crate::util::panic_at_await::PanicAtAwait;
 
 /// Finds what requests leave behind. Cheap to clone: every clone shares one state.
 ///
@@ -192,10 +194,27 @@ cfg_feature! {
 /// waits a little and sweeps again, up to a settle timeout — so a task that ends a few
 /// milliseconds after its response is not a failure. What is still alive then (whatever the grace
 /// period), stuck requests and one-shot findings such as an unconsumed body fail the assertion,
-/// which panics with every report printed. Requests still in flight are not judged: assert after
-/// their responses have been read.
+/// which panics at the test's `.await` with every report printed. Requests still in flight are
+/// not judged: assert after their responses have been read.
+///
+/// What it can see depends on the set-up, and the failure message says which applies:
+///
+/// - **Tasks** spawned in a request through [`spawn`](crate::spawn) or [`scoped`](crate::scoped);
+///   a plain `tokio::spawn` only on a runtime set up with `instrument_runtime` (built with
+///   `--cfg tokio_unstable`).
+/// - **Bodies** (request bodies; upstream bodies through
+///   [`client_layer`](LeakDetector::client_layer)), **watched objects** and **stuck requests**:
+///   always.
+/// - **Memory** only with the [`TrackingAllocator`](crate::TrackingAllocator) as the global
+///   allocator, and only for a route with more finished requests than
+///   [`memory_window`](crate::LeakDetectorBuilder::memory_window): retained memory is judged by
+///   what old requests still hold while newer ones come and go, so a test of 10 requests that
+///   each keep 4 KiB passes unless the window is under 10. Send enough requests, or lower the
+///   window in the test's detector.
 impl LeakDetector {
-    /// Panics, listing every report, if a finished request left anything behind.
+    /// Panics at the caller's `.await`, listing every report, if a finished request left
+    /// anything behind. What it checks, and what it needs to see memory and plain spawns, is
+    /// written above, on this group of methods.
     ///
     /// Retries for the [`settle_timeout`](crate::LeakDetectorBuilder::settle_timeout) (default
     /// 2 s) before failing. Needs a tokio runtime with its timer enabled (`#[tokio::test]` has
@@ -209,22 +228,28 @@ impl LeakDetector {
     /// detector.assert_no_leaks().await;
     /// # }
     /// ```
-    pub async fn assert_no_leaks(&self) {
-        let settle = self.engine.config.settle_timeout;
-        self.assert_no_leaks_within(settle).await;
+    pub fn assert_no_leaks(&self) -> impl Future<Output = ()> + Send + '_ {
+        self.assert_no_leaks_within(self.engine.config.settle_timeout)
     }
 
     /// [`assert_no_leaks`](Self::assert_no_leaks) with an explicit settle timeout.
-    pub async fn assert_no_leaks_within(&self, settle: Duration) {
-        let reports = self.engine.settle(settle, |_| true).await;
-        if !reports.is_empty() {
-            panic!(
-                "leakwatch: {} leak(s) outlived their requests (settled for {} ms):\n{}",
+    pub fn assert_no_leaks_within(&self, settle: Duration) -> impl Future<Output = ()> + Send + '_ {
+        PanicAtAwait::new(async move {
+            let started = Instant::now();
+            let reports = self.engine.settle(settle, |_| true).await;
+            if reports.is_empty() {
+                return Ok(());
+            }
+            Err(format!(
+                "leakwatch: {} leak(s) outlived their requests (after {} ms of waiting for them \
+                 to end, of up to {} ms):\n{}{}",
                 reports.len(),
+                started.elapsed().as_millis(),
                 settle.as_millis(),
-                render_list(&reports)
-            );
-        }
+                render_list(&reports),
+                self.engine.coverage()
+            ))
+        })
     }
 }
 

@@ -114,6 +114,9 @@
 //! - `reqwest`: `client::ReqwestMiddleware` (`LeakDetector::reqwest_middleware`), upstream
 //!   bodies of `reqwest` calls through `reqwest-middleware`.
 //! - `full`: all of the above.
+//! - `taskdump` (not in `full`): await traces of orphan tasks from tokio's task dumps
+//!   ([`LeakReport::await_trace`]); takes effect only with `RUSTFLAGS="--cfg tokio_unstable"` on
+//!   Linux, and tokio's dumps can stall a runtime: tests and staging only.
 //!
 //! Items that need a feature say so on docs.rs. Built with `RUSTFLAGS="--cfg tokio_unstable"`,
 //! the crate also has `instrument_runtime` and the `hooks` module: every task a request spawns

@@ -104,7 +104,11 @@ async fn no_request_goes_untracked_when_requests_free_what_they_allocate() {
                 for i in 0..REQUESTS_PER_CONNECTION {
                     // Numbered so that no request of this phase leaks.
                     let n = 2 * (c * REQUESTS_PER_CONNECTION + i) + 1 + (i % 2);
-                    let n = if n % LEAK_EVERY == 0 { n + 1 } else { n };
+                    let n = if n.is_multiple_of(LEAK_EVERY) {
+                        n + 1
+                    } else {
+                        n
+                    };
                     let uri = format!("http://{addr}{}", path(n));
                     let request = Request::get(uri).body(Full::new(Bytes::new())).unwrap();
                     let response = client.request(request).await.unwrap();

@@ -21,7 +21,7 @@ static REQUESTS: AtomicU64 = AtomicU64::new(0);
 
 /// `GET /leaky`: every 50th request leaves a task running for two seconds.
 async fn leaky() -> &'static str {
-    if REQUESTS.fetch_add(1, Ordering::Relaxed) % 50 == 0 {
+    if REQUESTS.fetch_add(1, Ordering::Relaxed).is_multiple_of(50) {
         leakwatch::spawn(tokio::time::sleep(Duration::from_secs(2)));
     }
     "hello, world"

@@ -113,6 +113,50 @@ impl Engine {
         (reports, objects)
     }
 
+    /// What a test assertion could see with this set-up, for its failure message: which tasks
+    /// are tracked, and whether and for which routes memory was judged.
+    pub(crate) fn coverage(&self) -> String {
+        let plain = if cfg!(tokio_unstable) {
+            "plain tokio::spawn only on a runtime set up with instrument_runtime"
+        } else {
+            "plain tokio::spawn not tracked (it needs --cfg tokio_unstable and instrument_runtime)"
+        };
+        let mut text = format!(
+            "checked: tasks spawned in requests with leakwatch::spawn or scoped ({plain}); \
+             request and upstream bodies; watched objects; stuck requests; "
+        );
+        let window = self.config.memory_window;
+        match self.memory_accounting() {
+            MemoryAccounting::Untracked => text.push_str(
+                "memory not tracked (install leakwatch::TrackingAllocator as the global \
+                 allocator)",
+            ),
+            accounting => {
+                let short: Vec<String> = self
+                    .routes()
+                    .into_iter()
+                    .filter(|r| r.finished_requests > 0 && r.finished_requests <= window)
+                    .map(|r| format!("{} ({} finished)", r.route, r.finished_requests))
+                    .collect();
+                text.push_str(&format!(
+                    "memory ({}) judged for routes with more than memory_window = {window} \
+                     finished requests",
+                    accounting.as_str()
+                ));
+                if !short.is_empty() {
+                    let listed = short.len().min(5);
+                    let more = short.len() - listed;
+                    text.push_str(&format!("; not judged: {}", short[..listed].join(", ")));
+                    if more > 0 {
+                        text.push_str(&format!(" and {more} more"));
+                    }
+                }
+            }
+        }
+        text.push('\n');
+        text
+    }
+
     /// How the byte figures are counted.
     pub(crate) fn memory_accounting(&self) -> MemoryAccounting {
         match (self.memory_tracked, alloc::sampling_mean().is_some()) {

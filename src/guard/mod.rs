@@ -70,6 +70,7 @@ pub use self::outcome::{GuardError, GuardOutcome, RouteVerdict};
 use crate::config::LeakDetectorBuilder;
 use crate::detector::LeakDetector;
 use crate::stats::RouteStats;
+use crate::util::panic_at_await::PanicAtAwait;
 
 /// Makes the `i`-th request to a route.
 type MakeRequest<B> = Box<dyn Fn(usize) -> Request<B> + Send + Sync>;
@@ -223,8 +224,8 @@ impl<B> LeakGuard<B> {
         self
     }
 
-    /// Runs the guard and panics, with the table, when a route fails or the guard cannot run.
-    #[track_caller]
+    /// Runs the guard and panics at the caller's `.await`, with the table, when a route fails
+    /// or the guard cannot run.
     pub fn check<S, ResBody>(
         self,
         make_service: impl FnOnce(&LeakDetector) -> S,
@@ -235,15 +236,14 @@ impl<B> LeakGuard<B> {
         ResBody: http_body::Body,
         ResBody::Error: Into<Box<dyn Error + Send + Sync>>,
     {
-        let caller = std::panic::Location::caller();
         let run = self.run(make_service);
-        async move {
+        PanicAtAwait::new(async move {
             match run.await {
-                Ok(report) if report.passed() => {}
-                Ok(report) => panic!("leakwatch guard failed (at {caller}):\n{report}"),
-                Err(error) => panic!("leakwatch guard could not run (at {caller}): {error}"),
+                Ok(report) if report.passed() => Ok(()),
+                Ok(report) => Err(format!("leakwatch guard failed:\n{report}")),
+                Err(error) => Err(format!("leakwatch guard could not run: {error}")),
             }
-        }
+        })
     }
 
     /// Builds the detector, makes the service with it, drives every route and judges it.

@@ -1,7 +1,8 @@
 //! Small helpers every stage uses: the clock conversion, the one way to lock, text tables, the
-//! id source and the id hasher.
+//! id source, the id hasher, and a future that panics at its caller's `.await`.
 
 pub(crate) mod clock;
+pub(crate) mod panic_at_await;
 pub(crate) mod sync;
 pub(crate) mod table;
 
