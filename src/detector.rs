@@ -129,7 +129,7 @@ impl LeakDetector {
     /// println!("{snapshot}"); // tables for a terminal
     /// ```
     pub fn snapshot(&self) -> Snapshot {
-        snapshot::take(&self.engine)
+        snapshot::take(&self.engine, &snapshot::Only::default())
     }
 }
 

@@ -154,6 +154,9 @@ pub struct RouteStats {
     pub witnesses: usize,
     /// Tracked tasks of the route still alive.
     pub tracked_tasks: u64,
+    /// Active reports (`Suspected` or `Confirmed`) about the route's requests: every one the
+    /// detector holds, however many a snapshot lists.
+    pub active_reports: u64,
 }
 
 /// How byte figures are counted: in [`Stats::memory`], in the snapshot and in the CI guard.

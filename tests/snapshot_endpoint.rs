@@ -144,8 +144,8 @@ async fn the_snapshot_shows_requests_tasks_and_reports_by_route() {
             .collect::<Vec<_>>()
             .join(" ")
     };
-    // ROUTE, IN FLIGHT, OLDEST, FINISHED, LIVE BYTES, RETAINED, BLOCKS, WITNESSES, TASKS
-    assert_eq!(row("/hello"), "/hello 0 - 5 - - - 0 0");
+    // ROUTE, IN FLIGHT, OLDEST, FINISHED, LIVE BYTES, RETAINED, BLOCKS, WITNESSES, TASKS, REPORTS
+    assert_eq!(row("/hello"), "/hello 0 - 5 - - - 0 0 0");
     assert!(row("/slow").starts_with("/slow 1 "), "{text}");
     let task_row = row("tests/snapshot_endpoint.rs");
     assert!(

@@ -306,6 +306,9 @@ impl Engine {
         for group in self.task_groups(now) {
             route_entry(&mut routes, &group.route, tracked).tracked_tasks += group.alive;
         }
+        self.for_each_report(|report| {
+            route_entry(&mut routes, &report.route, tracked).active_reports += 1;
+        });
         if tracked {
             for (slot, name) in self.routes.slots() {
                 let (bytes, blocks) = alloc::route_live(slot);

@@ -11,8 +11,8 @@ use std::fmt::Write;
 use super::{Snapshot, TrendSample};
 use crate::stats::RouteStats;
 
-/// The most reports the page lists (the JSON form has them all).
-const MAX_REPORTS: usize = 50;
+/// The most reports the page shows in full (every one is counted in the groups above them).
+const MAX_REPORTS: usize = 20;
 
 const STYLE: &str = "body{font:14px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:72em;\
 padding:0 1em;color:#1d1d1f}h1{font-size:1.4em;margin:0}h2{font-size:1.1em;margin:1.6em 0 .5em}\
@@ -95,12 +95,12 @@ pub(crate) fn page(snapshot: &Snapshot, links: &Links) -> String {
 /// tasks alive); those with reports in bold. Retaining is not leaking (a bounded cache retains):
 /// the reports column is the detector's verdict.
 fn routes_table(out: &mut String, snapshot: &Snapshot) {
-    let reports_of = |route: &str| snapshot.reports.iter().filter(|r| r.route == route).count();
-    let mut routes: Vec<(&RouteStats, usize)> = snapshot
+    // Counted by the detector: every active report, however many the snapshot lists.
+    let mut routes: Vec<(&RouteStats, u64)> = snapshot
         .stats
         .routes
         .iter()
-        .map(|r| (r, reports_of(&r.route)))
+        .map(|r| (r, r.active_reports))
         .collect();
     routes.sort_by(|(a, ra), (b, rb)| {
         (b.retained_bytes.unwrap_or(0), rb, b.tracked_tasks)
@@ -131,10 +131,51 @@ fn routes_table(out: &mut String, snapshot: &Snapshot) {
     out.push_str("</tbody></table>\n");
 }
 
-/// The active reports, with their await traces.
+/// The active reports grouped by route, kind and place, every one counted; then the first
+/// reports themselves, with their await traces.
 fn reports(out: &mut String, snapshot: &Snapshot) {
-    let total = snapshot.reports.len() + snapshot.reports_omitted;
-    let _ = writeln!(out, "<h2>Active reports ({total})</h2>");
+    let groups = &snapshot.report_groups;
+    let total: u64 = groups.iter().map(|g| g.count).sum();
+    let _ = writeln!(
+        out,
+        "<h2>Active reports ({total}, in {} groups)</h2>",
+        groups.len() + snapshot.report_groups_omitted
+    );
+    if !groups.is_empty() {
+        out.push_str(
+            "<table id=\"groups\"><thead><tr><th>reports</th><th>confirmed</th><th>kind</th>\
+             <th>route</th><th>where</th><th>first seen (UTC)</th><th>last seen (UTC)</th>\
+             <th>example</th></tr></thead><tbody>\n",
+        );
+        for group in groups {
+            let _ = writeln!(
+                out,
+                "<tr><td class=\"bad\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{}</td></tr>",
+                group.count,
+                group.confirmed,
+                group.kind,
+                escape(&group.route),
+                escape(group.place.as_deref().unwrap_or("–")),
+                crate::util::clock::utc(group.first_detected),
+                crate::util::clock::utc(group.last_detected),
+                escape(&group.example.detail),
+            );
+        }
+        out.push_str("</tbody></table>\n");
+    }
+    if snapshot.report_groups_omitted > 0 {
+        let _ = writeln!(
+            out,
+            "<p class=\"meta\">… and {} smaller groups: filter with ?route= or ?kind=.</p>",
+            snapshot.report_groups_omitted
+        );
+    }
+    let examples = snapshot.reports.len().min(MAX_REPORTS);
+    if examples == 0 {
+        return;
+    }
+    let _ = writeln!(out, "<h3>The first {examples} reports</h3>");
     for report in snapshot.reports.iter().take(MAX_REPORTS) {
         let _ = write!(
             out,
@@ -145,13 +186,6 @@ fn reports(out: &mut String, snapshot: &Snapshot) {
             let _ = write!(out, "<pre>{}</pre>", escape(trace));
         }
         out.push_str("</div>\n");
-    }
-    if total > MAX_REPORTS {
-        let _ = writeln!(
-            out,
-            "<p class=\"meta\">… and {} more: see the JSON form.</p>",
-            total - MAX_REPORTS
-        );
     }
 }
 

@@ -14,6 +14,7 @@
 //! Its [`Display`](std::fmt::Display) form is a set of tables for a terminal; with the `serde`
 //! feature it serialises (to JSON, for the endpoint).
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::alloc::symbolize::Symbolizer;
@@ -56,8 +57,16 @@ pub struct Snapshot {
     pub tasks: Vec<TaskGroup>,
     /// Groups left out past [`MAX_TASK_GROUPS`](Self::MAX_TASK_GROUPS).
     pub task_groups_omitted: usize,
+    /// Every active report, grouped by route, kind and place (spawn or watch line, or the
+    /// allocation site holding the most), most reports first: counted from the detector, so
+    /// that no cap hides a route. At most [`MAX_REPORT_GROUPS`](Self::MAX_REPORT_GROUPS).
+    pub report_groups: Vec<ReportGroup>,
+    /// Groups left out past [`MAX_REPORT_GROUPS`](Self::MAX_REPORT_GROUPS) (the smallest ones).
+    pub report_groups_omitted: usize,
     /// The active reports, as [`LeakDetector::leaks`](crate::LeakDetector::leaks) returns them
-    /// (await traces included where there are some), oldest first.
+    /// (await traces included where there are some), oldest first: examples, at most
+    /// [`MAX_REPORTS`](Self::MAX_REPORTS); [`report_groups`](Self::report_groups) counts them
+    /// all.
     pub reports: Vec<LeakReport>,
     /// Reports left out past [`MAX_REPORTS`](Self::MAX_REPORTS) (the newest ones).
     pub reports_omitted: usize,
@@ -75,10 +84,57 @@ pub struct Snapshot {
 impl Snapshot {
     /// The most reports a snapshot lists.
     pub const MAX_REPORTS: usize = 256;
+    /// The most groups of reports a snapshot lists.
+    pub const MAX_REPORT_GROUPS: usize = 256;
     /// The most groups of tasks a snapshot lists.
     pub const MAX_TASK_GROUPS: usize = 256;
     /// The most routes whose allocation sites a snapshot lists.
     pub const MAX_SITE_ROUTES: usize = 32;
+}
+
+/// Active reports of one route and kind from one place, in [`Snapshot::report_groups`].
+#[derive(Clone, Debug, PartialEq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize))]
+#[non_exhaustive]
+pub struct ReportGroup {
+    /// The route template of the requests the reports are about.
+    pub route: String,
+    /// What leaked.
+    pub kind: LeakKind,
+    /// Where: the spawn or watch line (`file:line`), or for retained memory the allocation
+    /// site holding the most (when allocation sites are on).
+    pub place: Option<String>,
+    /// How many active reports the group has.
+    pub count: u64,
+    /// Of those, how many are confirmed (the rest are suspected).
+    pub confirmed: u64,
+    /// When the group's oldest report was made (Unix milliseconds in JSON).
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser::unix_millis"))]
+    pub first_detected: SystemTime,
+    /// When its newest report was made.
+    #[cfg_attr(feature = "serde", serde(serialize_with = "ser::unix_millis"))]
+    pub last_detected: SystemTime,
+    /// One of its reports (the oldest).
+    pub example: LeakReport,
+}
+
+/// What a snapshot is narrowed to (`?route=` and `?kind=` of the snapshot service): its
+/// reports, groups, routes and tasks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Only {
+    pub(crate) route: Option<String>,
+    pub(crate) kind: Option<LeakKind>,
+}
+
+impl Only {
+    fn report(&self, report: &LeakReport) -> bool {
+        self.route.as_ref().is_none_or(|r| *r == report.route)
+            && self.kind.is_none_or(|k| k == report.kind)
+    }
+
+    fn route(&self, route: &str) -> bool {
+        self.route.as_ref().is_none_or(|r| r == route)
+    }
 }
 
 /// Where one route's live memory was allocated, in a [`Snapshot`].
@@ -137,25 +193,33 @@ impl From<Sample> for TrendSample {
     }
 }
 
-/// Takes a snapshot of `engine`. Whatever it allocates is never charged to a request.
-pub(crate) fn take(engine: &Engine) -> Snapshot {
-    current::outside(|| collect(engine))
+/// Takes a snapshot of `engine`, narrowed to `only`. Whatever it allocates is never charged to
+/// a request.
+pub(crate) fn take(engine: &Engine, only: &Only) -> Snapshot {
+    current::outside(|| collect(engine, only))
 }
 
-fn collect(engine: &Engine) -> Snapshot {
+fn collect(engine: &Engine, only: &Only) -> Snapshot {
     let now = Instant::now();
-    let stats = engine.stats();
-    let tasks = engine.task_groups(now);
+    let mut stats = engine.stats();
+    stats.routes.retain(|r| only.route(&r.route));
+    let mut tasks = engine.task_groups(now);
+    tasks.retain(|t| only.route(&t.route));
     let (tasks, task_groups_omitted) = truncated(tasks, Snapshot::MAX_TASK_GROUPS);
     let sites_accounting = engine.sites_accounting();
-    let reports = engine.leaks();
-    let trend = trend(engine.trend_window(), &reports);
+    let all = engine.leaks();
+    let trend = trend(engine.trend_window(), &all);
+    let reports: Vec<LeakReport> = all.into_iter().filter(|r| only.report(r)).collect();
+    let (report_groups, report_groups_omitted) =
+        truncated(report_groups(&reports), Snapshot::MAX_REPORT_GROUPS);
     let (reports, reports_omitted) = truncated(reports, Snapshot::MAX_REPORTS);
     Snapshot {
         taken_at: clock::wall(now),
         stats,
         tasks,
         task_groups_omitted,
+        report_groups,
+        report_groups_omitted,
         reports,
         reports_omitted,
         sites: if sites_accounting.is_tracked() {
@@ -166,6 +230,42 @@ fn collect(engine: &Engine) -> Snapshot {
         sites_accounting,
         trend,
     }
+}
+
+/// `reports` (ordered by id) grouped by route, kind and place, the largest groups first.
+fn report_groups(reports: &[LeakReport]) -> Vec<ReportGroup> {
+    let mut groups: HashMap<(&str, LeakKind, Option<String>), ReportGroup> = HashMap::new();
+    for report in reports {
+        let place = match (&report.location, report.sites.first()) {
+            (Some(location), _) => Some(location.to_string()),
+            (None, Some(site)) => Some(match (&site.file, site.line) {
+                (Some(file), Some(line)) => format!("{file}:{line}"),
+                _ => site.function.clone(),
+            }),
+            (None, None) => None,
+        };
+        let group = groups
+            .entry((&report.route, report.kind, place.clone()))
+            .or_insert_with(|| ReportGroup {
+                route: report.route.clone(),
+                kind: report.kind,
+                place,
+                count: 0,
+                confirmed: 0,
+                first_detected: report.detected_at,
+                last_detected: report.detected_at,
+                example: report.clone(),
+            });
+        group.count += 1;
+        group.confirmed += u64::from(report.state == LeakState::Confirmed);
+        group.first_detected = group.first_detected.min(report.detected_at);
+        group.last_detected = group.last_detected.max(report.detected_at);
+    }
+    let mut groups: Vec<ReportGroup> = groups.into_values().collect();
+    groups.sort_by(|a, b| {
+        (b.count, &a.route, a.kind, &a.place).cmp(&(a.count, &b.route, b.kind, &b.place))
+    });
+    groups
 }
 
 /// The first `max` items, and how many were left out.

@@ -13,6 +13,7 @@ use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use tower_service::Service;
 
 use crate::engine::Engine;
+use crate::report::LeakKind;
 
 /// Answers `GET` with the detector's [`Snapshot`](super::Snapshot) — as JSON, text or a page —
 /// and its heap and task profiles. From [`LeakDetector::snapshot_service`](crate::LeakDetector::snapshot_service).
@@ -25,9 +26,9 @@ use crate::engine::Engine;
 /// |---|---|
 /// | `…/heap` | the live tracked heap as a gzipped pprof profile, by allocation site, `route` and `held_by` (`finished`, `in_flight`) labels; `?route=` and `?held_by=` filter (feature `pprof`) |
 /// | `…/tasks` | the tracked tasks alive, as a gzipped pprof profile, or as text with `?debug=1` like Go's `goroutine?debug=1`; `?route=` and `?held_by=` filter (feature `pprof`) |
-/// | anything else | the snapshot: JSON by default, a table for a terminal with `?format=text`, one self-contained HTML page for a browser (sent `Accept: text/html`) or with `?format=html` |
+/// | anything else | the snapshot: JSON by default, a table for a terminal with `?format=text`, one self-contained HTML page for a browser (sent `Accept: text/html`) or with `?format=html`; `?route=` and `?kind=` (`OrphanTask`, …) narrow it to one route template or kind of report |
 ///
-/// Any other method gets `405 Method Not Allowed`; any other `format` or `held_by`, `400 Bad
+/// Any other method gets `405 Method Not Allowed`; any other `format`, `kind` or `held_by`, `400 Bad
 /// Request`; a heap profile where memory or allocation sites are not tracked, `404 Not Found`
 /// saying how to turn them on. The request's body is never read, and nothing of the request
 /// (its path, query or headers) appears in the answer. Responses carry `cache-control:
@@ -87,17 +88,17 @@ impl SnapshotService {
         match format {
             Some("html") => {
                 let links = super::html::Links::for_path(page_path(request));
-                let page = super::html::page(&super::take(&self.engine), &links);
+                let page = super::html::page(&super::take(&self.engine, &query.only), &links);
                 with_type(StatusCode::OK, page.into(), "text/html; charset=utf-8")
             }
-            None | Some("json") => match serde_json::to_string_pretty(&super::take(&self.engine)) {
+            None | Some("json") => match serde_json::to_string_pretty(&super::take(&self.engine, &query.only)) {
                 Ok(json) => with_type(StatusCode::OK, json.into(), "application/json"),
                 Err(error) => plain(
                     StatusCode::INTERNAL_SERVER_ERROR,
                     format!("the snapshot could not be serialised: {error}\n"),
                 ),
             },
-            Some("text") => plain(StatusCode::OK, super::take(&self.engine).to_string()),
+            Some("text") => plain(StatusCode::OK, super::take(&self.engine, &query.only).to_string()),
             Some(_) => plain(
                 StatusCode::BAD_REQUEST,
                 "unknown format: use format=json (the default), format=text or format=html\n"
@@ -177,6 +178,8 @@ struct Query {
     format: Option<String>,
     /// `debug=1`: the task profile as text.
     debug: bool,
+    /// `route=` and `kind=`: what the snapshot is narrowed to.
+    only: super::Only,
     /// `route=` and `held_by=`: which samples the profiles keep.
     #[cfg(feature = "pprof")]
     filter: super::pprof::Filter,
@@ -193,8 +196,20 @@ impl Query {
             match key {
                 "format" => parsed.format = Some(value),
                 "debug" => parsed.debug = value != "0",
-                #[cfg(feature = "pprof")]
-                "route" => parsed.filter.route = Some(value),
+                "route" => {
+                    #[cfg(feature = "pprof")]
+                    {
+                        parsed.filter.route = Some(value.clone());
+                    }
+                    parsed.only.route = Some(value);
+                }
+                "kind" => {
+                    let kind = LeakKind::ALL.iter().find(|k| k.as_str() == value);
+                    parsed.only.kind = Some(*kind.ok_or(
+                        "unknown kind: use kind=OrphanTask, RetainedMemory, RetainedBody, \
+                         UnconsumedBody, WatchedObject, StuckRequest, HeapGrowth or TaskGrowth\n",
+                    )?);
+                }
                 #[cfg(feature = "pprof")]
                 "held_by" => {
                     parsed.filter.held_by = Some(

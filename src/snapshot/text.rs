@@ -43,7 +43,12 @@ impl Display for Snapshot {
         )?;
         self.routes_table(f)?;
         self.tasks_table(f)?;
-        writeln!(f, "\nreports ({})", self.reports.len())?;
+        self.groups_table(f)?;
+        writeln!(
+            f,
+            "\nreports ({})",
+            self.reports.len() + self.reports_omitted
+        )?;
         f.write_str(&render_list(&self.reports))?;
         if self.reports_omitted > 0 {
             writeln!(f, "  … and {} more", self.reports_omitted)?;
@@ -71,6 +76,7 @@ impl Snapshot {
                     or_dash(r.live_blocks),
                     r.witnesses.to_string(),
                     r.tracked_tasks.to_string(),
+                    r.active_reports.to_string(),
                 ]
             })
             .collect();
@@ -87,9 +93,47 @@ impl Snapshot {
                 ("BLOCKS", Right),
                 ("WITNESSES", Right),
                 ("TASKS", Right),
+                ("REPORTS", Right),
             ],
             &rows,
         )?;
+        Ok(())
+    }
+
+    /// Every active report, counted by route, kind and place.
+    fn groups_table(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let total: u64 = self.report_groups.iter().map(|g| g.count).sum();
+        writeln!(f, "\nreports by route, kind and place ({total})")?;
+        let rows: Vec<Vec<String>> = self
+            .report_groups
+            .iter()
+            .map(|g| {
+                vec![
+                    g.count.to_string(),
+                    g.confirmed.to_string(),
+                    g.kind.to_string(),
+                    g.route.clone(),
+                    or_dash(g.place.as_deref()),
+                    g.example.request_id.clone(),
+                ]
+            })
+            .collect();
+        use Align::{Left, Right};
+        table::write(
+            f,
+            &[
+                ("REPORTS", Right),
+                ("CONFIRMED", Right),
+                ("KIND", Left),
+                ("ROUTE", Left),
+                ("WHERE", Left),
+                ("EXAMPLE REQUEST", Left),
+            ],
+            &rows,
+        )?;
+        if self.report_groups_omitted > 0 {
+            writeln!(f, "  … and {} smaller groups", self.report_groups_omitted)?;
+        }
         Ok(())
     }
 
