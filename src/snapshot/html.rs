@@ -21,7 +21,8 @@ border-bottom:1px solid #ddd;text-align:right;white-space:nowrap}th:first-child,
 {text-align:left;white-space:normal;word-break:break-all}tr.leaks td:first-child{font-weight:600}\
 .bad{color:#b3261e}pre{background:#f5f5f7;padding:.6em;overflow:auto;font-size:12px}\
 .report{margin:.8em 0;border-left:3px solid #b3261e;padding-left:.8em}nav a{margin-right:1em}\
-svg text{font:11px system-ui,sans-serif}";
+svg text{font:11px system-ui,sans-serif}#groups td:first-child{white-space:nowrap;word-break:normal}#groups td:nth-child(3),\
+#groups td:nth-child(8){text-align:left;white-space:normal;overflow-wrap:anywhere}";
 
 /// Where the page's links point: paths relative to the page's own address.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -143,22 +144,22 @@ fn reports(out: &mut String, snapshot: &Snapshot) {
     );
     if !groups.is_empty() {
         out.push_str(
-            "<table id=\"groups\"><thead><tr><th>reports</th><th>confirmed</th><th>kind</th>\
-             <th>route</th><th>where</th><th>first seen (UTC)</th><th>last seen (UTC)</th>\
+            "<table id=\"groups\"><thead><tr><th>route</th><th>kind</th><th>where</th>\
+             <th>reports</th><th>confirmed</th><th>first seen</th><th>last seen</th>\
              <th>example</th></tr></thead><tbody>\n",
         );
         for group in groups {
             let _ = writeln!(
                 out,
-                "<tr><td class=\"bad\">{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"bad\">{}</td><td>{}</td>\
                  <td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(&group.route),
+                group.kind,
+                escape(group.place.as_deref().map_or("–", super::short_place)),
                 group.count,
                 group.confirmed,
-                group.kind,
-                escape(&group.route),
-                escape(group.place.as_deref().unwrap_or("–")),
-                crate::util::clock::utc(group.first_detected),
-                crate::util::clock::utc(group.last_detected),
+                time_of_day(group.first_detected),
+                time_of_day(group.last_detected),
                 escape(&group.example.detail),
             );
         }
@@ -187,6 +188,12 @@ fn reports(out: &mut String, snapshot: &Snapshot) {
         }
         out.push_str("</div>\n");
     }
+}
+
+/// The UTC time of day of `at` (`22:37:36`): the date is the page's, in its header.
+fn time_of_day(at: std::time::SystemTime) -> String {
+    let utc = crate::util::clock::utc(at); // "2026-12-06 22:37:36 UTC"
+    utc.split(' ').nth(1).unwrap_or(&utc).to_owned()
 }
 
 /// The trend window as a small SVG chart: live heap bytes and tasks alive, each scaled to its

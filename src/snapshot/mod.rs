@@ -268,6 +268,23 @@ fn report_groups(reports: &[LeakReport]) -> Vec<ReportGroup> {
     groups
 }
 
+/// A place as a person reads it: a file in cargo's registry from the crate's own directory on
+/// (`tokio-1.54.1/src/runtime/task/core.rs:261`), one in cargo's git checkouts from the
+/// checkout's directory on, anything else as it is.
+pub(crate) fn short_place(place: &str) -> &str {
+    if let Some(at) = place.find("/registry/src/") {
+        let rest = &place[at + "/registry/src/".len()..];
+        // Past the registry index's directory.
+        if let Some(slash) = rest.find('/') {
+            return &rest[slash + 1..];
+        }
+    }
+    if let Some(at) = place.find("/git/checkouts/") {
+        return &place[at + "/git/checkouts/".len()..];
+    }
+    place
+}
+
 /// The first `max` items, and how many were left out.
 fn truncated<T>(mut items: Vec<T>, max: usize) -> (Vec<T>, usize) {
     let omitted = items.len().saturating_sub(max);
@@ -310,6 +327,24 @@ fn trend(window: TrendWindow, reports: &[LeakReport]) -> TrendSnapshot {
 
 #[cfg(test)]
 mod tests {
+    use super::short_place;
+
+    #[test]
+    fn places_in_dependencies_are_named_from_their_crate() {
+        let registry = "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/\
+                        src/runtime/task/core.rs:261";
+        assert_eq!(
+            short_place(registry),
+            "tokio-1.54.1/src/runtime/task/core.rs:261"
+        );
+        let git = "/home/u/.cargo/git/checkouts/hyper-0a1b2c/5d6e7f/src/proto/h1/io.rs:10";
+        assert_eq!(
+            short_place(git),
+            "hyper-0a1b2c/5d6e7f/src/proto/h1/io.rs:10"
+        );
+        assert_eq!(short_place("src/main.rs:7"), "src/main.rs:7");
+    }
+
     #[test]
     fn an_empty_detector_has_an_empty_snapshot() {
         let detector = crate::LeakDetector::builder().build().unwrap();

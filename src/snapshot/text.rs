@@ -113,7 +113,7 @@ impl Snapshot {
                     g.confirmed.to_string(),
                     g.kind.to_string(),
                     g.route.clone(),
-                    or_dash(g.place.as_deref()),
+                    or_dash(g.place.as_deref().map(super::short_place)),
                     g.example.request_id.clone(),
                 ]
             })
