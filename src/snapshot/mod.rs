@@ -4,8 +4,9 @@
 //!
 //! A snapshot is built only when asked for, on the asking thread, never on a request's path. It
 //! reads the last sweep's verdicts and the registry as they are; it does not sweep. It is
-//! bounded whatever the traffic: at most [`Snapshot::MAX_REPORTS`] reports,
-//! [`Snapshot::MAX_TASK_GROUPS`] groups of tasks and [`LeakReport::MAX_SITES`] allocation sites
+//! bounded whatever the traffic: at most [`Snapshot::MAX_REPORTS`] reports (examples: every
+//! report is counted, by route in [`Stats::routes`] and by route, kind and place in at most
+//! [`Snapshot::MAX_REPORT_GROUPS`] groups), [`Snapshot::MAX_TASK_GROUPS`] groups of tasks and [`LeakReport::MAX_SITES`] allocation sites
 //! for each of [`Snapshot::MAX_SITE_ROUTES`] routes, what is left out counted; its routes are
 //! those of [`Stats::routes`], at most [`route::MAX_ROUTES`](crate::route::MAX_ROUTES) templates
 //! and the few stand-in names. Like reports, it names routes by their template and never holds
