@@ -193,29 +193,39 @@ impl Engine {
     /// Tracked tasks still alive, grouped by route and spawn location, most tasks first: the
     /// one count of live tasks (the per-route figures add these up).
     pub(crate) fn task_groups(&self, now: Instant) -> Vec<TaskGroup> {
-        let mut groups: HashMap<(Arc<str>, Option<SourceLocation>), TaskGroup> = HashMap::new();
+        // By route, then spawn location: a route's name is copied once, not once per task (a
+        // registry can hold 100 000 of them).
+        type ByLocation = HashMap<Option<SourceLocation>, TaskGroup>;
+        let mut groups: HashMap<Box<str>, ByLocation> = HashMap::new();
         self.registry.for_each_object(|_, object| {
             if !matches!(object.liveness, Liveness::Task(_)) || !object.liveness.is_alive() {
                 return;
             }
             let location = object.location.map(SourceLocation::from_std);
             let route = object.scope.route.as_str();
-            let group = groups
-                .entry((route.into(), location))
-                .or_insert_with(|| TaskGroup {
-                    route: route.to_owned(),
-                    location,
-                    alive: 0,
-                    after_request: 0,
-                    oldest: Duration::ZERO,
-                });
+            if !groups.contains_key(route) {
+                groups.insert(route.into(), ByLocation::new());
+            }
+            let Some(by_location) = groups.get_mut(route) else {
+                return;
+            };
+            let group = by_location.entry(location).or_insert_with(|| TaskGroup {
+                route: route.to_owned(),
+                location,
+                alive: 0,
+                after_request: 0,
+                oldest: Duration::ZERO,
+            });
             group.alive += 1;
             group.after_request += u64::from(!object.scope.is_open());
             group.oldest = group
                 .oldest
                 .max(now.saturating_duration_since(object.created_at));
         });
-        let mut groups: Vec<TaskGroup> = groups.into_values().collect();
+        let mut groups: Vec<TaskGroup> = groups
+            .into_values()
+            .flat_map(HashMap::into_values)
+            .collect();
         groups.sort_by(|a, b| {
             (b.alive, &a.route, a.location.map(|l| (l.file, l.line))).cmp(&(
                 a.alive,
