@@ -88,6 +88,13 @@
 //! bytes grow by at least a byte per request, window after window of `memory_window` requests
 //! (or across doublings of its request count, for a list whose buffer doubles), is reported too.
 //!
+//! One cause gives one report: a request whose task, body or watched object is reported holds
+//! that leftover's memory (a task's cell and what it allocated, a kept body's buffers), so its
+//! memory is set aside while the leftover lives — out of its route's retained bytes, never a
+//! witness — and counted with the route's again once the leftover is gone. Memory a request
+//! keeps beside its leftover is found on the route's requests that leave none, or once the
+//! leftover is fixed.
+//!
 //! # Trend alerts
 //!
 //! Per-request attribution finds what a request leaves behind; a trend catches what it cannot

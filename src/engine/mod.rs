@@ -79,6 +79,15 @@ struct Judges {
     warnings: Warnings,
 }
 
+/// What the objects phase of a sweep hands on.
+#[derive(Default)]
+struct Objects {
+    /// The live tasks judged by growth.
+    census: Census,
+    /// The requests whose leftovers stand reported.
+    reported: objects::Reported,
+}
+
 /// What the scopes phase of a sweep hands on.
 #[derive(Default)]
 struct Scopes {
@@ -232,10 +241,10 @@ impl Engine {
         let _one_at_a_time = lock(&self.sweeping);
         let now = Instant::now();
         let mut reports = Vec::new();
-        let census = self.judge_objects(now, &mut reports);
+        let objects = self.judge_objects(now, &mut reports);
         let scopes = self.judge_scopes(now, &mut reports);
         lock(&self.active).record(&reports);
-        let finished = self.judge_routes(now, census, scopes, &mut reports);
+        let finished = self.judge_routes(now, objects, scopes, &mut reports);
         self.registry.recycle(finished);
         #[cfg(leakwatch_taskdump)]
         self.dumps
@@ -246,14 +255,15 @@ impl Engine {
     }
 
     /// First phase: the objects requests left behind (tasks, bodies, watched objects), each
-    /// against its request; returns the census of the tasks judged by growth instead.
+    /// against its request; returns the census of the tasks judged by growth instead, and the
+    /// requests whose leftovers stand reported.
     ///
     /// An object of a request still in flight is judged once the request has ended; until
     /// then each sweep looks at one in `CHECK_IN_FLIGHT_EVERY` of them (by id; all of them when
     /// the registry is more than half full) to forget those that are gone: a sweep over many
     /// requests in flight reads their scopes, and only a few of their objects.
-    fn judge_objects(&self, now: Instant, reports: &mut Vec<LeakReport>) -> Census {
-        let mut census = Census::default();
+    fn judge_objects(&self, now: Instant, reports: &mut Vec<LeakReport>) -> Objects {
+        let mut found = Objects::default();
         let turn = self.counters.sweeps.load(Ordering::Relaxed) % CHECK_IN_FLIGHT_EVERY;
         let all = self.registry.len() > self.registry.capacity() / 2;
         self.registry.sweep_objects(|id, object| {
@@ -262,10 +272,13 @@ impl Engine {
                 return true;
             }
             let keep = objects::judge_object(id, object, now, &self.config, reports);
-            census.count(object);
+            found.census.count(object);
+            if keep {
+                found.reported.note(object);
+            }
             keep
         });
-        census
+        found
     }
 
     /// Second phase: the requests' scopes — stuck requests, and finished ones the registry can
@@ -290,7 +303,7 @@ impl Engine {
     fn judge_routes(
         &self,
         now: Instant,
-        census: Census,
+        objects: Objects,
         scopes: Scopes,
         reports: &mut Vec<LeakReport>,
     ) -> Vec<Arc<Scope>> {
@@ -303,14 +316,18 @@ impl Engine {
             .into_iter()
             .partition(|scope| scope.memory.is_some());
         judges.memory.count_clean(&self.registry.take_clean(), ids);
-        finished.extend(judges.memory.judge_requests(counted, config, ids));
-        judges
-            .memory
-            .judge_routes(now, config, &scopes.unjudged, reports);
+        let memory = &mut judges.memory;
+        finished.extend(memory.judge_requests(counted, &objects.reported, config, ids));
+        memory.judge_routes(now, config, &objects.reported, &scopes.unjudged, reports);
         let finished_by_route = self.registry.finished_requests();
-        judges
-            .tasks
-            .judge(census, &finished_by_route, now, config, ids, reports);
+        judges.tasks.judge(
+            objects.census,
+            &finished_by_route,
+            now,
+            config,
+            ids,
+            reports,
+        );
         let live_heap = || self.live_heap_bytes();
         judges.trend.sample(now, live_heap, scopes.open, reports);
         for finding in reports

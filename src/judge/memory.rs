@@ -30,6 +30,14 @@
 //!
 //! Requests that keep less than the threshold each are judged together: a route whose retained
 //! bytes grow steadily with its requests is reported too (see [`growth`](super::growth)).
+//!
+//! One cause, one report: a request whose task, body or watched object stands reported holds
+//! that leftover's memory (a task's cell and what it allocated, a kept body's buffers, a
+//! watched object). Such a request is not judged for memory while the leftover lives: what it
+//! held when it would have been judged is set aside (left out of its route's retained bytes,
+//! never a witness), and once the leftover is gone the request counts as judged. Memory the
+//! request keeps beyond its leftover is judged with the route's requests that left nothing,
+//! or once the leftover is fixed.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -41,6 +49,7 @@ use crate::alloc::symbolize::Symbolizer;
 use crate::alloc::Usage;
 use crate::config::Config;
 use crate::judge::build::request_report;
+use crate::judge::objects::Reported;
 use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request::scope::Scope;
@@ -57,6 +66,9 @@ pub(crate) const MIN_OLD_WITNESSES: usize = 3;
 #[derive(Default)]
 pub(crate) struct MemoryJudge {
     routes: HashMap<u32, RouteMemory>,
+    /// Requests whose leftovers stand reported, by scope id: their route slot and what they
+    /// held when set aside. Bounded by the registry's capacity (one leftover each at least).
+    set_aside: HashMap<u64, (u32, u64)>,
     symbols: Symbolizer,
 }
 
@@ -90,9 +102,11 @@ impl MemoryJudge {
     /// Judges requests whose scopes closed more than the grace period ago (or let go earlier),
     /// oldest first. Keeps some as witnesses; returns the others, whose memory is no longer
     /// counted per request.
+    /// Those whose leftovers stand `reported` are set aside instead.
     pub(crate) fn judge_requests(
         &mut self,
         mut scopes: Vec<Arc<Scope>>,
+        reported: &Reported,
         config: &Config,
         ids: &Ids,
     ) -> Vec<Arc<Scope>> {
@@ -100,7 +114,10 @@ impl MemoryJudge {
         scopes.sort_unstable_by_key(|scope| scope.id);
         let mut done = Vec::with_capacity(scopes.len());
         for scope in scopes {
-            if let Some(scope) = self.judge_request(scope, config, ids) {
+            if reported.contains(scope.id) {
+                self.set_aside(&scope);
+                done.push(scope);
+            } else if let Some(scope) = self.judge_request(scope, config, ids) {
                 done.push(scope);
             }
         }
@@ -116,6 +133,40 @@ impl MemoryJudge {
                 self.route(slot as u32, ids).judged += n;
             }
         }
+    }
+
+    /// Sets aside a request whose leftover stands reported: what it holds now is the
+    /// leftover's, left out of its route's retained bytes until the leftover is gone.
+    fn set_aside(&mut self, scope: &Scope) {
+        if let Some(usage) = scope.usage() {
+            if scope.route_slot() != 0 {
+                let held = (scope.route_slot(), usage.retained_bytes());
+                self.set_aside.insert(scope.id, held);
+            }
+        }
+        scope.retire_memory();
+    }
+
+    /// Counts as judged the requests set aside whose leftovers are no longer reported (gone),
+    /// and returns what the others hold, by route slot.
+    fn take_back(&mut self, reported: &Reported) -> HashMap<u32, u64> {
+        let mut held: HashMap<u32, u64> = HashMap::new();
+        let mut back: Vec<u32> = Vec::new();
+        self.set_aside.retain(|&id, &mut (slot, bytes)| {
+            let keep = reported.contains(id);
+            if keep {
+                *held.entry(slot).or_default() += bytes;
+            } else {
+                back.push(slot);
+            }
+            keep
+        });
+        for slot in back {
+            if let Some(route) = self.routes.get_mut(&slot) {
+                route.judged += 1;
+            }
+        }
+        held
     }
 
     /// The memory of the route of allocator slot `slot`, added if new.
@@ -164,16 +215,20 @@ impl MemoryJudge {
 
     /// Once per sweep: drops witnesses that let go of their memory and judges every route.
     /// `unjudged` holds, by route slot, what the route's requests not judged yet (in flight,
-    /// or in their grace period) hold: the rest of its live bytes is retained.
+    /// or in their grace period) hold; the requests set aside hold what they held then (while
+    /// their leftovers stand `reported`): the rest of its live bytes is retained.
     pub(crate) fn judge_routes(
         &mut self,
         now: Instant,
         config: &Config,
+        reported: &Reported,
         unjudged: &HashMap<u32, u64>,
         reports: &mut Vec<LeakReport>,
     ) {
+        let set_aside = self.take_back(reported);
         for (&slot, route) in &mut self.routes {
-            let held = unjudged.get(&slot).copied().unwrap_or(0);
+            let held = unjudged.get(&slot).copied().unwrap_or(0)
+                + set_aside.get(&slot).copied().unwrap_or(0);
             let retained = alloc::route_live(slot).0 - held as i64;
             route
                 .growth

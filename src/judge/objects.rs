@@ -9,7 +9,7 @@
 //! The reports made here are kept in [`Active`] while they are active, as they were made: what
 //! the detector's read side returns.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -62,6 +62,30 @@ impl Active {
         if let Some(report) = self.0.get_mut(&id) {
             report.await_trace = Some(trace.to_owned());
         }
+    }
+}
+
+/// The requests whose leftovers a sweep found reported and still alive, by scope id: their
+/// memory is the leftovers' (a task's cell and what it allocated, a kept body's buffers, a
+/// watched object), so the memory judge does not report it a second time (see
+/// [`memory`](super::memory)).
+#[derive(Default)]
+pub(crate) struct Reported(HashSet<u64>);
+
+impl Reported {
+    /// Notes `object` after it was judged (and kept) when it is an active report of its own.
+    /// A leftover of an outgoing call is its request's.
+    pub(crate) fn note(&mut self, object: &TrackedObject) {
+        if object.lifecycle.is_active() && !object.judged_by_growth() {
+            if let Some(request) = object.scope.request() {
+                self.0.insert(request.id);
+            }
+        }
+    }
+
+    /// Whether the request of scope id `id` left a leftover that is reported and alive.
+    pub(crate) fn contains(&self, id: u64) -> bool {
+        self.0.contains(&id)
     }
 }
 
