@@ -172,6 +172,9 @@ cfg_tokio_unstable! {
     pub use crate::task::hooks;
     pub use crate::task::hooks::instrument_runtime;
 }
+// Documented in every `cargo doc` build, saying what they need.
+#[cfg(all(doc, not(tokio_unstable)))]
+pub use crate::task::hooks_doc::{hooks, instrument_runtime};
 
 pub use crate::request::route;
 

@@ -22,6 +22,9 @@ use crate::request::scope::{Judged, Scope};
 cfg_tokio_unstable! {
     pub mod hooks;
 }
+// What `cargo doc` shows of the hooks in a build without them.
+#[cfg(all(doc, not(tokio_unstable)))]
+pub(crate) mod hooks_doc;
 
 /// Spawns a task on the current tokio runtime, tracked under the current request.
 ///
