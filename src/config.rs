@@ -26,6 +26,7 @@ pub(crate) struct Config {
     pub(crate) settle_timeout: Duration,
     pub(crate) memory_threshold: u64,
     pub(crate) memory_window: u64,
+    pub(crate) dependency_growth_span: Duration,
     pub(crate) trend: TrendConfig,
     pub(crate) route_fn: Option<RouteFnBox>,
     pub(crate) ignored_routes: Vec<Box<str>>,
@@ -45,6 +46,7 @@ impl Default for Config {
             settle_timeout: B::DEFAULT_SETTLE_TIMEOUT,
             memory_threshold: B::DEFAULT_MEMORY_THRESHOLD,
             memory_window: B::DEFAULT_MEMORY_WINDOW,
+            dependency_growth_span: B::DEFAULT_DEPENDENCY_GROWTH_SPAN,
             trend: TrendConfig {
                 interval: B::DEFAULT_TREND_INTERVAL,
                 window: B::DEFAULT_TREND_WINDOW,
@@ -137,6 +139,10 @@ impl LeakDetectorBuilder {
     pub const DEFAULT_MEMORY_THRESHOLD: u64 = 1;
     /// Default [`memory_window`](Self::memory_window): 256 requests.
     pub const DEFAULT_MEMORY_WINDOW: u64 = 256;
+    /// Default [`dependency_growth_span`](Self::dependency_growth_span): 10 minutes — past a
+    /// metrics recorder's upkeep (every 5 s), a batch exporter's flush (5 s) and the minutes a
+    /// lock-free structure's deferred garbage can wait.
+    pub const DEFAULT_DEPENDENCY_GROWTH_SPAN: Duration = Duration::from_secs(600);
     /// Default [`trend_interval`](Self::trend_interval): 5 seconds.
     pub const DEFAULT_TREND_INTERVAL: Duration = Duration::from_secs(5);
     /// Default [`trend_window`](Self::trend_window): 12 samples.
@@ -219,6 +225,19 @@ impl LeakDetectorBuilder {
     /// [retained memory](crate#retained-memory) in the crate docs.
     pub fn memory_window(mut self, requests: u64) -> Self {
         self.config.memory_window = requests;
+        self
+    }
+
+    /// How long a route's memory must keep growing with its requests, window after window,
+    /// before it is reported when it is not plainly the user's: memory a dependency allocated
+    /// (a span buffer, a metrics bucket, an epoch's garbage, a pool's buffers), which a library
+    /// frees on its own schedule — on a timer, not per request — and growth that no request
+    /// witnesses when allocation sites cannot tell whose it is. Memory the user's code
+    /// allocated is judged by requests alone. Default:
+    /// [`DEFAULT_DEPENDENCY_GROWTH_SPAN`](Self::DEFAULT_DEPENDENCY_GROWTH_SPAN); zero judges by
+    /// requests alone (tests). See [whose memory](crate#whose-memory) in the crate docs.
+    pub fn dependency_growth_span(mut self, span: Duration) -> Self {
+        self.config.dependency_growth_span = span;
         self
     }
 

@@ -210,7 +210,10 @@ cfg_feature! {
 ///   [`memory_window`](crate::LeakDetectorBuilder::memory_window): retained memory is judged by
 ///   what old requests still hold while newer ones come and go, so a test of 10 requests that
 ///   each keep 4 KiB passes unless the window is under 10. Send enough requests, or lower the
-///   window in the test's detector.
+///   window in the test's detector. Memory a dependency allocated, and growth no request
+///   witnesses while allocation sites cannot tell whose it is, must also keep growing for
+///   [`dependency_growth_span`](crate::LeakDetectorBuilder::dependency_growth_span): set it to
+///   zero in a test to judge by requests alone (see [whose memory](crate#whose-memory)).
 impl LeakDetector {
     /// Panics at the caller's `.await`, listing every report, if a finished request left
     /// anything behind. What it checks, and what it needs to see memory and plain spawns, is

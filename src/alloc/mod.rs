@@ -48,13 +48,13 @@ pub(crate) use self::header::Tag;
 pub(crate) use self::sampled::{
     region_bytes as sampled_region_bytes, unserved as samples_unserved,
 };
+#[cfg(feature = "pprof")]
+pub(crate) use self::sites::live as live_sites;
 pub use self::sites::AllocationSites;
 pub(crate) use self::sites::{
-    dropped as sites_dropped, enabled as sites_enabled, exact as sites_exact, top as top_sites,
-    RawSite,
+    dropped as sites_dropped, enabled as sites_enabled, exact as sites_exact, mean as sites_mean,
+    top as top_sites, RawSite,
 };
-#[cfg(feature = "pprof")]
-pub(crate) use self::sites::{live as live_sites, mean as sites_mean};
 pub(crate) use self::slots::{slots_exhausted, slots_in_use, SlotGuard, Usage};
 
 /// Bytes in front of every block (more for alignments above it).

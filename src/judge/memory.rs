@@ -31,6 +31,12 @@
 //! Requests that keep less than the threshold each are judged together: a route whose retained
 //! bytes grow steadily with its requests is reported too (see [`growth`](super::growth)).
 //!
+//! Whose memory it is decides which rules apply (see [`owner`](super::owner)): a route whose
+//! bytes sit mostly at dependencies' allocation sites is reported only when its memory grew in
+//! [`DEPENDENCY_WINDOWS`] windows in a row and for `dependency_growth_span` — a library frees
+//! on its own schedule — and, while the owner is unknown, growth no witness backs must last
+//! that span too.
+//!
 //! One cause, one report: a request whose task, body or watched object stands reported holds
 //! that leftover's memory (a task's cell and what it allocated, a kept body's buffers, a
 //! watched object). Such a request is not judged for memory while the leftover lives: what it
@@ -43,7 +49,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::growth::{RetainedGrowth, Steady};
+use super::growth::{RetainedGrowth, Steady, GROWTH_WINDOWS};
+use super::owner::{self, Owner};
 use crate::alloc;
 use crate::alloc::symbolize::Symbolizer;
 use crate::alloc::Usage;
@@ -61,6 +68,10 @@ pub(crate) const WITNESSES_PER_ROUTE: usize = 8;
 
 /// How many old witnesses still holding memory make a route leak.
 pub(crate) const MIN_OLD_WITNESSES: usize = 3;
+
+/// Windows in a row a dependency's memory must grow in to be reported (besides lasting
+/// `dependency_growth_span`).
+pub(crate) const DEPENDENCY_WINDOWS: u64 = 8;
 
 /// The sweeper's view of every route's memory, by allocator route slot.
 #[derive(Default)]
@@ -232,7 +243,7 @@ impl MemoryJudge {
             let retained = alloc::route_live(slot).0 - held as i64;
             route
                 .growth
-                .observe(route.judged, retained, config.memory_window);
+                .observe(route.judged, retained, config.memory_window, now);
             route.witnesses.retain(|w| {
                 let holds = w
                     .scope
@@ -267,20 +278,45 @@ impl MemoryJudge {
                 (median, 4 * retained_per_request >= 3 * median)
             };
             let growth = &route.growth;
+            let window = config.memory_window;
             let grew = like_witnesses
-                && if growth.is_steady() {
-                    let window = config.memory_window;
-                    growth.grew_lately(route.judged, retained, window, kept / 2)
-                } else {
-                    // A burst between a few sweeps: no window to read, the total must do.
-                    true
+                && match growth.grew_lately(route.judged, retained, window, kept / 2) {
+                    Some(grew) if growth.is_steady() => grew,
+                    // A burst between a few sweeps, or traffic that stopped before a window
+                    // could be read: none will be, the total must do.
+                    _ => !growth.is_steady() || growth.is_quiet(),
                 };
-            let current = if old.len() >= MIN_OLD_WITNESSES && grew {
-                Some(route_report(slot, judged, &old, now, config))
+            let witnessed = old.len() >= MIN_OLD_WITNESSES && grew;
+            // Whose memory it is, read only for a route that may be reported.
+            let owner = if witnessed || steady.is_some() {
+                let sites = alloc::top_sites(slot, owner::SITES_READ);
+                let mean = alloc::sampling_mean().unwrap_or_else(alloc::sites_mean);
+                owner::owner(&sites, mean, &mut self.symbols)
             } else {
-                steady.zip(route.latest.as_ref()).map(|(steady, latest)| {
-                    growth_report(slot, judged, steady, latest, now, config)
+                Owner::Unknown
+            };
+            // Memory not plainly the user's must have kept growing for `dependency_growth_span`
+            // (and, a dependency's, for `DEPENDENCY_WINDOWS` windows) to be reported.
+            let outlasted = |windows: u64| {
+                let streak = route.growth.growing_for(now);
+                streak.filter(|&(growth, lasted)| {
+                    growth.requests >= windows * config.memory_window
+                        && lasted >= config.dependency_growth_span
                 })
+            };
+            let latest = route.latest.as_ref();
+            let by_growth = |steady: Steady| {
+                latest.map(|l| growth_report(slot, judged, steady, l, now, config))
+            };
+            let current = match owner {
+                Owner::User | Owner::Unknown if witnessed => {
+                    Some(route_report(slot, judged, &old, now, config))
+                }
+                Owner::User => steady.and_then(by_growth),
+                Owner::Unknown => steady
+                    .filter(|_| outlasted(GROWTH_WINDOWS as u64).is_some())
+                    .and_then(by_growth),
+                Owner::Dependency => outlasted(DEPENDENCY_WINDOWS).and_then(|(s, _)| by_growth(s)),
             };
             let change = if let Some(mut current) = current {
                 current.sites = self

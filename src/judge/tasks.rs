@@ -118,7 +118,9 @@ impl TaskJudge {
             // One task stands for `REQUESTS_PER_TASK` units: growth of a unit per request is a
             // task per `REQUESTS_PER_TASK` requests.
             let units = (live * REQUESTS_PER_TASK) as i64;
-            group.growth.observe(requests, units, config.memory_window);
+            group
+                .growth
+                .observe(requests, units, config.memory_window, now);
             let steady = group.growth.steady().filter(|_| live > 0);
             let change = match (steady, seen) {
                 (Some(steady), Some(seen)) => {

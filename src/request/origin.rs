@@ -1,4 +1,4 @@
-//! Where a task was spawned: the service's own code, or a dependency's.
+//! Where a task was spawned, or a block allocated: the service's own code, or a dependency's.
 //!
 //! A task the user's own code spawns for a request is judged per request (the grace period,
 //! then confirming sweeps): the user can say otherwise in code ([`crate::detach`],
@@ -22,6 +22,27 @@ pub(crate) fn is_dependency(file: &str) -> bool {
         || file.starts_with("vendor/")
         || file.contains("/vendor/")
         || file.contains("\\vendor\\")
+}
+
+/// Whether source `file`, as debug information names it (an allocation site's first frame
+/// outside the standard library), is a dependency's rather than the user's own code.
+///
+/// Debug information holds absolute paths for the user's code too (the working directory is
+/// stripped only when the process runs below it), so only what marks a dependency counts:
+/// cargo's layout under any `CARGO_HOME` (`registry/src/`, `git/checkouts/`), `vendor/`, and
+/// the toolchain's sources (`/rustc/…`, `rustlib/src/`).
+pub(crate) fn is_dependency_source(file: &str) -> bool {
+    let file = file.replace('\\', "/");
+    [
+        "/registry/src/",
+        "/git/checkouts/",
+        "/vendor/",
+        "/rustlib/src/",
+    ]
+    .iter()
+    .any(|dir| file.contains(dir))
+        || file.starts_with("/rustc/")
+        || file.starts_with("vendor/")
 }
 
 /// Whether `file` matches an [`ignore_spawned_at`](crate::LeakDetectorBuilder::ignore_spawned_at)
@@ -61,6 +82,29 @@ mod tests {
             "crates/app/vendor/reqwest/src/async_impl/client.rs",
         ] {
             assert!(is_dependency(file), "{file}");
+        }
+    }
+
+    #[test]
+    fn allocation_sites_in_cargos_layout_are_dependencies() {
+        for file in [
+            "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/metrics-util-0.20.4/src/bucket.rs",
+            "/usr/local/cargo/registry/src/index.crates.io-6f17d22bba15001f/tracing-opentelemetry-0.34.0/src/layer.rs",
+            "/home/ci/.cargo/git/checkouts/tower-1a2b/8358ee7/tower/src/buffer/service.rs",
+            "C:\\Users\\me\\.cargo\\registry\\src\\index\\axum-0.8.9\\src\\extract\\ws.rs",
+            "/rustc/59807616e/library/std/src/thread/mod.rs",
+            "/app/vendor/moka/src/sync/cache.rs",
+        ] {
+            assert!(is_dependency_source(file), "{file}");
+        }
+        // The user's code, relative or not (a service run outside its workspace).
+        for file in [
+            "src/main.rs",
+            "examples/scenarios/mod.rs",
+            "/build/service/src/handlers/orders.rs",
+            "/home/me/work/api/crates/core/src/cache.rs",
+        ] {
+            assert!(!is_dependency_source(file), "{file}");
         }
     }
 
