@@ -103,8 +103,9 @@
 //!   ([`TrackingAllocator::set_allocation_sites`]), the first frame of each sampled call stack
 //!   outside the standard library says who allocated: the user's code, or a dependency's
 //!   (cargo's `registry/src/`, `git/checkouts/`, `vendor/`). A route whose live bytes sit
-//!   mostly at dependencies' sites (from 16 samples on; the share's standard error is at most
-//!   `0.5/√n` for `n` samples, none in exact mode) is judged by growth alone: it must grow in
+//!   mostly at dependencies' sites (read from 3 samples on, the evidence three old witnesses
+//!   give in sampled mode; the share's standard error is at most `0.5/√n` for `n` samples, none
+//!   in exact mode) is judged by growth alone: it must grow in
 //!   8 windows in a row and for
 //!   [`dependency_growth_span`](LeakDetectorBuilder::dependency_growth_span) (10 minutes by
 //!   default), old witnesses or not. Memory at the user's sites keeps the two-window promise.
@@ -112,8 +113,11 @@
 //!   but growth no request witnesses must also last `dependency_growth_span`.
 //!
 //! So a dependency's allocation the user keeps (a child `CancellationToken` pushed onto a global
-//! list) is found too, later: after the span, and 9 windows of requests (576 at a window of 64,
-//! with the span at zero). Make the span zero in tests to judge by requests alone.
+//! list) is found too, later: after the span, and 9 windows of requests — 576 at a window of
+//! 64 with every site recorded; in sampled mode a window must also grow past the swings of
+//! samples coming and going (each stands for the mean), 4 608 requests at a 16 KiB mean and a
+//! window of 512 for 150 bytes per request (`tests/whose_memory*.rs`). Make the span zero in
+//! tests to judge by requests alone.
 //!
 //! One cause gives one report: a request whose task, body or watched object is reported holds
 //! that leftover's memory (a task's cell and what it allocated, a kept body's buffers), so its

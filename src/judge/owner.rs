@@ -10,18 +10,22 @@
 //!
 //! A route's owner is read from the share of its live bytes that its sites put in
 //! dependencies: more than half makes the memory a dependency's. Sampled, the share is an
-//! estimate from `n` samples, with a standard error of at most `0.5 / √n`; it is read only
-//! from [`MIN_SAMPLES`] samples on (±12.5 %). With every allocation recorded
-//! ([`AllocationSites::Exact`](crate::AllocationSites::Exact)) it is exact and read at once.
-//! Sites without debug information (no file) count for neither side. Until the share can be
-//! read — or with allocation sites off — the owner is [`Owner::Unknown`].
+//! estimate from `n` samples, with a standard error of at most `0.5 / √n` (±29 % at 3, ±12.5 %
+//! at 16); it is read from [`MIN_SAMPLES`] samples on — as many as the old witnesses that
+//! report a route ([`MIN_OLD_WITNESSES`](super::memory::MIN_OLD_WITNESSES)), each of which is a
+//! sample in sampled mode, so that a route is never reported on more evidence than its owner is
+//! read from. A leak's own bytes outweigh what else the route holds, so it reads as its
+//! allocator's. With every allocation recorded
+//! ([`AllocationSites::Exact`](crate::AllocationSites::Exact)) the share is exact and read at
+//! once. Sites without debug information (no file) count for neither side. Until the share can
+//! be read — or with allocation sites off — the owner is [`Owner::Unknown`].
 
 use crate::alloc::symbolize::Symbolizer;
 use crate::alloc::RawSite;
 use crate::request::origin;
 
 /// Samples a route's sites must hold before its owner is read from them.
-pub(crate) const MIN_SAMPLES: u64 = 16;
+pub(crate) const MIN_SAMPLES: u64 = super::memory::MIN_OLD_WITNESSES as u64;
 
 /// How many of a route's sites (those holding the most) are read.
 pub(crate) const SITES_READ: usize = 64;
@@ -47,11 +51,11 @@ pub(crate) fn owner(sites: &[RawSite], mean: u64, symbols: &mut Symbolizer) -> O
     let (mut user, mut dependency, mut samples) = (0u64, 0u64, 0u64);
     for site in &resolved {
         let Some(file) = &site.file else { continue };
-        // A sampled block stands for at least `mean` bytes: this many samples at most.
+        // A sampled block stands for about `mean` bytes (more for a larger block).
         samples += if mean == 1 {
             site.blocks
         } else {
-            site.bytes / mean
+            (site.bytes + mean / 2) / mean
         };
         if origin::is_dependency_source(file) {
             dependency += site.bytes;

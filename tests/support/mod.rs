@@ -19,6 +19,8 @@ use tokio::task::JoinHandle;
 
 #[cfg(feature = "axum")]
 pub mod timing;
+#[cfg(feature = "axum")]
+pub mod whose;
 
 /// A builder for test detectors: no grace, confirmed at the first sweep, no background sweeps
 /// (tests sweep with `sweep_now`), reports collected.
