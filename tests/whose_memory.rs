@@ -3,7 +3,8 @@
 //! while memory a dependency's code allocated must grow window after window for
 //! `dependency_growth_span` too: a Prometheus recorder's histogram buckets, freed at its
 //! upkeep, are never reported; child `CancellationToken`s the user keeps in a global list
-//! (allocated by tokio-util, kept by the user) are found, later. On both runtime flavours,
+//! (allocated by tokio-util, kept by the user) and unread `reqwest::Response`s are found,
+//! later. On both runtime flavours,
 //! steady traffic (a sweep after every 4 requests), through `tower::ServiceExt::oneshot`.
 //! Each run prints how many requests it took (`--nocapture`).
 #![cfg(feature = "axum")]
@@ -54,6 +55,24 @@ async fn dependency_memory_the_user_keeps_is_found_later() {
     assert!(file.contains("tokio-util-"), "{report}");
 }
 
+/// An upstream's `reqwest::Response` kept unread per request (its buffers are reqwest's and
+/// hyper's): not before the span; found once it passed (zero here) after 8 windows of growth
+/// past the warm-up. Windows of 24 requests: each kept response holds a connection open.
+async fn responses_the_user_keeps_are_found_later() {
+    const WINDOW: u64 = 24;
+    let limit = 12 * WINDOW;
+    let (took, reports) = until_reported(SITES, WINDOW, HOUR, "/responses/{i}", limit).await;
+    assert_eq!(took, None, "{reports:#?}");
+    let span = Duration::ZERO;
+    let (took, reports) = until_reported(SITES, WINDOW, span, "/responses/{i}", limit).await;
+    let took = took.unwrap_or_else(|| panic!("not reported: {reports:#?}"));
+    println!(
+        "a kept reqwest::Response per request: confirmed after {took} requests (window \
+         {WINDOW}, span 0)"
+    );
+    assert!(took <= 10 * WINDOW, "reported after {took} requests");
+}
+
 /// A Prometheus recorder's buckets: never reported at the default span.
 async fn a_metrics_recorders_buckets_are_not_reported() {
     let limit = 3000;
@@ -70,4 +89,5 @@ on_both_runtimes! {
     user_memory_keeps_the_two_window_promise => super::user_memory_keeps_the_two_window_promise;
     dependency_memory_the_user_keeps_is_found_later => super::dependency_memory_the_user_keeps_is_found_later;
     a_metrics_recorders_buckets_are_not_reported => super::a_metrics_recorders_buckets_are_not_reported;
+    responses_the_user_keeps_are_found_later => super::responses_the_user_keeps_are_found_later;
 }

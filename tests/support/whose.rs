@@ -21,6 +21,28 @@ pub struct Kept {
     parent: CancellationToken,
     children: Arc<Mutex<Vec<CancellationToken>>>,
     forgotten: Arc<Mutex<Vec<Vec<u8>>>>,
+    responses: Arc<Mutex<Vec<reqwest::Response>>>,
+    /// A shared reqwest client and an upstream on 127.0.0.1.
+    upstream: Option<(reqwest::Client, std::net::SocketAddr)>,
+}
+
+/// An upstream's response per request, kept unread: reqwest and hyper allocate its buffers,
+/// the user keeps it (and with it its connection).
+async fn kept_response(State(kept): State<Kept>) -> &'static str {
+    let (client, addr) = kept.upstream.as_ref().expect("an upstream");
+    let response = client
+        .get(format!("http://{addr}/data"))
+        .send()
+        .await
+        .unwrap();
+    kept.responses.lock().unwrap().push(response);
+    "kept an upstream's response"
+}
+
+/// An upstream answering 16 KiB, for as long as the test runs.
+async fn upstream() -> std::net::SocketAddr {
+    let data = Router::new().route("/data", get(|| async { vec![7u8; 16 * 1024] }));
+    super::serve(data).await.0
 }
 
 /// A child token per request, kept for good: tokio-util allocates it, the user keeps it.
@@ -48,6 +70,7 @@ fn app(detector: &LeakDetector, kept: Kept) -> Router {
         .route("/tokens/{id}", get(child_token))
         .route("/bytes/{id}", get(user_bytes))
         .route("/metered/{id}", get(metered))
+        .route("/responses/{id}", get(kept_response))
         .with_state(kept)
         .layer(detector.layer())
 }
@@ -67,8 +90,8 @@ fn prometheus() {
 }
 
 /// With allocation sites recorded as `sites` (process-wide), sends up to `limit` requests to
-/// `path` (`{i}` replaced), sweeping every `EVERY`; returns how many it took until `path`'s route was confirmed as `RetainedMemory` (`None`: never),
-/// and every report made.
+/// `path` (`{i}` replaced), sweeping every `EVERY`; returns how many it took until `path`'s
+/// route was confirmed as `RetainedMemory` (`None`: never), and every report made.
 pub async fn until_reported(
     sites: AllocationSites,
     window: u64,
@@ -83,7 +106,11 @@ pub async fn until_reported(
         .dependency_growth_span(span)
         .build()
         .unwrap();
-    let app = app(&detector, Kept::default());
+    let mut kept = Kept::default();
+    if path.starts_with("/responses/") {
+        kept.upstream = Some((reqwest::Client::new(), upstream().await));
+    }
+    let app = app(&detector, kept);
     let mut reports = Vec::new();
     for sent in 1..=limit {
         let uri = path.replace("{i}", &sent.to_string());
