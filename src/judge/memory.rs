@@ -280,7 +280,7 @@ impl MemoryJudge {
             let growth = &route.growth;
             let window = config.memory_window;
             let grew = like_witnesses
-                && match growth.grew_lately(route.judged, retained, window, kept / 2) {
+                && match growth.grew_lately(route.judged, window, kept / 2) {
                     Some(grew) if growth.is_steady() => grew,
                     // A burst between a few sweeps, or traffic that stopped before a window
                     // could be read: none will be, the total must do.
