@@ -201,6 +201,12 @@ impl<A> TrackingAllocator<A> {
     /// Process-wide, like the allocator itself: every detector sees the same sites. It applies
     /// to allocations made from now on. Default: [`AllocationSites::Off`].
     ///
+    /// Sites also tell whose memory a route holds: memory a dependency's code allocated (a batch
+    /// exporter's buffer, a metrics recorder's buckets) is judged by growth over time, the
+    /// user's by requests alone (see [whose memory](crate#whose-memory)). With sites off, growth
+    /// that no request witnesses waits out
+    /// [`dependency_growth_span`](crate::LeakDetectorBuilder::dependency_growth_span).
+    ///
     /// ```
     /// use std::num::NonZeroU64;
     /// use leakwatch::{AllocationSites, TrackingAllocator};
