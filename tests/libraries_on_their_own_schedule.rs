@@ -52,13 +52,7 @@ fn telemetry() {
             std::thread::sleep(Duration::from_millis(100));
             exporter.reset();
         });
-        let prometheus = metrics_exporter_prometheus::PrometheusBuilder::new()
-            .install_recorder()
-            .expect("one global recorder");
-        std::thread::spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(5));
-            prometheus.run_upkeep();
-        });
+        support::whose::prometheus();
         // The provider lives as long as the process.
         std::mem::forget(provider);
     });

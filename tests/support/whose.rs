@@ -75,8 +75,9 @@ fn app(detector: &LeakDetector, kept: Kept) -> Router {
         .layer(detector.layer())
 }
 
-/// A Prometheus recorder for the process, its upkeep every 5 s (the exporter's default).
-fn prometheus() {
+/// A Prometheus recorder for the process, its upkeep every 5 s (the exporter's default);
+/// installed once.
+pub fn prometheus() {
     static INSTALLED: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     INSTALLED.get_or_init(|| {
         let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
