@@ -89,10 +89,8 @@ const TARGETS: &[Target] = &[
     target("GET", "/leak/cycle/{n}", "/leak/cycle/{id}", 0, LeakyMemory, "L8 Arc cycle of 8 KiB"),
     target("GET", "/leak/upstream", "/leak/upstream", 0, Leaky, "L9 upstream body kept"),
     target("GET", "/leak/ticker", "/leak/ticker", 0, Leaky, "L10 ticker never stopped"),
-    // Built with `RUSTFLAGS="--cfg tokio_unstable"`, the demo's runtime has leakwatch's task
-    // hooks, and a task spawned with plain `tokio::spawn` is tracked too.
-    #[cfg(tokio_unstable)]
-    target("GET", "/leak/plain/{n}", "/leak/plain/{id}", 0, Leaky, "L1 plain tokio::spawn, hooked"),
+    // A plain `tokio::spawn`: the `TrackingAllocator` sees the task's cell (no hooks needed).
+    target("GET", "/leak/plain/{n}", "/leak/plain/{id}", 0, Leaky, "L1 plain tokio::spawn"),
     target("GET", "/ok/json", "/ok/json", 0, Clean, "C1 plain JSON"),
     target("GET", "/ok/task", "/ok/task", 0, Clean, "C2 task done inside grace"),
     target("GET", "/ok/lru/{n}", "/ok/lru/{id}", 0, CleanMemory, "C3 bounded cache of 32 entries"),

@@ -156,9 +156,11 @@
 //!   ([`LeakReport::await_trace`]); takes effect only with `RUSTFLAGS="--cfg tokio_unstable"` on
 //!   Linux, and tokio's dumps can stall a runtime: tests and staging only.
 //!
-//! Items that need a feature say so on docs.rs. Built with `RUSTFLAGS="--cfg tokio_unstable"`,
-//! the crate also has `instrument_runtime` and the `hooks` module: every task a request spawns
-//! is tracked, plain `tokio::spawn` too.
+//! Items that need a feature say so on docs.rs. On stable flags, the [`TrackingAllocator`] sees
+//! the tasks a request spawns with plain `tokio::spawn` (see [its docs](TrackingAllocator#tasks-on-stable-rust)).
+//! Built with `RUSTFLAGS="--cfg tokio_unstable"`, the crate also has `instrument_runtime` and
+//! the `hooks` module, which add what only tokio's hooks can see: tasks spawned inside other
+//! tasks, what a task allocates after its request, and await traces.
 //!
 //! # Architecture
 //!

@@ -122,6 +122,10 @@ pub struct Uncounted {
     /// range (it could not be reserved, or is used up), so that their blocks went uncounted
     /// and the estimates are low (process-wide). 0 in exact mode.
     pub samples: u64,
+    /// Tasks spawned inside requests that the allocator could not follow (its tables of task
+    /// cells and spawn stacks were full, or a request spawned more than 256 tasks in one poll),
+    /// process-wide: without the runtime's hooks they go untracked.
+    pub task_cells: u64,
 }
 
 /// One route's figures, in [`Stats::routes`].

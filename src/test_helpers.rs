@@ -1,6 +1,5 @@
 //! Helpers shared by the unit tests.
 
-use std::panic::Location;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime};
 
@@ -18,7 +17,7 @@ impl Owner for Gone {
         &self,
         _: &Arc<Scope>,
         _: Liveness,
-        _: Option<&'static Location<'static>>,
+        _: Option<SourceLocation>,
         _: Option<&'static str>,
     ) -> Option<Judged> {
         unreachable!("a scope whose owner is gone tracks nothing")

@@ -155,8 +155,8 @@ async fn leak_task() -> &'static str {
     "spawned a task that sleeps for an hour\n"
 }
 
-/// L1 through plain `tokio::spawn`: tracked only on a runtime with leakwatch's hooks (built
-/// with `--cfg tokio_unstable`).
+/// L1 through plain `tokio::spawn`: the `TrackingAllocator` sees the task's cell on stable
+/// flags; the runtime's hooks (`--cfg tokio_unstable`) track it too, once.
 async fn leak_plain() -> &'static str {
     tokio::spawn(async { tokio::time::sleep(Duration::from_secs(3600)).await });
     "spawned a task (plain tokio::spawn) that sleeps for an hour\n"

@@ -14,6 +14,7 @@
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
+use super::cells;
 use super::header::{Header, Tag};
 use super::sites;
 use super::slots::{self, ScopeSlot};
@@ -324,6 +325,25 @@ fn sample(local: &Local, tag: Tag, mean: u64, size: usize) -> u32 {
     let site = sites::record(tag.route(), weight, sites::site_blocks(size, weight));
     local.flags.set(0);
     site
+}
+
+/// Records a new block of the task cell's alignment at `address` for the request allocating on
+/// this thread, if any (see the `cells` module), with the allocator marked busy: the stack it
+/// captures is not charged to the request, and a block allocated meanwhile is not recorded.
+#[cold]
+#[inline(never)]
+pub(crate) fn record_cell(address: usize) {
+    let Some(local) = local() else {
+        return;
+    };
+    let flags = local.flags.get();
+    let tag = local.tag.get();
+    if flags & FLAG_BUSY != 0 || tag == Tag::NONE {
+        return;
+    }
+    local.flags.set(flags | FLAG_BUSY);
+    cells::record(address, tag);
+    local.flags.set(flags);
 }
 
 /// Sampled mode: counts `size` bytes down to this thread's next sample; `true` when they reach

@@ -32,17 +32,27 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::num::NonZeroU64;
 
+mod cells;
 mod counters;
 mod header;
 mod sampled;
 mod sites;
 mod slots;
+mod stacks;
 pub(crate) mod symbolize;
 
+#[cfg(tokio_unstable)]
+pub(crate) use self::cells::discard_last as discard_last_cell;
+use self::cells::CELL_ALIGN;
+pub(crate) use self::cells::{
+    discard_since as discard_cells_since, dropped as cells_dropped,
+    forget_containing as forget_cell_containing, pending as pending_cells,
+    set_kind as set_cell_kind, take_new as take_new_cells, Kind as CellKind, TaskCell,
+};
 pub(crate) use self::counters::{
     is_installed, new_route_slot, process_live_bytes, route_live, sampling_mean, swap_tag,
 };
-use self::counters::{on_alloc, on_dealloc, on_free, on_resize};
+use self::counters::{on_alloc, on_dealloc, on_free, on_resize, record_cell};
 use self::header::Header;
 pub(crate) use self::header::Tag;
 pub(crate) use self::sampled::{
@@ -134,6 +144,46 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 /// static ALLOC: leakwatch::TrackingAllocator =
 ///     leakwatch::TrackingAllocator::sampled(512 * 1024);
 /// ```
+///
+/// # Tasks, on stable Rust
+///
+/// The allocator also sees the tasks a request spawns with plain `tokio::spawn`,
+/// `JoinSet::spawn` or `spawn_blocking` — its own code's and its dependencies' — with no
+/// `tokio_unstable` and no hand-built runtime. tokio allocates a task as one block (its *cell*)
+/// on the spawning thread, inside the call, aligned to 128 bytes on x86_64, aarch64 and
+/// powerpc64, which almost nothing else asks for. A block of that alignment allocated inside a
+/// request gets its call stack captured (return addresses only, nothing allocated); the sweeper
+/// resolves each distinct stack once, off the request path. A stack through tokio's task
+/// creation is a task, spawned at the first frame above tokio's that is neither tokio's nor the
+/// standard library's (the *spawn line*; it needs line tables in the binary, as allocation
+/// sites do); anything else (a cache-padded channel) is let go. A task whose cell is still
+/// allocated past the grace period after its request ended is an
+/// [`OrphanTask`](crate::LeakKind::OrphanTask) at its spawn line: the allocator cannot tell a
+/// task still running from a finished one whose output a `JoinHandle` still holds, and says so.
+/// A spawn line in a dependency is judged by growth, like the runtime hooks' tasks;
+/// [`detach`](crate::detach), [`outside`](crate::outside), [`spawn_detached`](crate::spawn_detached)
+/// and [`ignore_spawned_at`](crate::LeakDetectorBuilder::ignore_spawned_at) apply. In sampled mode
+/// these blocks are recorded whatever the sampling says.
+///
+/// Each such block costs a call-stack capture (a few microseconds) when it is allocated inside
+/// a request, and a lookup in a fixed table when it is freed; every other allocation and free
+/// pays one comparison of its alignment. What it cannot see:
+///
+/// - a task spawned outside any request, such as inside another plain task, and what a task
+///   allocates after its request: the runtime hooks see those (`instrument_runtime`, with
+///   `--cfg tokio_unstable`; see the [crate docs](crate#feature-flags)), as they make the request
+///   current while its tasks are polled. (`spawn_local` onto a `LocalSet` inside a request is
+///   seen like any spawn.)
+/// - on architectures where tokio aligns the cell to 64 or 32 bytes (x86, arm, riscv, wasm…),
+///   many more blocks share the alignment: each still costs a capture, and only stacks through
+///   tokio's task creation are kept; s390x aligns it to 256;
+/// - with another `#[global_allocator]`, nothing: wrap it instead
+///   (`TrackingAllocator::new(inner)`).
+///
+/// At most 32 768 cells and 1 023 distinct spawn stacks are followed at once, and 256 spawns of
+/// one poll of a request; past that, [`Uncounted::task_cells`](crate::stats::Uncounted::task_cells)
+/// counts what went unseen. A tokio upgrade that changes the cell's alignment or its creation
+/// frames is caught by `tests/tokio_task_cell_guard.rs`.
 #[derive(Debug, Default)]
 pub struct TrackingAllocator<A = System> {
     inner: A,
@@ -292,26 +342,39 @@ unsafe fn outer_unchecked(layout: Layout) -> (Layout, usize) {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        if self.sampling != 0 {
+        let ptr = if self.sampling != 0 {
             // SAFETY: forwarded (the caller's contract).
-            return unsafe { sampled::alloc(&self.inner, layout, self.sampling, false) };
+            unsafe { sampled::alloc(&self.inner, layout, self.sampling, false) }
+        } else {
+            // SAFETY: forwarded to the inner allocator with a non-zero-sized layout.
+            unsafe { self.allocate(layout, |inner, outer| inner.alloc(outer)) }
+        };
+        if layout.align() >= CELL_ALIGN && !ptr.is_null() {
+            record_cell(ptr as usize);
         }
-        // SAFETY: forwarded to the inner allocator with a non-zero-sized layout.
-        unsafe { self.allocate(layout, |inner, outer| inner.alloc(outer)) }
+        ptr
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        if self.sampling != 0 {
+        let ptr = if self.sampling != 0 {
             // SAFETY: forwarded (the caller's contract).
-            return unsafe { sampled::alloc(&self.inner, layout, self.sampling, true) };
+            unsafe { sampled::alloc(&self.inner, layout, self.sampling, true) }
+        } else {
+            // SAFETY: as in `alloc`; the header overwrites zeroed bytes the caller never sees.
+            unsafe { self.allocate(layout, |inner, outer| inner.alloc_zeroed(outer)) }
+        };
+        if layout.align() >= CELL_ALIGN && !ptr.is_null() {
+            record_cell(ptr as usize);
         }
-        // SAFETY: as in `alloc`; the header overwrites zeroed bytes the caller never sees.
-        unsafe { self.allocate(layout, |inner, outer| inner.alloc_zeroed(outer)) }
+        ptr
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if layout.align() >= CELL_ALIGN {
+            cells::forget(ptr as usize);
+        }
         if self.sampling != 0 {
             // SAFETY: forwarded (the caller's contract).
             return unsafe { sampled::dealloc(&self.inner, ptr, layout) };
@@ -330,6 +393,10 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
 
     #[inline]
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.align() >= CELL_ALIGN {
+            // A task's cell is never resized; a block that moves is followed no more.
+            cells::forget(ptr as usize);
+        }
         if self.sampling != 0 {
             // SAFETY: forwarded (the caller's contract).
             return unsafe { sampled::realloc(&self.inner, ptr, layout, new_size, self.sampling) };

@@ -9,10 +9,9 @@
 //! back. Nothing is allocated: symbols are resolved only when a report is built.
 
 use std::num::NonZeroU64;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Return addresses kept per sampled stack.
-pub(crate) const MAX_FRAMES: usize = 24;
+use super::stacks::{self, StackTable, MAX_FRAMES};
 
 /// Distinct (route, stack) pairs the table holds; further new stacks are not recorded. (A
 /// header has 12 bits for the entry plus one.)
@@ -35,30 +34,7 @@ pub enum AllocationSites {
     Exact,
 }
 
-struct Site {
-    /// 0 while free; the key's hash once claimed.
-    hash: AtomicU64,
-    ready: AtomicBool,
-    route: AtomicU32,
-    frames: [AtomicUsize; MAX_FRAMES],
-    bytes: AtomicI64,
-    blocks: AtomicI64,
-}
-
-impl Site {
-    const fn new() -> Self {
-        Site {
-            hash: AtomicU64::new(0),
-            ready: AtomicBool::new(false),
-            route: AtomicU32::new(0),
-            frames: [const { AtomicUsize::new(0) }; MAX_FRAMES],
-            bytes: AtomicI64::new(0),
-            blocks: AtomicI64::new(0),
-        }
-    }
-}
-
-static TABLE: [Site; MAX_SITES] = [const { Site::new() }; MAX_SITES];
+static TABLE: StackTable<MAX_SITES> = StackTable::new();
 /// 0: off; 1: exact; otherwise the mean bytes between samples.
 static MEAN: AtomicU64 = AtomicU64::new(0);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
@@ -171,73 +147,22 @@ pub(crate) fn next_interval(mean: u64, rng: &mut u64) -> u64 {
 }
 
 /// Captures the current stack and records a sample of `weight` bytes and `blocks` blocks (in
-/// [`BLOCK_UNIT`]s: what the sampled block stands for) for `route`; returns the site index plus one (0 when the table
-/// is full). Must run with the allocator marked busy.
+/// [`BLOCK_UNIT`]s: what the sampled block stands for) for `route`; returns the site index plus
+/// one (0 when the table is full). Must run with the allocator marked busy.
 pub(crate) fn record(route: u32, weight: u64, blocks: u64) -> u32 {
     let mut frames = [0usize; MAX_FRAMES];
-    let mut n = 0;
-    // SAFETY: unwinding is not synchronised with other threads' symbolisation; on this
-    // platform's backend (libunwind/libgcc) that is sound. The callback only writes into
-    // `frames` and allocates nothing.
-    unsafe {
-        backtrace::trace_unsynchronized(|frame| {
-            frames[n] = frame.ip() as usize;
-            n += 1;
-            n < MAX_FRAMES
-        });
+    let n = stacks::capture(&mut frames);
+    let site = TABLE.record(route, &frames[..n], weight as i64, blocks as i64);
+    if site == 0 {
+        DROPPED.fetch_add(1, Ordering::Relaxed);
     }
-    let hash = key_hash(route, &frames[..n]);
-    let start = (hash as usize) % MAX_SITES;
-    for i in 0..MAX_SITES.min(64) {
-        let site = &TABLE[(start + i) % MAX_SITES];
-        let current = site.hash.load(Ordering::Acquire);
-        if current == 0 {
-            if site
-                .hash
-                .compare_exchange(0, hash, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-            {
-                site.route.store(route, Ordering::Relaxed);
-                for (slot, &ip) in site.frames.iter().zip(&frames[..n]) {
-                    slot.store(ip, Ordering::Relaxed);
-                }
-                site.ready.store(true, Ordering::Release);
-                charge(site, weight as i64, blocks as i64);
-                return ((start + i) % MAX_SITES) as u32 + 1;
-            }
-            if site.hash.load(Ordering::Acquire) != hash {
-                continue;
-            }
-        } else if current != hash {
-            continue;
-        }
-        charge(site, weight as i64, blocks as i64);
-        return ((start + i) % MAX_SITES) as u32 + 1;
-    }
-    DROPPED.fetch_add(1, Ordering::Relaxed);
-    0
-}
-
-#[inline]
-fn charge(site: &Site, bytes: i64, blocks: i64) {
-    site.bytes.fetch_add(bytes, Ordering::Relaxed);
-    site.blocks.fetch_add(blocks, Ordering::Relaxed);
+    site
 }
 
 /// Takes back a sampled block's weight and blocks (their change, for a `realloc`).
 #[inline]
 pub(crate) fn release(site: u32, bytes: i64, blocks: i64) {
-    if let Some(site) = (site as usize).checked_sub(1).and_then(|i| TABLE.get(i)) {
-        charge(site, -bytes, -blocks);
-    }
-}
-
-fn key_hash(route: u32, frames: &[usize]) -> u64 {
-    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ u64::from(route);
-    for &ip in frames {
-        h = (h ^ ip as u64).wrapping_mul(0x0000_0100_0000_01B3);
-    }
-    h | 1 // never 0, the "free" mark
+    TABLE.charge(site, -bytes, -blocks);
 }
 
 /// A recorded stack and what it still holds.
@@ -251,7 +176,7 @@ pub(crate) struct RawSite {
 
 /// The `n` stacks of `route` holding the most (estimated) bytes.
 pub(crate) fn top(route: u32, n: usize) -> Vec<RawSite> {
-    let mut sites: Vec<RawSite> = holding(|r| r == route).map(|(_, site)| site).collect();
+    let mut sites: Vec<RawSite> = holding(move |r| r == route).map(|(_, site)| site).collect();
     sites.sort_by_key(|site| std::cmp::Reverse(site.bytes));
     sites.truncate(n);
     sites
@@ -264,32 +189,17 @@ pub(crate) fn live() -> Vec<(u32, RawSite)> {
 }
 
 /// The recorded stacks of the routes `wanted` accepts that still hold bytes.
-fn holding(wanted: impl Fn(u32) -> bool) -> impl Iterator<Item = (u32, RawSite)> {
-    TABLE.iter().filter_map(move |s| {
-        if !s.ready.load(Ordering::Acquire) {
-            return None;
-        }
-        let route = s.route.load(Ordering::Relaxed);
-        let bytes = s.bytes.load(Ordering::Relaxed);
-        if !wanted(route) || bytes <= 0 {
-            return None;
-        }
-        let frames = s
-            .frames
-            .iter()
-            .map(|f| f.load(Ordering::Relaxed))
-            .take_while(|&ip| ip != 0)
-            .collect();
-        let units = s.blocks.load(Ordering::Relaxed).max(0) as u64;
+fn holding(wanted: impl Fn(u32) -> bool + 'static) -> impl Iterator<Item = (u32, RawSite)> {
+    TABLE.holding(wanted).map(|(route, frames, bytes, units)| {
         let blocks = (units + BLOCK_UNIT / 2) / BLOCK_UNIT;
-        Some((
+        (
             route,
             RawSite {
                 frames,
-                bytes: bytes as u64,
+                bytes,
                 blocks,
             },
-        ))
+        )
     })
 }
 
@@ -349,12 +259,5 @@ mod tests {
         let mut countdown = 1 << 20;
         assert!(due(EXACT, 8, &mut countdown));
         assert_eq!(draw(EXACT, 8, &mut countdown, &mut rng), 8);
-    }
-
-    #[test]
-    fn keys_differ_by_route_and_stack() {
-        assert_ne!(key_hash(1, &[1, 2, 3]), key_hash(2, &[1, 2, 3]));
-        assert_ne!(key_hash(1, &[1, 2, 3]), key_hash(1, &[1, 2, 4]));
-        assert_ne!(key_hash(0, &[]), 0);
     }
 }

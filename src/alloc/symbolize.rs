@@ -97,6 +97,20 @@ impl Symbolizer {
             .collect()
     }
 
+    /// Every function of the stack of return addresses `frames`, leaf first (a function inlined
+    /// into another before it).
+    pub(crate) fn functions(&mut self, frames: &[usize]) -> Vec<Frame> {
+        let mut functions = Vec::new();
+        for &address in frames {
+            let resolved = self
+                .resolved
+                .entry(address)
+                .or_insert_with(|| resolve(address));
+            functions.extend(resolved.iter().cloned());
+        }
+        functions
+    }
+
     /// The stack of return addresses `frames`, leaf first, from the caller's frame on: the
     /// allocator's, the unwinder's and the standard library's frames above the first frame of
     /// other code are left out (all of the stack is kept when it has no other frame).
@@ -132,7 +146,8 @@ impl Symbolizer {
 }
 
 impl Frame {
-    fn is_internal(&self) -> bool {
+    /// Whether it belongs to the allocator, the unwinder or the standard library.
+    pub(crate) fn is_internal(&self) -> bool {
         is_internal(&self.function, self.file.as_deref())
     }
 }

@@ -20,6 +20,7 @@ use std::time::Instant;
 use crate::alloc::{self, SlotGuard};
 use crate::config::Config;
 use crate::engine::sweeper::Sweeper;
+use crate::judge::cells::CellReader;
 use crate::judge::memory::{self, MemoryJudge};
 use crate::judge::objects;
 use crate::judge::tasks::{Census, TaskJudge};
@@ -58,6 +59,8 @@ pub(crate) struct Engine {
     /// The active reports of tracked objects and stuck requests (shared with the task dumps,
     /// which add await traces to them). Never locked together with `judges`.
     active: Arc<Mutex<objects::Active>>,
+    /// Reads the stacks of the task cells the allocator saw (in the objects phase).
+    cells: Mutex<CellReader>,
     /// Held for a whole sweep, so that sweeps run (and deliver) one at a time, in order.
     sweeping: Mutex<()>,
     sinks: Vec<Box<dyn ReportSink>>,
@@ -140,6 +143,7 @@ impl Engine {
                 warnings: Warnings::default(),
             }),
             active: Arc::default(),
+            cells: Mutex::default(),
             sweeping: Mutex::new(()),
             sinks,
             counters: Counters::default(),
@@ -266,7 +270,11 @@ impl Engine {
         let mut found = Objects::default();
         let turn = self.counters.sweeps.load(Ordering::Relaxed) % CHECK_IN_FLIGHT_EVERY;
         let all = self.registry.len() > self.registry.capacity() / 2;
+        let mut cells = lock(&self.cells);
         self.registry.sweep_objects(|id, object| {
+            if !cells.read(object, &self.config) {
+                return false;
+            }
             let its_turn = all || id % CHECK_IN_FLIGHT_EVERY == turn;
             if !its_turn && object.scope.is_open() && !object.judged_by_growth() {
                 return true;

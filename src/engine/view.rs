@@ -198,10 +198,10 @@ impl Engine {
         type ByLocation = HashMap<Option<SourceLocation>, TaskGroup>;
         let mut groups: HashMap<Box<str>, ByLocation> = HashMap::new();
         self.registry.for_each_object(|_, object| {
-            if !matches!(object.liveness, Liveness::Task(_)) || !object.liveness.is_alive() {
+            if !object.liveness.is_task() || !object.liveness.is_alive() {
                 return;
             }
-            let location = object.location.map(SourceLocation::from_std);
+            let location = object.location;
             let route = object.scope.route.as_str();
             if !groups.contains_key(route) {
                 groups.insert(route.into(), ByLocation::new());
@@ -348,6 +348,7 @@ impl Engine {
             },
             allocation_sites: alloc::sites_dropped(),
             samples: alloc::samples_unserved(),
+            task_cells: alloc::cells_dropped(),
         }
     }
 
@@ -381,7 +382,7 @@ impl Engine {
         }
         self.registry
             .for_each_object(|_, object| match object.liveness {
-                Liveness::Task(_) => stats.tracked_tasks += 1,
+                Liveness::Task(_) | Liveness::Cell(_) => stats.tracked_tasks += 1,
                 Liveness::Body(_) => stats.tracked_bodies += 1,
                 Liveness::Object(_) => stats.watched_objects += 1,
             });

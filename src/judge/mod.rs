@@ -13,6 +13,7 @@
 //! - [`trend`]: the process's live heap and tokio's alive tasks, growing over a window.
 
 pub(crate) mod build;
+pub(crate) mod cells;
 pub(crate) mod growth;
 pub(crate) mod memory;
 pub(crate) mod objects;

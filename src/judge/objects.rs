@@ -18,7 +18,7 @@ use crate::judge::build::request_report;
 use crate::judge::memory::holds_memory;
 use crate::registry::TrackedObject;
 use crate::report::lifecycle::Lifecycle;
-use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
+use crate::report::{LeakKind, LeakReport, LeakState};
 use crate::request::liveness::Liveness;
 use crate::request::scope::Scope;
 
@@ -127,6 +127,10 @@ pub(crate) fn judge_object(
     let Some(closed_at) = object.scope.closed_at() else {
         return true;
     };
+    if object.is_unread() {
+        // A task cell whose stack could not be read yet: judged once it is.
+        return true;
+    }
     if object.judged_by_growth() {
         // Not against its request: the task judge counts it with its route and spawn location.
         return true;
@@ -149,6 +153,12 @@ pub(crate) fn object_report(
 ) -> LeakReport {
     let detail = match (&object.liveness, state) {
         (Liveness::Task(_), LeakState::Released) => "task ended".to_owned(),
+        (Liveness::Cell(_), LeakState::Released) => "task cell freed: the task ended".to_owned(),
+        (Liveness::Cell(_), _) => format!(
+            "task cell still allocated {} ms after the spawn: the task is still running, or its \
+             output is still held by a JoinHandle (seen by the allocator, which cannot tell which)",
+            now.saturating_duration_since(object.created_at).as_millis()
+        ),
         (Liveness::Task(_), _) => format!(
             "task still running {} ms after it was spawned",
             now.saturating_duration_since(object.created_at).as_millis()
@@ -164,7 +174,7 @@ pub(crate) fn object_report(
     };
     let kind = object.liveness.leak_kind();
     LeakReport {
-        location: object.location.map(SourceLocation::from_std),
+        location: object.location,
         type_name: object.type_name,
         await_trace: object.await_trace.as_deref().map(str::to_owned),
         ..request_report(&object.scope, id, kind, state, now, detail)

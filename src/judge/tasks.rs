@@ -15,7 +15,6 @@
 //! stops growing or its tasks are gone.
 
 use std::collections::HashMap;
-use std::panic::Location;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,7 +38,7 @@ pub(crate) const MAX_GROUPS: usize = 4096;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct GroupKey {
     route_index: u32,
-    location: &'static Location<'static>,
+    location: SourceLocation,
 }
 
 /// What a sweep saw of a group: its live tasks and the request that spawned the newest.
@@ -134,7 +133,7 @@ impl TaskJudge {
                     );
                     let (_, scope) = &seen.newest;
                     let report = LeakReport {
-                        location: Some(SourceLocation::from_std(key.location)),
+                        location: Some(key.location),
                         ..request_report(
                             scope,
                             0,
@@ -165,6 +164,7 @@ impl TaskJudge {
 mod tests {
     use super::*;
     use crate::test_helpers::scope;
+    use std::panic::Location;
 
     const WINDOW: u64 = 32;
 
@@ -180,7 +180,7 @@ mod tests {
     fn sweep(
         judge: &mut TaskJudge,
         ids: &Ids,
-        location: &'static Location<'static>,
+        location: SourceLocation,
         finished: u64,
         live: u64,
     ) -> Vec<LeakReport> {
@@ -202,7 +202,7 @@ mod tests {
     #[test]
     fn tasks_growing_with_the_requests_are_reported_at_their_spawn() {
         let ids = Ids::default();
-        let location = Location::caller();
+        let location = SourceLocation::from_std(Location::caller());
         let mut judge = TaskJudge::default();
         let mut reported = Vec::new();
         // One task left by every other request, a sweep every window (growth is read from
@@ -215,7 +215,7 @@ mod tests {
         let report = &reported[0];
         assert_eq!(report.kind, LeakKind::OrphanTask);
         assert_eq!(report.state, LeakState::Confirmed);
-        assert_eq!(report.location.unwrap().line, location.line());
+        assert_eq!(report.location.unwrap().line, location.line);
         assert!(
             report.detail.starts_with("96 tasks spawned here"),
             "{}",
@@ -232,7 +232,10 @@ mod tests {
     #[test]
     fn a_pool_that_levels_off_and_a_worker_are_not() {
         let ids = Ids::default();
-        let (pool, worker) = (Location::caller(), Location::caller());
+        let (pool, worker) = (
+            SourceLocation::from_std(Location::caller()),
+            SourceLocation::from_std(Location::caller()),
+        );
         let mut judge = TaskJudge::default();
         for window in 1..=40 {
             let finished = window * WINDOW;
@@ -242,7 +245,7 @@ mod tests {
             assert!(sweep(&mut judge, &ids, worker, finished, 1).is_empty());
         }
         // Too slow to tell from a pool: under a task per 16 requests.
-        let slow = Location::caller();
+        let slow = SourceLocation::from_std(Location::caller());
         for window in 1..=40 {
             let finished = window * WINDOW;
             assert!(sweep(&mut judge, &ids, slow, finished, window).is_empty());

@@ -14,7 +14,6 @@
 //! there too, so that slots never run out however many requests a second come. Only the
 //! others wait for a sweep.
 
-use std::panic::Location;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Instant;
@@ -29,6 +28,7 @@ use self::shard::{
 
 use crate::alloc::{SlotGuard, Usage};
 use crate::report::lifecycle::Lifecycle;
+use crate::report::SourceLocation;
 use crate::request::liveness::Liveness;
 use crate::request::origin;
 use crate::request::scope::{Judged, Owner, Place, RequestHead, Scope};
@@ -39,7 +39,7 @@ use crate::util::{IdHasher, Ids};
 pub(crate) struct TrackedObject {
     pub(crate) scope: Arc<Scope>,
     pub(crate) liveness: Liveness,
-    pub(crate) location: Option<&'static Location<'static>>,
+    pub(crate) location: Option<SourceLocation>,
     pub(crate) type_name: Option<&'static str>,
     pub(crate) created_at: Instant,
     pub(crate) lifecycle: Lifecycle,
@@ -54,8 +54,20 @@ impl TrackedObject {
     /// spawned, or any task of a request answered `101 Switching Protocols` (it lives with the
     /// upgraded connection).
     pub(crate) fn judged_by_growth(&self) -> bool {
-        self.judged == Judged::ByGrowth
-            || (matches!(self.liveness, Liveness::Task(_)) && self.scope.is_upgraded())
+        self.judged == Judged::ByGrowth || (self.liveness.is_task() && self.scope.is_upgraded())
+    }
+}
+
+impl TrackedObject {
+    /// Whether it is a task cell whose stack the sweeper has not read yet.
+    pub(crate) fn is_unread(&self) -> bool {
+        self.judged == Judged::Unread
+    }
+
+    /// Sets what reading a task cell's stack found: where the task was spawned, how it is judged.
+    pub(crate) fn read_as(&mut self, location: Option<SourceLocation>, judged: Judged) {
+        self.location = location;
+        self.judged = judged;
     }
 }
 
@@ -351,12 +363,12 @@ impl Owner for Registry {
         &self,
         scope: &Arc<Scope>,
         liveness: Liveness,
-        location: Option<&'static Location<'static>>,
+        location: Option<SourceLocation>,
         type_name: Option<&'static str>,
     ) -> Option<Judged> {
         let judged = match (&liveness, location) {
             (Liveness::Task(_), Some(at)) => {
-                let file = at.file();
+                let file = at.file;
                 if self.ignored_spawns.iter().any(|p| origin::matches(file, p)) {
                     return None;
                 }
@@ -366,6 +378,7 @@ impl Owner for Registry {
                     Judged::PerRequest
                 }
             }
+            (Liveness::Cell(_), _) => Judged::Unread,
             _ => Judged::PerRequest,
         };
         if !self.reserve() {

@@ -91,6 +91,10 @@ impl Drop for Entered<'_> {
         let previous = self.previous.take();
         // Entering and leaving nest, so what comes back is the scope made current here.
         let mine = CURRENT.try_with(|cell| cell.replace(previous));
+        if let (Some(_), Ok(Some(scope))) = (self.previous_tag, &mine) {
+            // The tasks it spawned while it was current, seen by the allocator.
+            scope.track_new_cells();
+        }
         if let (Ok(mine), Some(back)) = (mine, self.back.take()) {
             *back = mine;
         }

@@ -7,6 +7,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
+use crate::alloc::TaskCell;
 use crate::report::LeakKind;
 
 /// Held by a tracked task's future (or for it, by the runtime hooks); the task has ended once
@@ -127,6 +128,8 @@ impl Drop for BodyProgress {
 /// How the sweeper learns whether a tracked object is still alive.
 pub(crate) enum Liveness {
     Task(Weak<TaskToken>),
+    /// A task seen by the allocator: its cell (a plain `tokio::spawn`, without the hooks).
+    Cell(TaskCell),
     Body(Arc<BodyState>),
     Object(Box<dyn Probe>),
 }
@@ -135,6 +138,7 @@ impl Liveness {
     pub(crate) fn is_alive(&self) -> bool {
         match self {
             Liveness::Task(token) => token.strong_count() > 0,
+            Liveness::Cell(cell) => cell.is_alive(),
             Liveness::Body(state) => state.is_alive(),
             Liveness::Object(probe) => probe.is_alive(),
         }
@@ -142,12 +146,12 @@ impl Liveness {
 
     /// The kind of leak this object is when it outlives its request.
     pub(crate) fn is_task(&self) -> bool {
-        matches!(self, Liveness::Task(_))
+        matches!(self, Liveness::Task(_) | Liveness::Cell(_))
     }
 
     pub(crate) fn leak_kind(&self) -> LeakKind {
         match self {
-            Liveness::Task(_) => LeakKind::OrphanTask,
+            Liveness::Task(_) | Liveness::Cell(_) => LeakKind::OrphanTask,
             Liveness::Body(_) => LeakKind::RetainedBody,
             Liveness::Object(_) => LeakKind::WatchedObject,
         }

@@ -13,14 +13,13 @@
 //! A scope does not know its detector: it knows only an [`Owner`], the registry its objects are
 //! tracked in, through a `Weak` so that a leaked task cannot keep the detector alive.
 
-use std::panic::Location;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::alloc::{SlotGuard, Tag, Usage};
 use crate::report::lifecycle::AtomicLifecycle;
-use crate::report::Upstream;
+use crate::report::{SourceLocation, Upstream};
 use crate::request::id::RequestId;
 use crate::request::liveness::Liveness;
 use crate::request::route::{Route, RouteInfo};
@@ -35,7 +34,7 @@ pub(crate) trait Owner: Send + Sync {
         &self,
         scope: &Arc<Scope>,
         liveness: Liveness,
-        location: Option<&'static Location<'static>>,
+        location: Option<SourceLocation>,
         type_name: Option<&'static str>,
     ) -> Option<Judged>;
 
@@ -55,6 +54,9 @@ pub(crate) enum Judged {
     /// request's scope and is reported only when such tasks keep growing in number with the
     /// route's requests (see [`crate::request::origin`]).
     ByGrowth,
+    /// Not decided yet: a task cell the allocator saw, until the sweeper has read its stack
+    /// (which says whether it is a task at all, and whose).
+    Unread,
 }
 
 /// The detector's record of one request.
@@ -255,16 +257,25 @@ impl Scope {
     pub(crate) fn track(
         self: &Arc<Self>,
         liveness: Liveness,
-        location: Option<&'static Location<'static>>,
+        location: Option<SourceLocation>,
         type_name: Option<&'static str>,
     ) -> Option<Judged> {
         // The tasks a client spawns during a call (its connections) belong to its pool.
-        if self.upstream.is_some() && matches!(liveness, Liveness::Task(_)) {
+        if self.upstream.is_some() && liveness.is_task() {
             return None;
         }
         let owner = self.owner.upgrade()?;
         self.objects.store(true, Ordering::Relaxed);
         super::current::outside(|| owner.insert_object(self, liveness, location, type_name))
+    }
+
+    /// Tracks the task cells the allocator recorded on this thread while this scope was
+    /// current (see [`crate::alloc`]): each is judged like a spawned task once the sweeper has
+    /// read its stack. One thread-local read when there is none.
+    pub(crate) fn track_new_cells(self: &Arc<Self>) {
+        crate::alloc::take_new_cells(self.tag, |cell| {
+            self.track(Liveness::Cell(cell), None, None).is_some()
+        });
     }
 
     /// What allocations made while this scope is current are stamped with.

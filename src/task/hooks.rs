@@ -1,6 +1,12 @@
 //! Every task a request starts, through the tokio runtime's task hooks (needs
 //! `--cfg tokio_unstable`).
 //!
+//! On stable flags the [`TrackingAllocator`](crate::TrackingAllocator) already sees a plain
+//! `tokio::spawn` inside a request, through the task's cell. The hooks add what only they can
+//! see: tasks spawned inside other tasks (each poll of a tracked task runs in its request's
+//! scope), what a task allocates after its request, and, with task dumps, await traces. With
+//! both on, a task is tracked once, by the hooks.
+//!
 //! [`instrument_runtime`] installs four hooks on a runtime builder.
 //! When a task is spawned — by plain `tokio::spawn`, `JoinSet::spawn`, `Handle::spawn` or any
 //! library — while a request's scope is current, the task is tracked under that request exactly
@@ -60,6 +66,7 @@ use tokio::runtime::TaskMeta;
 use tokio::task::Id;
 
 use crate::request::current;
+use crate::report::SourceLocation;
 use crate::request::liveness::{Liveness, TaskToken};
 use crate::util::IdHasher;
 use crate::request::current::Entered;
@@ -125,6 +132,8 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
     let Some(scope) = current::current() else {
         return;
     };
+    // The task is tracked here: not also by its cell, which the allocator just recorded.
+    crate::alloc::discard_last_cell();
     // The detector's own bookkeeping: never charged to the request.
     current::outside(|| {
         let token = Arc::new(TaskToken::default());
@@ -133,7 +142,11 @@ pub fn on_task_spawn(meta: &TaskMeta<'_>) {
             token.identify(meta.id(), runtime);
         }
         let liveness = Liveness::Task(Arc::downgrade(&token));
-        let Some(judged) = scope.track(liveness, Some(meta.spawned_at()), None) else {
+        let Some(judged) = scope.track(
+            liveness,
+            Some(SourceLocation::from_std(meta.spawned_at())),
+            None,
+        ) else {
             return;
         };
         // A dependency's task (a pool's connection, a worker) is polled outside the request:

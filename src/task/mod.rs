@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 
 use pin_project_lite::pin_project;
 
+use crate::report::SourceLocation;
 use crate::request::current;
 use crate::request::liveness::{Liveness, TaskToken};
 use crate::request::scope::{Judged, Scope};
@@ -51,19 +52,20 @@ where
     F::Output: Send + 'static,
 {
     let future = scoped(future);
-    #[cfg(not(tokio_unstable))]
-    return tokio::spawn(future);
+    #[cfg(leakwatch_taskdump)]
+    let token = future.token.clone();
+    // The task is tracked by its `Scoped` wrapper: not by its cell, nor by the runtime's hooks.
+    let mark = crate::alloc::pending_cells();
     #[cfg(tokio_unstable)]
-    {
-        #[cfg(leakwatch_taskdump)]
-        let token = future.token.clone();
-        let handle = crate::task::hooks::spawning_tracked(|| tokio::spawn(future));
-        #[cfg(leakwatch_taskdump)]
-        if let Some(token) = token {
-            token.identify(handle.id(), tokio::runtime::Handle::current());
-        }
-        handle
+    let handle = crate::task::hooks::spawning_tracked(|| tokio::spawn(future));
+    #[cfg(not(tokio_unstable))]
+    let handle = tokio::spawn(future);
+    crate::alloc::discard_cells_since(mark);
+    #[cfg(leakwatch_taskdump)]
+    if let Some(token) = token {
+        token.identify(handle.id(), tokio::runtime::Handle::current());
     }
+    handle
 }
 
 /// Wraps a future so that it runs in the current request's scope and is tracked like a spawned
@@ -82,7 +84,7 @@ where
 /// ```
 #[track_caller]
 pub fn scoped<F: Future>(future: F) -> Scoped<F> {
-    let location = Location::caller();
+    let location = SourceLocation::from_std(Location::caller());
     let mut scope = current::current();
     let token = scope.as_ref().and_then(|current| {
         let token = Arc::new(TaskToken::default());
@@ -126,6 +128,13 @@ impl<F: Future> Future for Scoped<F> {
         let this = self.project();
         if !*this.polled {
             *this.polled = true;
+            if this.token.is_some() {
+                // Spawned by a plain `spawn` (a `JoinSet`'s), the task's cell holds this future:
+                // the task is tracked here, not by its cell.
+                crate::alloc::forget_cell_containing(
+                    this.inner.as_ref().get_ref() as *const F as usize
+                );
+            }
             #[cfg(tokio_unstable)]
             if this.token.is_some() {
                 crate::task::hooks::forget_current_task();
@@ -176,7 +185,7 @@ pub fn watch<T>(object: &Arc<T>)
 where
     T: ?Sized + Send + Sync + 'static,
 {
-    let location = Location::caller();
+    let location = SourceLocation::from_std(Location::caller());
     let Some(scope) = current::current() else {
         return;
     };

@@ -17,6 +17,8 @@ use leakwatch::{LeakDetector, LeakDetectorBuilder, LeakKind, LeakReport};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+#[cfg(all(feature = "axum", not(tokio_unstable)))]
+pub mod orphans;
 #[cfg(feature = "axum")]
 pub mod timing;
 #[cfg(feature = "axum")]

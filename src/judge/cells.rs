@@ -1,0 +1,306 @@
+//! Task cells the allocator saw: which blocks are tasks, where each was spawned, and whose it is.
+//!
+//! The allocator records a block of tokio's task-cell alignment allocated inside a request with
+//! its call stack (return addresses only), and the request layer tracks it as soon as the
+//! request's scope is left ([`Liveness::Cell`]). Here, off the request path, the sweeper reads
+//! each distinct stack once:
+//!
+//! - below the allocator's and the standard library's frames, the stack must enter tokio's task
+//!   creation (the cell's constructor, or where a release build inlined it: the task's `new`,
+//!   `bind`, `spawn_inner`, the blocking pool's spawn). Anything else of the same alignment (a
+//!   cache-padded channel) is let go, and its stack is never tracked again;
+//! - the *spawn line* is the first frame above tokio's that is neither tokio's nor the standard
+//!   library's: the user's `tokio::spawn(…)`, or a dependency's;
+//! - whose it is follows the rule of [`origin`]: a dependency's spawn (a pooled client's
+//!   connection, a worker) is judged by growth, the user's by the grace period; a spawn line
+//!   matching [`ignore_spawned_at`](crate::LeakDetectorBuilder::ignore_spawned_at) is let go.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
+
+use crate::alloc::symbolize::{Frame, Symbolizer};
+use crate::alloc::{self, CellKind};
+use crate::config::Config;
+use crate::registry::TrackedObject;
+use crate::report::SourceLocation;
+use crate::request::liveness::Liveness;
+use crate::request::origin;
+use crate::request::scope::Judged;
+use crate::util::sync::lock;
+
+/// Functions of tokio that create a task, innermost first: the first frame of a stack outside
+/// the allocator and the standard library must be one of them (with debug information the
+/// cell's constructor; without, whichever of its callers kept a symbol).
+const TASK_CREATION: &[(&str, &str)] = &[
+    ("tokio::runtime::task::core::Cell<", ">::new"),
+    ("tokio::runtime::task::raw::RawTask::new", ""),
+    ("tokio::runtime::task::new_task", ""),
+    ("tokio::runtime::task::unowned", ""),
+    ("tokio::runtime::task::list::", "::bind"),
+    ("tokio::runtime::scheduler::", "::bind_new_task"),
+    (
+        "tokio::runtime::blocking::pool::Spawner::spawn_blocking",
+        "",
+    ),
+    ("tokio::task::spawn::spawn_inner", ""),
+];
+
+/// What a stack was read as.
+#[derive(Clone, Debug)]
+enum Read {
+    /// Not a task, or a task spawned where the detector was told to look away: let go.
+    LetGo,
+    /// A task spawned at `location` (none without debug information), judged as said.
+    Task {
+        location: Option<SourceLocation>,
+        judged: Judged,
+    },
+}
+
+/// Reads the stacks of task cells, each once.
+#[derive(Default)]
+pub(crate) struct CellReader {
+    symbolizer: Symbolizer,
+    read: HashMap<u32, Read>,
+}
+
+impl CellReader {
+    /// Reads `object` if it is a task cell not read yet: sets its spawn line and how it is
+    /// judged. Returns `false` when it is to be let go (not a task, or an ignored spawn line).
+    pub(crate) fn read(&mut self, object: &mut TrackedObject, config: &Config) -> bool {
+        let Liveness::Cell(cell) = &object.liveness else {
+            return true;
+        };
+        if !object.is_unread() {
+            return true;
+        }
+        let stack = cell.stack();
+        let read = match self.read.get(&stack) {
+            Some(read) => read.clone(),
+            None => {
+                let Some(frames) = cell.frames() else {
+                    // Its entry is being written: next sweep.
+                    return true;
+                };
+                let read = self.read_stack(&frames, config);
+                let kind = match read {
+                    Read::LetGo => CellKind::Other,
+                    Read::Task { .. } => CellKind::Task,
+                };
+                alloc::set_cell_kind(stack, kind);
+                self.read.insert(stack, read.clone());
+                read
+            }
+        };
+        match read {
+            Read::LetGo => {
+                cell.release();
+                false
+            }
+            Read::Task { location, judged } => {
+                object.read_as(location, judged);
+                true
+            }
+        }
+    }
+
+    fn read_stack(&mut self, frames: &[usize], config: &Config) -> Read {
+        let functions = self.symbolizer.functions(frames);
+        let Some(spawn) = spawn_frame(&functions) else {
+            return Read::LetGo;
+        };
+        let Some(file) = spawn.file.as_deref() else {
+            // Without debug information: a task, whose spawn line and owner are unknown.
+            return Read::Task {
+                location: None,
+                judged: Judged::PerRequest,
+            };
+        };
+        if config
+            .ignored_spawns
+            .iter()
+            .any(|pattern| origin::matches(file, pattern))
+        {
+            return Read::LetGo;
+        }
+        let judged = if origin::is_dependency_source(file) {
+            Judged::ByGrowth
+        } else {
+            Judged::PerRequest
+        };
+        Read::Task {
+            location: Some(SourceLocation {
+                file: intern(file),
+                line: spawn.line.unwrap_or(0),
+                column: 0,
+            }),
+            judged,
+        }
+    }
+}
+
+/// The frame that spawned the task whose cell's allocation `functions` (leaf first) shows, or
+/// `None` when it shows no task's creation.
+fn spawn_frame(functions: &[Frame]) -> Option<&Frame> {
+    let first = functions
+        .iter()
+        .position(|f| !f.is_internal() && !is_unwinder(&f.function))?;
+    if !is_task_creation(&functions[first].function) {
+        return None;
+    }
+    functions[first..]
+        .iter()
+        .find(|f| !is_tokio(f) && !f.is_internal())
+}
+
+fn is_task_creation(function: &str) -> bool {
+    TASK_CREATION
+        .iter()
+        .any(|(prefix, suffix)| function.starts_with(prefix) && function.contains(suffix))
+}
+
+/// The unwinder's own frames, and addresses without a symbol, at the leaf of a stack.
+fn is_unwinder(function: &str) -> bool {
+    function.starts_with("_Unwind") || function == "<unknown>"
+}
+
+/// A frame of tokio's own code (by name, or by a source file in a `tokio-<version>` package).
+fn is_tokio(frame: &Frame) -> bool {
+    frame.function.starts_with("tokio::")
+        || frame.function.starts_with("<tokio::")
+        || frame.file.as_deref().is_some_and(|file| {
+            file.replace('\\', "/").split('/').any(|dir| {
+                dir.strip_prefix("tokio-")
+                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            })
+        })
+}
+
+/// The most distinct files interned; past it, spawn lines are not kept (the names are leaked,
+/// once each, for reports that outlive any one sweep).
+const MAX_FILES: usize = 4096;
+
+/// A `&'static` copy of `file`, the same one for equal names.
+fn intern(file: &str) -> &'static str {
+    static FILES: LazyLock<Mutex<HashSet<&'static str>>> = LazyLock::new(Default::default);
+    let mut files = lock(&FILES);
+    if let Some(&known) = files.get(file) {
+        return known;
+    }
+    if files.len() >= MAX_FILES {
+        return "<too many files>";
+    }
+    let leaked: &'static str = Box::leak(file.to_owned().into_boxed_str());
+    files.insert(leaked);
+    leaked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(function: &str, file: &str, line: u32) -> Frame {
+        Frame {
+            function: function.to_owned(),
+            file: Some(file.to_owned()),
+            line: Some(line),
+        }
+    }
+
+    const TOKIO: &str =
+        "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src";
+
+    fn allocation(creation: &str) -> Vec<Frame> {
+        vec![
+            frame(
+                "backtrace::backtrace::libunwind::trace",
+                "/b/libunwind.rs",
+                1,
+            ),
+            frame(
+                "leakwatch::alloc::counters::record_cell",
+                "src/alloc/counters.rs",
+                1,
+            ),
+            frame("__rust_alloc", "src/main.rs", 1),
+            frame(
+                "alloc::boxed::Box<T>::new",
+                "/rustc/x/library/alloc/src/boxed.rs",
+                1,
+            ),
+            frame(creation, &format!("{TOKIO}/runtime/task/core.rs"), 261),
+            frame(
+                "tokio::runtime::task::raw::RawTask::new",
+                &format!("{TOKIO}/runtime/task/raw.rs"),
+                1,
+            ),
+            frame(
+                "tokio::task::spawn::spawn",
+                &format!("{TOKIO}/task/spawn.rs"),
+                1,
+            ),
+            frame(
+                "core::ops::function::FnOnce::call_once",
+                "/rustc/x/library/core/src/ops.rs",
+                1,
+            ),
+            frame("demo::handler::{{closure}}", "examples/demo.rs", 42),
+            frame(
+                "hyper::proto::h1::dispatch::poll",
+                "/root/.cargo/registry/src/i/hyper-1.8.1/src/d.rs",
+                9,
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_task_is_spawned_at_the_first_frame_above_tokio_s() {
+        let stack = allocation("tokio::runtime::task::core::Cell<T,S>::new");
+        let spawn = spawn_frame(&stack).unwrap();
+        assert_eq!(
+            (spawn.file.as_deref(), spawn.line),
+            (Some("examples/demo.rs"), Some(42))
+        );
+    }
+
+    #[test]
+    fn other_blocks_of_the_alignment_are_no_task() {
+        let stack = allocation("tokio::sync::mpsc::chan::channel");
+        assert!(spawn_frame(&stack).is_none());
+        // Every request's stack passes through tokio's task poll further up: not a creation.
+        let mut polled = allocation("crossbeam_channel::flavors::array::Channel<T>::with_capacity");
+        polled.push(frame(
+            "tokio::runtime::task::harness::Harness<T,S>::poll",
+            TOKIO,
+            1,
+        ));
+        assert!(spawn_frame(&polled).is_none());
+    }
+
+    #[test]
+    fn tokio_s_frames_are_known_by_name_or_package() {
+        assert!(is_tokio(&frame("<tokio::task::JoinSet<T>>::spawn", "x", 1)));
+        assert!(is_tokio(&frame(
+            "spawn",
+            &format!("{TOKIO}/task/join_set.rs"),
+            1
+        )));
+        assert!(!is_tokio(&frame(
+            "tokio_util::task::TaskTracker::spawn",
+            "/r/tokio-util-0.7.16/src/t.rs",
+            1
+        )));
+        assert!(!is_tokio(&frame(
+            "my_app::tokio::spawn_all",
+            "src/tokio-helpers/mod.rs",
+            1
+        )));
+    }
+
+    #[test]
+    fn interned_names_are_shared() {
+        let a = intern("src/jobs.rs");
+        let b = intern(&String::from("src/jobs.rs"));
+        assert!(std::ptr::eq(a, b));
+    }
+}
