@@ -62,6 +62,24 @@ async fn blocking(State(p): State<Parked>, Path(_id): Path<u64>) -> &'static str
     "blocked"
 }
 
+/// A task tracked by `leakwatch::spawn`: one report, not a second one for its cell.
+const WRAPPED_LINE: u32 = line!() + 4;
+async fn wrapped(State(p): State<Parked>, Path(_id): Path<u64>) -> &'static str {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    p.wakers.lock().unwrap().push(tx);
+    leakwatch::spawn(async move { rx.await.ok() });
+    "wrapped"
+}
+
+/// A `leakwatch::scoped` future spawned by plain `tokio::spawn`: one report, at `scoped`'s line.
+const SCOPED_LINE: u32 = line!() + 4;
+async fn scoped(State(p): State<Parked>, Path(_id): Path<u64>) -> &'static str {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    p.wakers.lock().unwrap().push(tx);
+    tokio::spawn(leakwatch::scoped(async move { rx.await.ok() }));
+    "scoped"
+}
+
 /// Clean: a task that ends at once, never awaited.
 async fn short(Path(id): Path<u64>) -> &'static str {
     tokio::spawn(async move { id * 2 });
@@ -95,6 +113,8 @@ fn app(detector: &LeakDetector, parked: Parked) -> Router {
         .route("/park/{id}", get(park))
         .route("/ticker/{id}", get(ticker))
         .route("/blocking/{id}", get(blocking))
+        .route("/wrapped/{id}", get(wrapped))
+        .route("/scoped/{id}", get(scoped))
         .route("/short/{id}", get(short))
         .route("/joined/{id}", get(joined))
         .route("/awaited/{id}", get(awaited))
@@ -141,12 +161,20 @@ pub async fn leaks_are_reported_at_their_spawn_lines() {
     let (detector, _) = super::detector();
     let parked = Parked::default();
     let (addr, server) = super::serve(app(&detector, parked.clone())).await;
-    drive(addr, &["park", "ticker", "blocking"], 3).await;
+    drive(
+        addr,
+        &["park", "ticker", "blocking", "wrapped", "scoped"],
+        3,
+    )
+    .await;
     let reports = settle(&detector).await;
-    for (route, line) in [
-        ("/park/{id}", PARK_LINE),
-        ("/ticker/{id}", TICKER_LINE),
-        ("/blocking/{id}", BLOCKING_LINE),
+    // Seen through its cell, or tracked by leakwatch's wrapper (which says it is running).
+    for (route, line, cell) in [
+        ("/park/{id}", PARK_LINE, true),
+        ("/ticker/{id}", TICKER_LINE, true),
+        ("/blocking/{id}", BLOCKING_LINE, true),
+        ("/wrapped/{id}", WRAPPED_LINE, false),
+        ("/scoped/{id}", SCOPED_LINE, false),
     ] {
         let orphans = orphans_of(&reports, route);
         assert_eq!(orphans.len(), 3, "{route}: {reports:#?}");
@@ -157,7 +185,12 @@ pub async fn leaks_are_reported_at_their_spawn_lines() {
                 ("tests/support/orphans.rs", line),
                 "{route}: {orphan:#?}"
             );
-            assert!(orphan.detail.contains("JoinHandle"), "{}", orphan.detail);
+            assert_eq!(
+                orphan.detail.contains("JoinHandle"),
+                cell,
+                "{}",
+                orphan.detail
+            );
             assert!(!orphan.request_id.is_empty());
         }
     }
