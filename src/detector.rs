@@ -200,8 +200,9 @@ cfg_feature! {
 /// What it can see depends on the set-up, and the failure message says which applies:
 ///
 /// - **Tasks** spawned in a request through [`spawn`](crate::spawn) or [`scoped`](crate::scoped);
-///   a plain `tokio::spawn` only on a runtime set up with `instrument_runtime` (built with
-///   `--cfg tokio_unstable`).
+///   a plain `tokio::spawn` with the [`TrackingAllocator`](crate::TrackingAllocator) installed
+///   (its task cell), or on a runtime set up with `instrument_runtime` (built with
+///   `--cfg tokio_unstable`), which also sees tasks spawned inside other tasks.
 /// - **Bodies** (request bodies; upstream bodies through
 ///   [`client_layer`](LeakDetector::client_layer)), **watched objects** and **stuck requests**:
 ///   always.

@@ -129,7 +129,7 @@
 //! # Trend alerts
 //!
 //! Per-request attribution finds what a request leaves behind; a trend catches what it cannot
-//! see (a leak outside any request, tasks spawned with plain `tokio::spawn`). Every
+//! see (a leak outside any request, tasks spawned outside requests). Every
 //! [`trend_interval`](LeakDetectorBuilder::trend_interval) the sweeper samples the live heap
 //! (from the [`TrackingAllocator`] when installed, else the resident set size), the runtime's
 //! alive tasks and the requests in flight. When the growth from the oldest to the newest sample

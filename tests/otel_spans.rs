@@ -43,8 +43,35 @@ fn detector(provider: &SdkTracerProvider) -> LeakDetector {
         .unwrap()
 }
 
-/// Sends one request to a handler that spawns a task that never ends; returns the task.
+/// Sends the request `otel-req-1` to a handler that spawns a task that never ends, after a
+/// first request (`otel-req-0`, no trace) that leaves one from the same line — the first orphan
+/// of a spawn line stays suspected, with no span, until a second request leaves one too.
+/// Returns the task of `otel-req-1`.
 async fn leak_once(detector: &LeakDetector, traceparent: Option<&str>) -> JoinHandle<()> {
+    let first = leak(detector, "otel-req-0", None).await;
+    drop(first); // detached: it never ends
+    leak(detector, "otel-req-1", traceparent).await
+}
+
+/// The report of `otel-req-1` among `reports`.
+fn of_request(reports: &[leakwatch::LeakReport]) -> &leakwatch::LeakReport {
+    reports
+        .iter()
+        .find(|r| r.request_id == "otel-req-1")
+        .unwrap_or_else(|| panic!("no report of otel-req-1 in {reports:#?}"))
+}
+
+/// The spans of `otel-req-1`'s reports.
+fn spans_of_request(spans: &[SpanData]) -> Vec<&SpanData> {
+    spans
+        .iter()
+        .filter(|s| attribute(s, "leak.request_id") == Some(&Value::from("otel-req-1")))
+        .collect()
+}
+
+/// Sends one request, with `id` as its request id, to a handler that spawns a task that never
+/// ends; returns the task.
+async fn leak(detector: &LeakDetector, id: &str, traceparent: Option<&str>) -> JoinHandle<()> {
     let task: Arc<Mutex<Option<JoinHandle<()>>>> = Arc::default();
     let kept = task.clone();
     let service = ServiceBuilder::new().layer(detector.layer()).service_fn(
@@ -58,7 +85,7 @@ async fn leak_once(detector: &LeakDetector, traceparent: Option<&str>) -> JoinHa
             }
         },
     );
-    let mut request = Request::get("/jobs/7").header("x-request-id", "otel-req-1");
+    let mut request = Request::get("/jobs/7").header("x-request-id", id);
     if let Some(traceparent) = traceparent {
         request = request.header("traceparent", traceparent);
     }
@@ -88,13 +115,15 @@ async fn leak_span_is_a_child_of_the_incoming_traceparent() {
     let task = leak_once(&detector, Some(&format!("00-{TRACE_ID}-{PARENT_ID}-01"))).await;
 
     let reports = detector.sweep_now();
-    assert_eq!(reports.len(), 1);
-    assert_eq!(reports[0].trace_id.as_deref(), Some(TRACE_ID));
-    assert_eq!(reports[0].span_id.as_deref(), Some(PARENT_ID));
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    let report = of_request(&reports);
+    assert_eq!(report.trace_id.as_deref(), Some(TRACE_ID));
+    assert_eq!(report.span_id.as_deref(), Some(PARENT_ID));
 
-    let spans = finished(&provider, &exporter);
-    assert_eq!(spans.len(), 1, "{spans:#?}");
-    let span = &spans[0];
+    let all_spans = finished(&provider, &exporter);
+    let spans = spans_of_request(&all_spans);
+    assert_eq!(spans.len(), 1, "{all_spans:#?}");
+    let span = spans[0];
     assert_eq!(span.name, "leak OrphanTask");
     assert_eq!(
         span.span_context.trace_id(),
@@ -129,7 +158,7 @@ async fn leak_span_is_a_child_of_the_incoming_traceparent() {
     );
     assert_eq!(
         attribute(span, "leak.id"),
-        Some(&Value::I64(reports[0].id as i64))
+        Some(&Value::I64(report.id as i64))
     );
     assert_eq!(
         attribute(span, "code.filepath"),
@@ -151,9 +180,10 @@ async fn leak_span_is_a_child_of_the_incoming_traceparent() {
             .any(|r| r.state == leakwatch::LeakState::Released)
     })
     .await;
-    let spans = finished(&provider, &exporter);
-    assert_eq!(spans.len(), 2, "{spans:#?}");
-    let released = &spans[1];
+    let all_spans = finished(&provider, &exporter);
+    let spans = spans_of_request(&all_spans);
+    assert_eq!(spans.len(), 2, "{all_spans:#?}");
+    let released = spans[1];
     assert_eq!(
         attribute(released, "leak.state"),
         Some(&Value::from("Released"))
@@ -189,11 +219,11 @@ async fn leak_span_is_a_child_of_the_current_tracing_span() {
     };
     let task = leak_once(&detector, None).instrument(request_span).await;
     let reports = detector.sweep_now();
-    assert_eq!(reports.len(), 1);
+    assert_eq!(reports.len(), 2, "{reports:#?}");
 
     let spans = finished(&provider, &exporter);
-    let leak = spans
-        .iter()
+    let leak = spans_of_request(&spans)
+        .into_iter()
         .find(|s| s.name == "leak OrphanTask")
         .unwrap_or_else(|| panic!("no leak span in {spans:#?}"));
     assert_eq!(leak.span_context.trace_id(), trace_id);
@@ -207,14 +237,15 @@ async fn without_a_trace_the_leak_span_is_a_root_with_the_request_id() {
     let detector = detector(&provider);
     let task = leak_once(&detector, None).await;
     let reports = detector.sweep_now();
-    assert_eq!(reports.len(), 1);
-    assert!(reports[0].trace_id.is_none());
+    assert_eq!(reports.len(), 2, "{reports:#?}");
+    assert!(of_request(&reports).trace_id.is_none());
 
-    let spans = finished(&provider, &exporter);
-    assert_eq!(spans.len(), 1);
+    let all_spans = finished(&provider, &exporter);
+    let spans = spans_of_request(&all_spans);
+    assert_eq!(spans.len(), 1, "{all_spans:#?}");
     assert_eq!(spans[0].parent_span_id, SpanId::INVALID);
     assert_eq!(
-        attribute(&spans[0], "leak.request_id"),
+        attribute(spans[0], "leak.request_id"),
         Some(&Value::from("otel-req-1"))
     );
     task.abort();

@@ -59,6 +59,8 @@ pub(crate) struct Engine {
     /// The active reports of tracked objects and stuck requests (shared with the task dumps,
     /// which add await traces to them). Never locked together with `judges`.
     active: Arc<Mutex<objects::Active>>,
+    /// The requests that left orphan tasks, by route and spawn line (in the objects phase).
+    lines: Mutex<objects::OrphanLines>,
     /// Reads the stacks of the task cells the allocator saw (in the objects phase).
     cells: Mutex<CellReader>,
     /// Held for a whole sweep, so that sweeps run (and deliver) one at a time, in order.
@@ -144,6 +146,7 @@ impl Engine {
             }),
             active: Arc::default(),
             cells: Mutex::default(),
+            lines: Mutex::default(),
             sweeping: Mutex::new(()),
             sinks,
             counters: Counters::default(),
@@ -270,16 +273,25 @@ impl Engine {
         let mut found = Objects::default();
         let turn = self.counters.sweeps.load(Ordering::Relaxed) % CHECK_IN_FLIGHT_EVERY;
         let all = self.registry.len() > self.registry.capacity() / 2;
+        // Before any is judged: the task cells' stacks are read (letting go of what is no
+        // task), and the orphans of every spawn line counted.
+        let config = &self.config;
         let mut cells = lock(&self.cells);
-        self.registry.sweep_objects(|id, object| {
-            if !cells.read(object, &self.config) {
-                return false;
+        let mut lines = lock(&self.lines);
+        self.registry.sweep_objects(|_, object| {
+            let keep = cells.read(object, config);
+            if keep {
+                lines.count(object, now, config);
             }
+            keep
+        });
+        drop(cells);
+        self.registry.sweep_objects(|id, object| {
             let its_turn = all || id % CHECK_IN_FLIGHT_EVERY == turn;
             if !its_turn && object.scope.is_open() && !object.judged_by_growth() {
                 return true;
             }
-            let keep = objects::judge_object(id, object, now, &self.config, reports);
+            let keep = objects::judge_object(id, object, &lines, now, config, reports);
             found.census.count(object);
             if keep {
                 found.reported.note(object);

@@ -116,10 +116,19 @@ impl Engine {
     /// What a test assertion could see with this set-up, for its failure message: which tasks
     /// are tracked, and whether and for which routes memory was judged.
     pub(crate) fn coverage(&self) -> String {
-        let plain = if cfg!(tokio_unstable) {
-            "plain tokio::spawn only on a runtime set up with instrument_runtime"
-        } else {
-            "plain tokio::spawn not tracked (it needs --cfg tokio_unstable and instrument_runtime)"
+        let plain = match (self.memory_tracked, cfg!(tokio_unstable)) {
+            (true, _) => {
+                "plain tokio::spawn seen through its task cell; one spawned inside another task \
+                 only on a runtime set up with instrument_runtime"
+            }
+            (false, true) => {
+                "plain tokio::spawn only on a runtime set up with instrument_runtime, or with \
+                 leakwatch::TrackingAllocator as the global allocator"
+            }
+            (false, false) => {
+                "plain tokio::spawn not tracked: install leakwatch::TrackingAllocator as the \
+                 global allocator"
+            }
         };
         let mut text = format!(
             "checked: tasks spawned in requests with leakwatch::spawn or scoped ({plain}); \

@@ -18,7 +18,7 @@ use crate::judge::build::request_report;
 use crate::judge::memory::holds_memory;
 use crate::registry::TrackedObject;
 use crate::report::lifecycle::Lifecycle;
-use crate::report::{LeakKind, LeakReport, LeakState};
+use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::liveness::Liveness;
 use crate::request::scope::Scope;
 
@@ -89,10 +89,82 @@ impl Reported {
     }
 }
 
+/// The requests that left orphan tasks, by route and spawn line, as the sweeps have found them
+/// (counted before each sweep judges any): a spawn line that left orphans in one request only
+/// may be a worker started once (a refresher a `OnceCell` initialiser starts, a lazily started
+/// worker), which is not confirmed; orphans from the same line in two requests — at once, or
+/// one after the other — are a leak. Kept for the detector's life, for at most [`MAX_LINES`]
+/// lines: past them a new line's orphans are confirmed as usual.
+#[derive(Default)]
+pub(crate) struct OrphanLines(HashMap<(u32, SourceLocation), Requests>);
+
+/// The requests an orphan's spawn line left orphans in: the first, and whether there are more.
+struct Requests {
+    first: u64,
+    more: bool,
+}
+
+impl OrphanLines {
+    /// Counts `object` if it is an orphan task its request is judged by: alive, spawned by the
+    /// user's code (not judged by growth), its request finished more than the grace ago.
+    pub(crate) fn count(&mut self, object: &TrackedObject, now: Instant, config: &Config) {
+        let Some(key) = orphan_line(object, now, config) else {
+            return;
+        };
+        let request = object.scope.id;
+        if self.0.len() >= MAX_LINES && !self.0.contains_key(&key) {
+            return;
+        }
+        self.0
+            .entry(key)
+            .and_modify(|seen| seen.more |= seen.first != request)
+            .or_insert(Requests {
+                first: request,
+                more: false,
+            });
+    }
+
+    /// Whether `object`, an orphan task, is the only one its spawn line left on its route (in
+    /// one request, however many tasks).
+    fn alone(&self, object: &TrackedObject, now: Instant, config: &Config) -> bool {
+        orphan_line(object, now, config)
+            .and_then(|key| self.0.get(&key))
+            .is_some_and(|seen| !seen.more)
+    }
+}
+
+/// The most (route, spawn line) pairs [`OrphanLines`] remembers.
+pub(crate) const MAX_LINES: usize = 4096;
+
+/// The route and spawn line of an orphan task judged against its request, past its grace.
+fn orphan_line(
+    object: &TrackedObject,
+    now: Instant,
+    config: &Config,
+) -> Option<(u32, SourceLocation)> {
+    let closed_at = object.scope.closed_at()?;
+    let past_grace = now.saturating_duration_since(closed_at) >= config.grace;
+    let judged = object.liveness.is_task() && !object.judged_by_growth() && past_grace;
+    let location = object
+        .location
+        .filter(|_| judged && object.liveness.is_alive())?;
+    Some((object.scope.route_index, location))
+}
+
+/// What a report of an orphan its spawn line left alone adds: why it is not confirmed yet.
+const STARTED_ONCE: &str = "; the only orphan from this line on its route so far: a worker \
+    started once (a refresher a OnceCell initialiser starts) stays suspected until a second \
+    request leaves one too; leakwatch::detach (or spawn_detached) marks a worker started on \
+    purpose";
+
 /// Judges one tracked object; pushes what changed onto `reports`. Returns whether to keep it.
+///
+/// An orphan task whose spawn line left orphans in no other request of its route (`lines`)
+/// stays `Suspected`: it is confirmed once a second request leaves one too.
 pub(crate) fn judge_object(
     id: u64,
     object: &mut TrackedObject,
+    lines: &OrphanLines,
     now: Instant,
     config: &Config,
     reports: &mut Vec<LeakReport>,
@@ -138,8 +210,18 @@ pub(crate) fn judge_object(
     if now.saturating_duration_since(closed_at) < config.grace {
         return true;
     }
-    if let Some(state) = object.lifecycle.alive(config.confirm_sweeps) {
-        reports.push(object_report(id, object, state, now));
+    let alone = lines.alone(object, now, config);
+    let confirm_sweeps = if alone {
+        u32::MAX
+    } else {
+        config.confirm_sweeps
+    };
+    if let Some(state) = object.lifecycle.alive(confirm_sweeps) {
+        let mut report = object_report(id, object, state, now);
+        if alone {
+            report.detail.push_str(STARTED_ONCE);
+        }
+        reports.push(report);
     }
     true
 }

@@ -92,6 +92,12 @@ pub enum LeakState {
     Suspected,
     /// Still alive the configured number of sweeps after it was first suspected (or a one-shot
     /// finding such as [`LeakKind::UnconsumedBody`]). Reported once.
+    ///
+    /// An [`OrphanTask`](LeakKind::OrphanTask) whose spawn line has left orphans in no other
+    /// request of its route stays `Suspected` however long it lives — it could be a worker
+    /// started once, such as a refresher a `OnceCell` initialiser starts — until a second
+    /// request leaves one from the same line ([`crate::detach`] marks a worker started on
+    /// purpose).
     Confirmed,
     /// Freed after it had been reported.
     Released,

@@ -14,7 +14,9 @@
 /// (`on_task_spawn`, `on_task_terminate`, `on_before_task_poll`, `on_after_task_poll`) to call
 /// from hooks of your own, since a runtime keeps one callback per hook.
 ///
-/// Without the hooks, `leakwatch::spawn` and `leakwatch::scoped` track the tasks they start.
+/// Without the hooks, `leakwatch::spawn` and `leakwatch::scoped` track the tasks they start,
+/// and the [`TrackingAllocator`](crate::TrackingAllocator) sees a plain `tokio::spawn` in a
+/// request through the task's cell.
 pub mod hooks {}
 
 /// **Needs `--cfg tokio_unstable`** (`RUSTFLAGS="--cfg tokio_unstable"`): this documentation

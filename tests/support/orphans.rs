@@ -17,7 +17,7 @@ use leakwatch::{LeakDetector, LeakKind, LeakReport};
 struct Parked {
     wakers: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<()>>>>,
     blocking: Arc<Mutex<Vec<std::sync::mpsc::Sender<()>>>>,
-    stop: Arc<tokio::sync::Notify>,
+    stop: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Parked {
@@ -25,7 +25,7 @@ impl Parked {
     fn release(&self) {
         self.wakers.lock().unwrap().clear();
         self.blocking.lock().unwrap().clear();
-        self.stop.notify_waiters();
+        self.stop.send_replace(true);
     }
 }
 
@@ -39,17 +39,17 @@ async fn park(State(p): State<Parked>, Path(_id): Path<u64>) -> &'static str {
 
 const TICKER_LINE: u32 = line!() + 3;
 async fn ticker(State(p): State<Parked>, Path(_id): Path<u64>) -> &'static str {
-    let stop = p.stop.clone();
+    let stop = p.stop.subscribe();
     tokio::spawn(async move { tick(stop).await });
     "ticking"
 }
 
-async fn tick(stop: Arc<tokio::sync::Notify>) {
+async fn tick(mut stop: tokio::sync::watch::Receiver<bool>) {
     let mut every = tokio::time::interval(Duration::from_millis(20));
     loop {
         tokio::select! {
             _ = every.tick() => {}
-            _ = stop.notified() => return,
+            _ = stop.wait_for(|stop| *stop) => return,
         }
     }
 }
