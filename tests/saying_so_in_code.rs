@@ -2,9 +2,9 @@
 //! process (`spawn_detached`, `detach`, `outside`), spawn locations to ignore
 //! (`ignore_spawned_at`), and a request answered `101 Switching Protocols`, whose tasks live
 //! with the upgraded connection. Each is checked against the same task without it, which is
-//! reported — on a current-thread and a multi-thread runtime with the runtime hooks. Needs
-//! `RUSTFLAGS="--cfg tokio_unstable"`.
-#![cfg(all(tokio_unstable, feature = "axum"))]
+//! reported — on a current-thread and a multi-thread runtime, through the `TrackingAllocator`
+//! on stable flags and with the runtime hooks too when built with `--cfg tokio_unstable`.
+#![cfg(feature = "axum")]
 
 mod support;
 
@@ -17,6 +17,9 @@ use axum::Router;
 use http::{Request, StatusCode};
 use leakwatch::{LeakDetector, LeakKind, LeakReport};
 use tower::ServiceExt;
+
+#[global_allocator]
+static ALLOC: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::system();
 
 async fn plain() -> &'static str {
     tokio::spawn(pending::<()>());
@@ -80,7 +83,7 @@ fn reports_of(detector: &LeakDetector, route: &str) -> Vec<LeakReport> {
 
 #[test]
 fn work_said_to_be_the_processs_is_never_the_requests() {
-    support::on_both_hooked_runtimes(|| async {
+    support::on_both_runtimes_as_built(|| async {
         let (detector, _) = support::detector();
         let app = app(&detector);
         for path in ["/plain", "/spawn-detached", "/detach", "/outside"] {
@@ -101,7 +104,7 @@ fn work_said_to_be_the_processs_is_never_the_requests() {
 
 #[test]
 fn tasks_spawned_at_an_ignored_location_are_not_tracked() {
-    support::on_both_hooked_runtimes(|| async {
+    support::on_both_runtimes_as_built(|| async {
         let sink = leakwatch::sink::CollectingSink::new();
         let detector = support::builder(&sink)
             .ignore_spawned_at("tests/saying_so_in_code.rs")
@@ -128,7 +131,7 @@ fn an_empty_ignore_pattern_is_rejected() {
 
 #[test]
 fn an_upgraded_requests_tasks_live_with_its_connection() {
-    support::on_both_hooked_runtimes(|| async {
+    support::on_both_runtimes_as_built(|| async {
         let (detector, _) = support::detector();
         let app = app(&detector);
         for _ in 0..3 {

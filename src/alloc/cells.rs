@@ -114,7 +114,7 @@ pub(crate) enum Kind {
     Unknown = 0,
     /// A task's cell.
     Task = 1,
-    /// Something else of the same alignment, or a task not to track: its blocks are let go.
+    /// Something else of the same alignment (a cache-padded channel): its blocks are let go.
     Other = 2,
 }
 

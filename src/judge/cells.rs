@@ -48,8 +48,10 @@ const TASK_CREATION: &[(&str, &str)] = &[
 /// What a stack was read as.
 #[derive(Clone, Debug)]
 enum Read {
-    /// Not a task, or a task spawned where the detector was told to look away: let go.
-    LetGo,
+    /// Not a task (for every detector: its stack is not tracked again).
+    NotTask,
+    /// A task spawned where this detector was told to look away: let go.
+    Ignored,
     /// A task spawned at `location` (none without debug information), judged as said.
     Task {
         location: Option<SourceLocation>,
@@ -83,17 +85,19 @@ impl CellReader {
                     return true;
                 };
                 let read = self.read_stack(&frames, config);
-                let kind = match read {
-                    Read::LetGo => CellKind::Other,
-                    Read::Task { .. } => CellKind::Task,
-                };
-                alloc::set_cell_kind(stack, kind);
+                // Whether a stack is a task's is the same for every detector; whether it is
+                // ignored is this detector's own setting.
+                match read {
+                    Read::NotTask => alloc::set_cell_kind(stack, CellKind::Other),
+                    Read::Task { .. } => alloc::set_cell_kind(stack, CellKind::Task),
+                    Read::Ignored => {}
+                }
                 self.read.insert(stack, read.clone());
                 read
             }
         };
         match read {
-            Read::LetGo => {
+            Read::NotTask | Read::Ignored => {
                 cell.release();
                 false
             }
@@ -107,7 +111,7 @@ impl CellReader {
     fn read_stack(&mut self, frames: &[usize], config: &Config) -> Read {
         let functions = self.symbolizer.functions(frames);
         let Some(spawn) = spawn_frame(&functions) else {
-            return Read::LetGo;
+            return Read::NotTask;
         };
         let Some(file) = spawn.file.as_deref() else {
             // Without debug information: a task, whose spawn line and owner are unknown.
@@ -121,7 +125,7 @@ impl CellReader {
             .iter()
             .any(|pattern| origin::matches(file, pattern))
         {
-            return Read::LetGo;
+            return Read::Ignored;
         }
         let judged = if origin::is_dependency_source(file) {
             Judged::ByGrowth

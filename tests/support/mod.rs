@@ -127,6 +127,26 @@ pub fn on_both_hooked_runtimes<F: std::future::Future<Output = ()>>(test: impl F
     }
 }
 
+/// Runs `test` on a current-thread and on a multi-thread runtime (2 workers): built with
+/// `--cfg tokio_unstable`, with leakwatch's task hooks; otherwise as `#[tokio::main]` builds
+/// them (the `TrackingAllocator` sees plain spawns).
+pub fn on_both_runtimes_as_built<F: std::future::Future<Output = ()>>(test: impl Fn() -> F) {
+    #[cfg(tokio_unstable)]
+    on_both_hooked_runtimes(test);
+    #[cfg(not(tokio_unstable))]
+    for flavor in ["current_thread", "multi_thread"] {
+        let mut builder = match flavor {
+            "current_thread" => tokio::runtime::Builder::new_current_thread(),
+            _ => {
+                let mut multi = tokio::runtime::Builder::new_multi_thread();
+                multi.worker_threads(2);
+                multi
+            }
+        };
+        builder.enable_all().build().unwrap().block_on(test());
+    }
+}
+
 /// A response body fed through a channel: a frame per message, the end when every sender is
 /// gone. Not buffered.
 pub struct ChannelBody {
