@@ -15,6 +15,7 @@
 # connection (Python's http.client).
 #
 #   bash benches/instructions.sh                 # COUNT=1000 WARMUP=200 ROUTES="/hello /alloc"
+#   ROUTES="/hello /spawn /alloc" ONLY="baseline leakwatch sampled" bash benches/instructions.sh
 #   ROUTES=/alloc COUNT=2000 bash benches/instructions.sh
 #   ONLY="baseline identity layer" bash benches/instructions.sh
 #

@@ -28,6 +28,13 @@ async fn hello() -> &'static str {
     "hello, world"
 }
 
+/// `GET /spawn`: one short task, spawned with plain `tokio::spawn` and awaited (the allocator
+/// sees its cell).
+async fn spawn_one() -> String {
+    let task = tokio::spawn(async { 6 * 7 });
+    task.await.unwrap_or_default().to_string()
+}
+
 /// `GET /json`: a small JSON document, as an API answers.
 async fn json_doc() -> Json<Value> {
     Json(json!({
@@ -99,6 +106,7 @@ async fn start_upstream() {
 pub fn routes() -> Router {
     Router::new()
         .route("/hello", get(hello))
+        .route("/spawn", get(spawn_one))
         .route("/json", get(json_doc))
         .route("/alloc", get(alloc_heavy))
         .route("/upstream", get(upstream))
