@@ -16,11 +16,13 @@
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Instant;
 
 use dashmap::DashMap;
 
+mod object;
 mod shard;
+
+pub(crate) use self::object::TrackedObject;
 
 use self::shard::{
     count_finished, this_threads_shard, Shard, DEFERRED_PER_SHARD, POOLED_PER_SHARD, SHARDS,
@@ -30,46 +32,9 @@ use crate::alloc::{SlotGuard, Usage};
 use crate::report::lifecycle::Lifecycle;
 use crate::report::SourceLocation;
 use crate::request::liveness::Liveness;
-use crate::request::origin;
 use crate::request::scope::{Judged, Owner, Place, RequestHead, Scope};
 use crate::util::sync::lock;
 use crate::util::{IdHasher, Ids};
-
-/// An object a request left behind: a task, a request body or a watched object.
-pub(crate) struct TrackedObject {
-    pub(crate) scope: Arc<Scope>,
-    pub(crate) liveness: Liveness,
-    pub(crate) location: Option<SourceLocation>,
-    pub(crate) type_name: Option<&'static str>,
-    pub(crate) created_at: Instant,
-    pub(crate) lifecycle: Lifecycle,
-    /// Where a task is stuck, from a task dump (see [`crate::engine::dump`]).
-    pub(crate) await_trace: Option<Arc<str>>,
-    /// How it is judged, as it was tracked.
-    judged: Judged,
-}
-
-impl TrackedObject {
-    /// Whether it is judged by growth rather than against its request: a task a dependency
-    /// spawned, or any task of a request answered `101 Switching Protocols` (it lives with the
-    /// upgraded connection).
-    pub(crate) fn judged_by_growth(&self) -> bool {
-        self.judged == Judged::ByGrowth || (self.liveness.is_task() && self.scope.is_upgraded())
-    }
-}
-
-impl TrackedObject {
-    /// Whether it is a task cell whose stack the sweeper has not read yet.
-    pub(crate) fn is_unread(&self) -> bool {
-        self.judged == Judged::Unread
-    }
-
-    /// Sets what reading a task cell's stack found: where the task was spawned, how it is judged.
-    pub(crate) fn read_as(&mut self, location: Option<SourceLocation>, judged: Judged) {
-        self.location = location;
-        self.judged = judged;
-    }
-}
 
 /// Whether what a finished request still holds is memory to judge: the memory judge's one
 /// verdict on a request, which the registry applies on the request's own thread.
@@ -366,38 +331,13 @@ impl Owner for Registry {
         location: Option<SourceLocation>,
         type_name: Option<&'static str>,
     ) -> Option<Judged> {
-        let judged = match (&liveness, location) {
-            (Liveness::Task(_), Some(at)) => {
-                let file = at.file;
-                if self.ignored_spawns.iter().any(|p| origin::matches(file, p)) {
-                    return None;
-                }
-                if origin::is_dependency(file) {
-                    Judged::ByGrowth
-                } else {
-                    Judged::PerRequest
-                }
-            }
-            (Liveness::Cell(_), _) => Judged::Unread,
-            _ => Judged::PerRequest,
-        };
+        let judged = TrackedObject::judged(&liveness, location, &self.ignored_spawns)?;
         if !self.reserve() {
             return None;
         }
         let id = self.next_id();
-        self.objects.insert(
-            id,
-            TrackedObject {
-                scope: scope.clone(),
-                liveness,
-                location,
-                type_name,
-                created_at: Instant::now(),
-                lifecycle: Lifecycle::default(),
-                await_trace: None,
-                judged,
-            },
-        );
+        let object = TrackedObject::new(scope.clone(), liveness, location, type_name, judged);
+        self.objects.insert(id, object);
         Some(judged)
     }
 
