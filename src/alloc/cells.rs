@@ -176,8 +176,11 @@ pub(crate) fn record(address: usize, tag: Tag) {
 
 fn try_record(address: usize, tag: Tag) -> Option<TaskCell> {
     let mut frames = [0usize; MAX_FRAMES];
-    let n = stacks::capture(&mut frames);
-    let stack = STACK_TABLE.record(0, &frames[..n], 0, 0);
+    let (n, known) = capture(&mut frames);
+    let stack = match known {
+        0 => STACK_TABLE.record(0, &frames[..n], 0, 0),
+        known => known,
+    };
     if stack == 0 {
         DROPPED.fetch_add(1, Ordering::Relaxed);
         return None;
@@ -205,6 +208,80 @@ fn try_record(address: usize, tag: Tag) -> Option<TaskCell> {
     }
     DROPPED.fetch_add(1, Ordering::Relaxed);
     None
+}
+
+/// Unwinds the stack of a cell's allocation, stopping at the spawn frame of a known spawn site
+/// (see [`learn_prefix`]); returns the frames written and the known stack's number (0: none).
+fn capture(frames: &mut [usize; MAX_FRAMES]) -> (usize, u32) {
+    let depths = DEPTHS.load(Ordering::Relaxed);
+    let mut hash = PREFIX_SEED;
+    let mut known = 0;
+    let n = stacks::capture_until(frames, |so_far| {
+        hash = prefix_step(hash, so_far[so_far.len() - 1]);
+        if depths & (1 << so_far.len()) != 0 {
+            known = known_prefix(hash);
+        }
+        known == 0
+    });
+    (n, known)
+}
+
+/// Spawn sites the sweeper has read: the hash of a task stack's return addresses up to and
+/// including its spawn frame, and the stack's number. A spawn from the same call site has the
+/// same return addresses up to there, whatever called it.
+struct Prefix {
+    hash: AtomicU64,
+    stack: AtomicU32,
+}
+
+const PREFIXES: usize = 1024;
+static PREFIX_TABLE: [Prefix; PREFIXES] = [const {
+    Prefix {
+        hash: AtomicU64::new(0),
+        stack: AtomicU32::new(0),
+    }
+}; PREFIXES];
+/// Bit `n`: a known prefix has `n` frames.
+static DEPTHS: AtomicU64 = AtomicU64::new(0);
+const PREFIX_SEED: u64 = 0xcbf2_9ce4_8422_2325;
+
+fn prefix_step(hash: u64, ip: usize) -> u64 {
+    (hash ^ ip as u64).wrapping_mul(0x0000_0100_0000_01B3) | 1
+}
+
+/// The stack number of the known prefix hashed `hash` (0: none).
+fn known_prefix(hash: u64) -> u32 {
+    let start = hash as usize % PREFIXES;
+    for i in 0..WINDOW {
+        let prefix = &PREFIX_TABLE[(start + i) % PREFIXES];
+        match prefix.hash.load(Ordering::Acquire) {
+            0 => return 0,
+            found if found == hash => return prefix.stack.load(Ordering::Acquire),
+            _ => {}
+        }
+    }
+    0
+}
+
+/// Remembers that stack number `stack` spawned its task at `frames.last()`: later spawns from
+/// that call site stop unwinding there. (The sweeper calls it once it has read the stack.)
+pub(crate) fn learn_prefix(frames: &[usize], stack: u32) {
+    if frames.is_empty() || frames.len() > MAX_FRAMES {
+        return;
+    }
+    let hash = frames.iter().fold(PREFIX_SEED, |h, &ip| prefix_step(h, ip));
+    let start = hash as usize % PREFIXES;
+    for i in 0..WINDOW {
+        let prefix = &PREFIX_TABLE[(start + i) % PREFIXES];
+        let claimed = prefix
+            .hash
+            .compare_exchange(0, hash, Ordering::AcqRel, Ordering::Acquire);
+        if claimed.is_ok() || claimed == Err(hash) {
+            prefix.stack.store(stack, Ordering::Release);
+            DEPTHS.fetch_or(1 << frames.len(), Ordering::Relaxed);
+            return;
+        }
+    }
 }
 
 fn word(tag: Tag) -> u64 {
@@ -417,6 +494,22 @@ mod tests {
             false
         });
         assert!(!refused.unwrap().is_alive());
+    }
+
+    #[test]
+    fn a_known_spawn_site_stops_the_unwinding_at_its_frame() {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let mut frames = [0usize; MAX_FRAMES];
+            let (n, known) = capture(&mut frames);
+            seen.push((n, known));
+            if known == 0 {
+                // As the sweeper would, once it found the spawn frame among the first eight.
+                learn_prefix(&frames[..n.min(8)], 77);
+            }
+        }
+        assert_eq!(seen[0].1, 0, "not known yet");
+        assert_eq!(seen[1], (seen[0].0.min(8), 77), "stopped at the known frame");
     }
 
     #[test]

@@ -19,15 +19,23 @@ const PROBES: usize = 64;
 ///
 /// The caller marks the allocator busy first: unwinding may allocate on some platforms.
 pub(crate) fn capture(frames: &mut [usize; MAX_FRAMES]) -> usize {
+    capture_until(frames, |_| true)
+}
+
+/// [`capture`], stopping early once `more` (called with the frames so far) says `false`.
+pub(crate) fn capture_until(
+    frames: &mut [usize; MAX_FRAMES],
+    mut more: impl FnMut(&[usize]) -> bool,
+) -> usize {
     let mut n = 0;
     // SAFETY: unwinding is not synchronised with other threads' symbolisation; on this
     // platform's backend (libunwind/libgcc) that is sound. The callback only writes into
-    // `frames` and allocates nothing.
+    // `frames` and allocates nothing (nor may `more`).
     unsafe {
         backtrace::trace_unsynchronized(|frame| {
             frames[n] = frame.ip() as usize;
             n += 1;
-            n < MAX_FRAMES
+            n < MAX_FRAMES && more(&frames[..n])
         });
     }
     n

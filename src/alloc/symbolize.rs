@@ -98,15 +98,15 @@ impl Symbolizer {
     }
 
     /// Every function of the stack of return addresses `frames`, leaf first (a function inlined
-    /// into another before it).
-    pub(crate) fn functions(&mut self, frames: &[usize]) -> Vec<Frame> {
+    /// into another before it), each with the index of its return address in `frames`.
+    pub(crate) fn functions(&mut self, frames: &[usize]) -> Vec<(usize, Frame)> {
         let mut functions = Vec::new();
-        for &address in frames {
+        for (index, &address) in frames.iter().enumerate() {
             let resolved = self
                 .resolved
                 .entry(address)
                 .or_insert_with(|| resolve(address));
-            functions.extend(resolved.iter().cloned());
+            functions.extend(resolved.iter().map(|f| (index, f.clone())));
         }
         functions
     }

@@ -84,7 +84,7 @@ impl CellReader {
                     // Its entry is being written: next sweep.
                     return true;
                 };
-                let read = self.read_stack(&frames, config);
+                let read = self.read_stack(stack, &frames, config);
                 // Whether a stack is a task's is the same for every detector; whether it is
                 // ignored is this detector's own setting.
                 match read {
@@ -108,11 +108,13 @@ impl CellReader {
         }
     }
 
-    fn read_stack(&mut self, frames: &[usize], config: &Config) -> Read {
+    fn read_stack(&mut self, stack: u32, frames: &[usize], config: &Config) -> Read {
         let functions = self.symbolizer.functions(frames);
-        let Some(spawn) = spawn_frame(&functions) else {
+        let Some((at, spawn)) = spawn_frame(&functions) else {
             return Read::NotTask;
         };
+        // Later spawns from this call site stop unwinding at its frame.
+        alloc::learn_cell_prefix(&frames[..=*at], stack);
         let Some(file) = spawn.file.as_deref() else {
             // Without debug information: a task, whose spawn line and owner are unknown.
             return Read::Task {
@@ -143,18 +145,18 @@ impl CellReader {
     }
 }
 
-/// The frame that spawned the task whose cell's allocation `functions` (leaf first) shows, or
-/// `None` when it shows no task's creation.
-fn spawn_frame(functions: &[Frame]) -> Option<&Frame> {
+/// The frame that spawned the task whose cell's allocation `functions` (leaf first, each with
+/// the index of its return address) shows, or `None` when it shows no task's creation.
+fn spawn_frame(functions: &[(usize, Frame)]) -> Option<&(usize, Frame)> {
     let first = functions
         .iter()
-        .position(|f| !f.is_internal() && !is_unwinder(&f.function))?;
-    if !is_task_creation(&functions[first].function) {
+        .position(|(_, f)| !f.is_internal() && !is_unwinder(&f.function))?;
+    if !is_task_creation(&functions[first].1.function) {
         return None;
     }
     functions[first..]
         .iter()
-        .find(|f| !is_tokio(f) && !f.is_internal())
+        .find(|(_, f)| !is_tokio(f) && !f.is_internal())
 }
 
 fn is_task_creation(function: &str) -> bool {
@@ -214,8 +216,8 @@ mod tests {
     const TOKIO: &str =
         "/root/.cargo/registry/src/index.crates.io-1949cf8c6b5b557f/tokio-1.54.1/src";
 
-    fn allocation(creation: &str) -> Vec<Frame> {
-        vec![
+    fn allocation(creation: &str) -> Vec<(usize, Frame)> {
+        let frames = vec![
             frame(
                 "backtrace::backtrace::libunwind::trace",
                 "/b/libunwind.rs",
@@ -254,13 +256,15 @@ mod tests {
                 "/root/.cargo/registry/src/i/hyper-1.8.1/src/d.rs",
                 9,
             ),
-        ]
+        ];
+        frames.into_iter().enumerate().collect()
     }
 
     #[test]
     fn a_task_is_spawned_at_the_first_frame_above_tokio_s() {
         let stack = allocation("tokio::runtime::task::core::Cell<T,S>::new");
-        let spawn = spawn_frame(&stack).unwrap();
+        let (at, spawn) = spawn_frame(&stack).unwrap();
+        assert_eq!(*at, 8, "the index of its return address");
         assert_eq!(
             (spawn.file.as_deref(), spawn.line),
             (Some("examples/demo.rs"), Some(42))
@@ -273,10 +277,13 @@ mod tests {
         assert!(spawn_frame(&stack).is_none());
         // Every request's stack passes through tokio's task poll further up: not a creation.
         let mut polled = allocation("crossbeam_channel::flavors::array::Channel<T>::with_capacity");
-        polled.push(frame(
-            "tokio::runtime::task::harness::Harness<T,S>::poll",
-            TOKIO,
-            1,
+        polled.push((
+            10,
+            frame(
+                "tokio::runtime::task::harness::Harness<T,S>::poll",
+                TOKIO,
+                1,
+            ),
         ));
         assert!(spawn_frame(&polled).is_none());
     }
