@@ -509,7 +509,11 @@ mod tests {
             }
         }
         assert_eq!(seen[0].1, 0, "not known yet");
-        assert_eq!(seen[1], (seen[0].0.min(8), 77), "stopped at the known frame");
+        assert_eq!(
+            seen[1],
+            (seen[0].0.min(8), 77),
+            "stopped at the known frame"
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ use std::num::NonZeroU64;
 mod cells;
 mod counters;
 mod header;
+mod outer;
 mod sampled;
 mod sites;
 mod slots;
@@ -56,6 +57,7 @@ pub(crate) use self::counters::{
 use self::counters::{on_alloc, on_dealloc, on_free, on_resize, record_cell};
 use self::header::Header;
 pub(crate) use self::header::Tag;
+use self::outer::{outer, outer_unchecked};
 pub(crate) use self::sampled::{
     region_bytes as sampled_region_bytes, unserved as samples_unserved,
 };
@@ -274,62 +276,6 @@ impl<A> TrackingAllocator<A> {
     }
 }
 
-/// The alignment of the block allocated for `layout`, which is also the offset of the user's
-/// pointer in it: the header takes the last `HEADER_SIZE` bytes before that pointer.
-#[inline(always)]
-fn block_align(layout: Layout) -> usize {
-    layout.align().max(HEADER_SIZE)
-}
-
-/// Sizes and alignments below this need no overflow check: the outer size is then at most
-/// 2⁵⁰, far below `isize::MAX`.
-const UNCHECKED_BELOW: usize = 1 << 48;
-
-/// The layout asked of the inner allocator for `layout`, and the offset of the user's pointer;
-/// `None` when the size with the offset would overflow a `Layout`.
-#[inline(always)]
-fn outer(layout: Layout) -> Option<(Layout, usize)> {
-    if (layout.size() | layout.align()) < UNCHECKED_BELOW {
-        // SAFETY: both are below 2⁴⁸, so the outer size rounded up to the alignment is at
-        // most 2⁵⁰ ≤ `isize::MAX`.
-        Some(unsafe { outer_unchecked(layout) })
-    } else {
-        outer_checked(layout)
-    }
-}
-
-/// [`outer`] for sizes or alignments of 2⁴⁸ and more, with the exact check.
-#[cold]
-#[inline(never)]
-fn outer_checked(layout: Layout) -> Option<(Layout, usize)> {
-    let align = block_align(layout);
-    // A layout's size rounded up to its alignment must not exceed `isize::MAX`; the offset is
-    // the alignment.
-    let limit = (isize::MAX as usize)
-        .checked_sub(align - 1)?
-        .checked_sub(align)?;
-    if layout.size() > limit {
-        return None;
-    }
-    // SAFETY: just checked.
-    Some(unsafe { outer_unchecked(layout) })
-}
-
-/// [`outer`] without its check.
-///
-/// # Safety
-///
-/// `outer(layout)` returns `Some`, as it did when a block of `layout` was allocated.
-#[inline(always)]
-unsafe fn outer_unchecked(layout: Layout) -> (Layout, usize) {
-    let align = block_align(layout);
-    let offset = align;
-    // SAFETY: `align` is a power of two (the larger of two); that `size + offset` rounded up to
-    // it is at most `isize::MAX` is the caller's guarantee.
-    let outer = unsafe { Layout::from_size_align_unchecked(layout.size() + offset, align) };
-    (outer, offset)
-}
-
 // SAFETY: every method forwards to the inner allocator with a layout derived from the caller's
 // by `outer`, which only grows the size and the alignment, and hands back a pointer `offset`
 // bytes into that block — inside it (offset < outer size) and aligned to the caller's alignment
@@ -343,53 +289,32 @@ unsafe fn outer_unchecked(layout: Layout) -> (Layout, usize) {
 unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
     #[inline]
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let ptr = if self.sampling != 0 {
+        if layout.align() >= CELL_ALIGN {
             // SAFETY: forwarded (the caller's contract).
-            unsafe { sampled::alloc(&self.inner, layout, self.sampling, false) }
-        } else {
-            // SAFETY: forwarded to the inner allocator with a non-zero-sized layout.
-            unsafe { self.allocate(layout, |inner, outer| inner.alloc(outer)) }
-        };
-        if layout.align() >= CELL_ALIGN && !ptr.is_null() {
-            record_cell(ptr as usize);
+            return unsafe { self.alloc_cell_aligned(layout, false) };
         }
-        ptr
+        // SAFETY: forwarded (the caller's contract).
+        unsafe { self.alloc_any(layout, false) }
     }
 
     #[inline]
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let ptr = if self.sampling != 0 {
+        if layout.align() >= CELL_ALIGN {
             // SAFETY: forwarded (the caller's contract).
-            unsafe { sampled::alloc(&self.inner, layout, self.sampling, true) }
-        } else {
-            // SAFETY: as in `alloc`; the header overwrites zeroed bytes the caller never sees.
-            unsafe { self.allocate(layout, |inner, outer| inner.alloc_zeroed(outer)) }
-        };
-        if layout.align() >= CELL_ALIGN && !ptr.is_null() {
-            record_cell(ptr as usize);
+            return unsafe { self.alloc_cell_aligned(layout, true) };
         }
-        ptr
+        // SAFETY: forwarded (the caller's contract).
+        unsafe { self.alloc_any(layout, true) }
     }
 
     #[inline]
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if layout.align() >= CELL_ALIGN {
-            cells::forget(ptr as usize);
-        }
-        if self.sampling != 0 {
             // SAFETY: forwarded (the caller's contract).
-            return unsafe { sampled::dealloc(&self.inner, ptr, layout) };
+            return unsafe { self.dealloc_cell_aligned(ptr, layout) };
         }
-        // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then;
-        // a header precedes `ptr` and the block starts `offset` bytes before it.
-        unsafe {
-            let header = read_header(ptr);
-            if header.site() != 0 || !on_dealloc(header, layout.size()) {
-                return self.dealloc_slow(ptr, layout, header);
-            }
-            let (outer, offset) = outer_unchecked(layout);
-            self.inner.dealloc(ptr.sub(offset), outer);
-        }
+        // SAFETY: forwarded (the caller's contract).
+        unsafe { self.dealloc_any(ptr, layout) }
     }
 
     #[inline]
@@ -431,6 +356,84 @@ unsafe impl<A: GlobalAlloc> GlobalAlloc for TrackingAllocator<A> {
             }
             new_ptr
         }
+    }
+}
+
+impl<A: GlobalAlloc> TrackingAllocator<A> {
+    /// `alloc` (or `alloc_zeroed`) in either mode.
+    ///
+    /// # Safety
+    ///
+    /// As for `GlobalAlloc::alloc`.
+    #[inline(always)]
+    unsafe fn alloc_any(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        if self.sampling != 0 {
+            // SAFETY: forwarded (the caller's contract).
+            return unsafe { sampled::alloc(&self.inner, layout, self.sampling, zeroed) };
+        }
+        if zeroed {
+            // SAFETY: forwarded to the inner allocator with a non-zero-sized layout; the
+            // header overwrites zeroed bytes the caller never sees.
+            unsafe { self.allocate(layout, |inner, outer| inner.alloc_zeroed(outer)) }
+        } else {
+            // SAFETY: forwarded to the inner allocator with a non-zero-sized layout.
+            unsafe { self.allocate(layout, |inner, outer| inner.alloc(outer)) }
+        }
+    }
+
+    /// `dealloc` in either mode.
+    ///
+    /// # Safety
+    ///
+    /// As for `GlobalAlloc::dealloc`.
+    #[inline(always)]
+    unsafe fn dealloc_any(&self, ptr: *mut u8, layout: Layout) {
+        if self.sampling != 0 {
+            // SAFETY: forwarded (the caller's contract).
+            return unsafe { sampled::dealloc(&self.inner, ptr, layout) };
+        }
+        // SAFETY: `ptr` came from `alloc` with this layout, so `outer(layout)` succeeded then;
+        // a header precedes `ptr` and the block starts `offset` bytes before it.
+        unsafe {
+            let header = read_header(ptr);
+            if header.site() != 0 || !on_dealloc(header, layout.size()) {
+                return self.dealloc_slow(ptr, layout, header);
+            }
+            let (outer, offset) = outer_unchecked(layout);
+            self.inner.dealloc(ptr.sub(offset), outer);
+        }
+    }
+
+    /// A block of the task cell's alignment (see the `cells` module): allocated as any other,
+    /// then recorded when a request allocates it. Out of line, so that every other allocation
+    /// pays one comparison.
+    ///
+    /// # Safety
+    ///
+    /// As for `GlobalAlloc::alloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn alloc_cell_aligned(&self, layout: Layout, zeroed: bool) -> *mut u8 {
+        // SAFETY: forwarded (the caller's contract).
+        let ptr = unsafe { self.alloc_any(layout, zeroed) };
+        if !ptr.is_null() {
+            record_cell(ptr as usize);
+        }
+        ptr
+    }
+
+    /// Frees a block of the task cell's alignment: forgotten if it was recorded, then freed as
+    /// any other.
+    ///
+    /// # Safety
+    ///
+    /// As for `GlobalAlloc::dealloc`.
+    #[cold]
+    #[inline(never)]
+    unsafe fn dealloc_cell_aligned(&self, ptr: *mut u8, layout: Layout) {
+        cells::forget(ptr as usize);
+        // SAFETY: forwarded (the caller's contract).
+        unsafe { self.dealloc_any(ptr, layout) }
     }
 }
 
@@ -547,33 +550,5 @@ mod tests {
             alloc.dealloc(other_block, layout);
         }
         assert_eq!(route_live(other), (0, 0));
-    }
-
-    #[test]
-    fn outer_layout_keeps_alignment_and_room_for_the_header() {
-        for align in (0..=12).map(|p| 1usize << p) {
-            for size in [0, 1, 7, 16, 100, 4096] {
-                let layout = Layout::from_size_align(size, align).unwrap();
-                let (outer, offset) = outer(layout).unwrap();
-                assert!(offset >= HEADER_SIZE);
-                assert_eq!(offset % align, 0);
-                assert!(outer.align() >= align);
-                assert_eq!(outer.size(), size + offset);
-            }
-        }
-        assert!(outer(Layout::from_size_align(isize::MAX as usize - 8, 8).unwrap()).is_none());
-        // The largest alignment a layout may have: only size 0, which is still too large here.
-        let huge = Layout::from_size_align(0, 1 << (usize::BITS - 1)).unwrap();
-        assert!(outer(huge).is_none());
-        // Either side of the size up to which no check is made.
-        for size in [UNCHECKED_BELOW - 1, UNCHECKED_BELOW] {
-            let layout = Layout::from_size_align(size, 8).unwrap();
-            assert_eq!(
-                outer(layout).unwrap(),
-                (Layout::from_size_align(size + 8, 8).unwrap(), 8)
-            );
-        }
-        let big = Layout::from_size_align(1 << 40, 1 << 20).unwrap();
-        assert_eq!(outer(big).unwrap().0.size(), (1 << 40) + (1 << 20));
     }
 }

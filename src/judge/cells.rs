@@ -111,6 +111,11 @@ impl CellReader {
     fn read_stack(&mut self, stack: u32, frames: &[usize], config: &Config) -> Read {
         let functions = self.symbolizer.functions(frames);
         let Some((at, spawn)) = spawn_frame(&functions) else {
+            // What allocated it, up to the first frame outside the allocator and the standard
+            // library, is never a task's creation: later blocks from there stop unwinding.
+            if let Some(first) = first_frame(&functions) {
+                alloc::learn_cell_prefix(&frames[..=functions[first].0], stack);
+            }
             return Read::NotTask;
         };
         // Later spawns from this call site stop unwinding at its frame.
@@ -148,15 +153,21 @@ impl CellReader {
 /// The frame that spawned the task whose cell's allocation `functions` (leaf first, each with
 /// the index of its return address) shows, or `None` when it shows no task's creation.
 fn spawn_frame(functions: &[(usize, Frame)]) -> Option<&(usize, Frame)> {
-    let first = functions
-        .iter()
-        .position(|(_, f)| !f.is_internal() && !is_unwinder(&f.function))?;
+    let first = first_frame(functions)?;
     if !is_task_creation(&functions[first].1.function) {
         return None;
     }
     functions[first..]
         .iter()
         .find(|(_, f)| !is_tokio(f) && !f.is_internal())
+}
+
+/// The position of the first frame of `functions` outside the allocator, the unwinder and the
+/// standard library: what allocated the block.
+fn first_frame(functions: &[(usize, Frame)]) -> Option<usize> {
+    functions
+        .iter()
+        .position(|(_, f)| !f.is_internal() && !is_unwinder(&f.function))
 }
 
 fn is_task_creation(function: &str) -> bool {

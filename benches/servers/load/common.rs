@@ -35,6 +35,14 @@ async fn spawn_one() -> String {
     task.await.unwrap_or_default().to_string()
 }
 
+/// `GET /channel`: a tokio channel made and dropped (a block of the task cell's alignment that
+/// is no task).
+async fn channel() -> String {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(1);
+    let _ = tx.send(42).await;
+    rx.recv().await.unwrap_or_default().to_string()
+}
+
 /// `GET /json`: a small JSON document, as an API answers.
 async fn json_doc() -> Json<Value> {
     Json(json!({
@@ -107,6 +115,7 @@ pub fn routes() -> Router {
     Router::new()
         .route("/hello", get(hello))
         .route("/spawn", get(spawn_one))
+        .route("/channel", get(channel))
         .route("/json", get(json_doc))
         .route("/alloc", get(alloc_heavy))
         .route("/upstream", get(upstream))
