@@ -443,6 +443,17 @@ pub(crate) fn kind(stack: u32) -> Kind {
     }
 }
 
+/// The stacks recorded whose kind is not known yet, by number, with their return addresses —
+/// also those of blocks freed before their request's scope was left (a task that ended at
+/// once, a channel made and dropped in one poll), so that the sweeper reads them too and later
+/// blocks from the same place stop unwinding early.
+pub(crate) fn unread_stacks() -> Vec<(u32, Vec<usize>)> {
+    (1..=STACKS as u32)
+        .filter(|&stack| kind(stack) == Kind::Unknown)
+        .filter_map(|stack| STACK_TABLE.frames(stack).map(|frames| (stack, frames)))
+        .collect()
+}
+
 /// Records what the stack numbered `stack` is, once the sweeper has resolved it.
 pub(crate) fn set_kind(stack: u32, kind: Kind) {
     if let Some(k) = (stack as usize).checked_sub(1).and_then(|i| KINDS.get(i)) {

@@ -49,7 +49,7 @@ pub(crate) use self::cells::{
     discard_since as discard_cells_since, dropped as cells_dropped,
     forget_containing as forget_cell_containing, learn_prefix as learn_cell_prefix,
     pending as pending_cells, set_kind as set_cell_kind, take_new as take_new_cells,
-    Kind as CellKind, TaskCell,
+    unread_stacks as unread_cell_stacks, Kind as CellKind, TaskCell,
 };
 pub(crate) use self::counters::{
     is_installed, new_route_slot, process_live_bytes, route_live, sampling_mean, swap_tag,

@@ -277,6 +277,7 @@ impl Engine {
         // task), and the orphans of every spawn line counted.
         let config = &self.config;
         let mut cells = lock(&self.cells);
+        cells.read_new_stacks(config);
         let mut lines = lock(&self.lines);
         self.registry.sweep_objects(|_, object| {
             let keep = cells.read(object, config);

@@ -84,16 +84,7 @@ impl CellReader {
                     // Its entry is being written: next sweep.
                     return true;
                 };
-                let read = self.read_stack(stack, &frames, config);
-                // Whether a stack is a task's is the same for every detector; whether it is
-                // ignored is this detector's own setting.
-                match read {
-                    Read::NotTask => alloc::set_cell_kind(stack, CellKind::Other),
-                    Read::Task { .. } => alloc::set_cell_kind(stack, CellKind::Task),
-                    Read::Ignored => {}
-                }
-                self.read.insert(stack, read.clone());
-                read
+                self.read_and_keep(stack, &frames, config)
             }
         };
         match read {
@@ -108,24 +99,54 @@ impl CellReader {
         }
     }
 
+    /// Reads every stack the allocator recorded that no detector has read yet, whether or not
+    /// a block of it is tracked: what a spawn site or a channel's allocation is, is learnt once.
+    pub(crate) fn read_new_stacks(&mut self, config: &Config) {
+        for (stack, frames) in alloc::unread_cell_stacks() {
+            if !self.read.contains_key(&stack) {
+                self.read_and_keep(stack, &frames, config);
+            }
+        }
+    }
+
+    /// Reads the stack numbered `stack`, keeps what it is, and says it to the allocator.
+    fn read_and_keep(&mut self, stack: u32, frames: &[usize], config: &Config) -> Read {
+        let read = self.read_stack(stack, frames, config);
+        // Whether a stack is a task's is the same for every detector; whether it is ignored
+        // is this detector's own setting.
+        match read {
+            Read::NotTask => alloc::set_cell_kind(stack, CellKind::Other),
+            Read::Task { .. } => alloc::set_cell_kind(stack, CellKind::Task),
+            Read::Ignored => {}
+        }
+        self.read.insert(stack, read.clone());
+        read
+    }
+
     fn read_stack(&mut self, stack: u32, frames: &[usize], config: &Config) -> Read {
         let functions = self.symbolizer.functions(frames);
-        let Some((at, spawn)) = spawn_frame(&functions) else {
+        let first = first_frame(&functions);
+        if !first.is_some_and(|first| is_task_creation(&functions[first].1.function)) {
             // What allocated it, up to the first frame outside the allocator and the standard
             // library, is never a task's creation: later blocks from there stop unwinding.
-            if let Some(first) = first_frame(&functions) {
+            if let Some(first) = first {
                 alloc::learn_cell_prefix(&frames[..=functions[first].0], stack);
             }
             return Read::NotTask;
+        }
+        let unknown = Read::Task {
+            location: None,
+            judged: Judged::PerRequest,
+        };
+        let Some((at, spawn)) = spawn_frame(&functions) else {
+            // A stack deeper than was kept: a task, spawned where it cannot tell.
+            return unknown;
         };
         // Later spawns from this call site stop unwinding at its frame.
         alloc::learn_cell_prefix(&frames[..=*at], stack);
         let Some(file) = spawn.file.as_deref() else {
             // Without debug information: a task, whose spawn line and owner are unknown.
-            return Read::Task {
-                location: None,
-                judged: Judged::PerRequest,
-            };
+            return unknown;
         };
         if config
             .ignored_spawns
