@@ -168,9 +168,10 @@ pub(crate) const ROUTE_SLOTS: usize = 4096;
 /// and [`ignore_spawned_at`](crate::LeakDetectorBuilder::ignore_spawned_at) apply. In sampled mode
 /// these blocks are recorded whatever the sampling says.
 ///
-/// Each such block costs a call-stack capture (a few microseconds) when it is allocated inside
-/// a request, and a lookup in a fixed table when it is freed; every other allocation and free
-/// pays one comparison of its alignment. What it cannot see:
+/// Each such block allocated inside a request costs an unwinding of its call stack — once the
+/// sweeper has read a call site, only down to it — and a lookup in a fixed table when it is
+/// freed; every other allocation and free pays one comparison of its alignment
+/// (`benches/README.md` has the instructions per request). What it cannot see:
 ///
 /// - a task spawned outside any request, such as inside another plain task, and what a task
 ///   allocates after its request: the runtime hooks see those (`instrument_runtime`, with
