@@ -31,6 +31,9 @@ pub(crate) struct Frame {
     pub(crate) function: String,
     pub(crate) file: Option<String>,
     pub(crate) line: Option<u32>,
+    /// Known by its source path to be the allocator's, the unwinder's or the toolchain's (with
+    /// line tables only, debug information names inlined functions without their paths).
+    pub(crate) internal_source: bool,
 }
 
 /// One return address of a sampled stack, resolved.
@@ -52,6 +55,18 @@ fn relative(path: &std::path::Path) -> String {
         .unwrap_or(path)
         .display()
         .to_string()
+}
+
+/// This crate's allocator sources, as the compiler named them.
+const ALLOCATOR_SOURCES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/src/alloc/");
+
+/// Whether the absolute source path `path` is the allocator's, the unwinder's (the `backtrace`
+/// package) or the toolchain's.
+fn is_internal_source(path: &str) -> bool {
+    path.starts_with(ALLOCATOR_SOURCES)
+        || path.starts_with("/rustc/")
+        || path.contains("/rustlib/src/")
+        || crate::util::in_package(path, "backtrace")
 }
 
 /// Whether a frame belongs to the allocator, the unwinder or the standard library (by name, or
@@ -148,7 +163,7 @@ impl Symbolizer {
 impl Frame {
     /// Whether it belongs to the allocator, the unwinder or the standard library.
     pub(crate) fn is_internal(&self) -> bool {
-        is_internal(&self.function, self.file.as_deref())
+        self.internal_source || is_internal(&self.function, self.file.as_deref())
     }
 }
 
@@ -162,6 +177,9 @@ fn resolve(address: usize) -> Arc<[Frame]> {
                 .map_or_else(|| "<unknown>".to_owned(), |n| format!("{n:#}")),
             file: symbol.filename().map(relative),
             line: symbol.lineno(),
+            internal_source: symbol
+                .filename()
+                .is_some_and(|path| is_internal_source(&path.to_string_lossy())),
         });
     });
     if frames.is_empty() {

@@ -26,7 +26,7 @@ use crate::report::SourceLocation;
 use crate::request::liveness::Liveness;
 use crate::request::origin;
 use crate::request::scope::Judged;
-use crate::util::sync::lock;
+use crate::util::{self, sync::lock};
 
 /// Functions of tokio that create a task, innermost first: the first frame of a stack outside
 /// the allocator and the standard library must be one of them (with debug information the
@@ -126,7 +126,7 @@ impl CellReader {
     fn read_stack(&mut self, stack: u32, frames: &[usize], config: &Config) -> Read {
         let functions = self.symbolizer.functions(frames);
         let first = first_frame(&functions);
-        if !first.is_some_and(|first| is_task_creation(&functions[first].1.function)) {
+        if !first.is_some_and(|first| is_task_creation(&functions[first].1)) {
             // What allocated it, up to the first frame outside the allocator and the standard
             // library, is never a task's creation: later blocks from there stop unwinding.
             if let Some(first) = first {
@@ -175,7 +175,7 @@ impl CellReader {
 /// the index of its return address) shows, or `None` when it shows no task's creation.
 fn spawn_frame(functions: &[(usize, Frame)]) -> Option<&(usize, Frame)> {
     let first = first_frame(functions)?;
-    if !is_task_creation(&functions[first].1.function) {
+    if !is_task_creation(&functions[first].1) {
         return None;
     }
     functions[first..]
@@ -191,10 +191,62 @@ fn first_frame(functions: &[(usize, Frame)]) -> Option<usize> {
         .position(|(_, f)| !f.is_internal() && !is_unwinder(&f.function))
 }
 
-fn is_task_creation(function: &str) -> bool {
+fn is_task_creation(frame: &Frame) -> bool {
+    let function = &frame.function;
     TASK_CREATION
         .iter()
         .any(|(prefix, suffix)| function.starts_with(prefix) && function.contains(suffix))
+        || frame.file.as_deref().is_some_and(|file| {
+            let name = short_name(function);
+            util::in_package(file, "tokio")
+                && CREATION_SOURCES
+                    .iter()
+                    .any(|(path, f)| file.replace('\\', "/").ends_with(path) && name == *f)
+        })
+}
+
+/// Where [`TASK_CREATION`]'s functions are, for debug information with line tables only, which
+/// names inlined functions without their paths (`new<…>`): tokio's source file and the name.
+const CREATION_SOURCES: &[(&str, &str)] = &[
+    ("/runtime/task/core.rs", "new"),
+    ("/runtime/task/raw.rs", "new"),
+    ("/runtime/task/mod.rs", "new_task"),
+    ("/runtime/task/mod.rs", "unowned"),
+    ("/runtime/task/list.rs", "bind"),
+    ("/runtime/blocking/pool.rs", "spawn_blocking"),
+    ("/task/spawn.rs", "spawn_inner"),
+];
+
+/// A function's own name: no path, no generic arguments (`tokio::x::Cell<T>::new<U>` → `new`).
+fn short_name(function: &str) -> &str {
+    let mut base = function;
+    if base.ends_with('>') {
+        let mut depth = 0;
+        for (at, c) in base.char_indices().rev() {
+            match c {
+                '>' => depth += 1,
+                '<' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        base = &base[..at];
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let (mut depth, mut start) = (0i32, 0);
+    let bytes = base.as_bytes();
+    for (at, c) in base.char_indices() {
+        match c {
+            '<' => depth += 1,
+            '>' => depth -= 1,
+            ':' if depth == 0 && bytes.get(at + 1) == Some(&b':') => start = at + 2,
+            _ => {}
+        }
+    }
+    &base[start.min(base.len())..]
 }
 
 /// The unwinder's own frames, and addresses without a symbol, at the leaf of a stack.
@@ -206,12 +258,10 @@ fn is_unwinder(function: &str) -> bool {
 fn is_tokio(frame: &Frame) -> bool {
     frame.function.starts_with("tokio::")
         || frame.function.starts_with("<tokio::")
-        || frame.file.as_deref().is_some_and(|file| {
-            file.replace('\\', "/").split('/').any(|dir| {
-                dir.strip_prefix("tokio-")
-                    .is_some_and(|v| v.starts_with(|c: char| c.is_ascii_digit()))
-            })
-        })
+        || frame
+            .file
+            .as_deref()
+            .is_some_and(|file| util::in_package(file, "tokio"))
 }
 
 /// The most distinct files interned; past it, spawn lines are not kept (the names are leaked,
@@ -242,6 +292,7 @@ mod tests {
             function: function.to_owned(),
             file: Some(file.to_owned()),
             line: Some(line),
+            ..Frame::default()
         }
     }
 
@@ -338,6 +389,37 @@ mod tests {
             "src/tokio-helpers/mod.rs",
             1
         )));
+    }
+
+    #[test]
+    fn with_line_tables_only_creation_is_known_by_tokio_s_file() {
+        // Debug information with line tables only names inlined functions without paths.
+        let mut stack = allocation("new<demo::handler::{async_block#0}, Arc<Handle>>");
+        assert!(spawn_frame(&stack).is_some());
+        stack[0].1 = Frame {
+            function: "trace".to_owned(),
+            file: Some("/r/backtrace-0.3.77/src/backtrace/libunwind.rs".to_owned()),
+            line: Some(117),
+            internal_source: true,
+        };
+        assert!(
+            spawn_frame(&stack).is_some(),
+            "the unwinder's frame, by its source"
+        );
+        // The same short name elsewhere in tokio is no creation.
+        let other = frame("new<T>", &format!("{TOKIO}/sync/mpsc/chan.rs"), 1);
+        assert!(!is_task_creation(&other));
+        for (full, short) in [
+            ("tokio::runtime::task::core::Cell<T,S>::new", "new"),
+            ("new<tokio::runtime::task::core::Cell<F, Arc<H>>>", "new"),
+            (
+                "tokio::task::spawn::spawn_inner::{{closure}}",
+                "{{closure}}",
+            ),
+            ("bind<S>", "bind"),
+        ] {
+            assert_eq!(short_name(full), short, "{full}");
+        }
     }
 
     #[test]

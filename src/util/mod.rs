@@ -6,6 +6,16 @@ pub(crate) mod panic_at_await;
 pub(crate) mod sync;
 pub(crate) mod table;
 
+/// Whether source `file` lies in a version of package `name` as cargo unpacks it (a path
+/// component `<name>-<version>`, such as `tokio-1.54.1`).
+pub(crate) fn in_package(file: &str, name: &str) -> bool {
+    file.split(['/', '\\']).any(|dir| {
+        dir.strip_prefix(name)
+            .and_then(|rest| rest.strip_prefix('-'))
+            .is_some_and(|version| version.starts_with(|c: char| c.is_ascii_digit()))
+    })
+}
+
 /// The one sequence of ids of a detector: scopes, tracked objects and standing alerts draw from
 /// it, so report ids never collide. The registry owns it; the judges draw from it through the
 /// engine, without reaching into the registry.

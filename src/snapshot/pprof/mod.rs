@@ -252,6 +252,7 @@ mod tests {
             function: function.to_owned(),
             file: Some("src/app.rs".to_owned()),
             line: Some(line),
+            ..Frame::default()
         }
     }
 

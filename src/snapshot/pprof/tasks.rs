@@ -120,6 +120,7 @@ fn spawn_frame(location: Option<SourceLocation>) -> Frame {
             function: format!("spawned at {location}"),
             file: Some(location.file.to_owned()),
             line: Some(location.line),
+            ..Frame::default()
         },
         None => Frame {
             function: "spawned at an unknown place".to_owned(),
@@ -149,6 +150,7 @@ fn await_frames(trace: &str) -> Vec<Frame> {
                     function: function.to_owned(),
                     file: Some(file.to_owned()),
                     line: Some(line),
+                    ..Frame::default()
                 },
                 _ => named(text),
             }
