@@ -297,17 +297,19 @@ pub(crate) fn forget(address: usize) {
     forget_slow(address);
 }
 
+/// Lets go of the entry of the block at `address`; `false` when there is none.
 #[cold]
 #[inline(never)]
-fn forget_slow(address: usize) {
+fn forget_slow(address: usize) -> bool {
     let start = slot_of(address);
     for i in 0..WINDOW {
         let entry = &TABLE[(start + i) % ENTRIES];
         if entry.address.load(Ordering::Acquire) == address {
             vacate(entry, address);
-            return;
+            return true;
         }
     }
+    false
 }
 
 fn vacate(entry: &Entry, address: usize) {
@@ -419,13 +421,8 @@ pub(crate) fn forget_containing(address: usize) {
         let Some(base) = first.checked_sub(k * CELL_ALIGN) else {
             return;
         };
-        let start = slot_of(base);
-        for i in 0..WINDOW {
-            let entry = &TABLE[(start + i) % ENTRIES];
-            if entry.address.load(Ordering::Acquire) == base {
-                vacate(entry, base);
-                return;
-            }
+        if forget_slow(base) {
+            return;
         }
     }
 }
