@@ -6,17 +6,18 @@ use std::fmt;
 use std::sync::Arc;
 
 use std::future::Future;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::client::ClientLeakLayer;
 use crate::config::{ConfigError, LeakDetectorBuilder};
 use crate::engine::{self, Engine};
-use crate::report::{render_list, LeakReport};
+use crate::report::LeakReport;
 use crate::server::LeakLayer;
 #[cfg(feature = "serde")]
 use crate::snapshot::SnapshotService;
 use crate::snapshot::{self, Snapshot};
 use crate::stats::Stats;
+use crate::unit::Unit;
 use crate::util::panic_at_await::PanicAtAwait;
 
 /// Finds what requests leave behind. Cheap to clone: every clone shares one state.
@@ -96,6 +97,43 @@ impl LeakDetector {
         pub fn reqwest_middleware(&self) -> crate::client::ReqwestMiddleware {
             crate::client::ReqwestMiddleware::new(self.engine.clone())
         }
+    }
+
+    /// Runs `future` as one unit of work named `name` — a queue message, a job, a stream item,
+    /// a test — judged as a request is: what it spawns, allocates and watches is charged to it,
+    /// and what outlives it is reported under its name ([`LeakReport::unit`]). See
+    /// [`crate::unit`].
+    ///
+    /// The name is one of a fixed set, like a route template (`"consumer/orders"`), never an
+    /// id. The unit's scope opens at the first poll and closes when `future` completes or the
+    /// returned [`Unit`] is dropped.
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use std::time::Duration;
+    ///
+    /// let detector = leakwatch::LeakDetector::builder()
+    ///     .grace(Duration::ZERO)
+    ///     .confirm_sweeps(0)
+    ///     .build()
+    ///     .unwrap();
+    /// detector
+    ///     .scope("job/reindex", async {
+    ///         // A task the job forgets: reported under the job's name.
+    ///         leakwatch::spawn(std::future::pending::<()>());
+    ///     })
+    ///     .await;
+    /// let leaks = detector.sweep_now();
+    /// assert_eq!((leaks[0].route.as_str(), leaks[0].unit), ("job/reindex", true));
+    /// # }
+    /// ```
+    pub fn scope<F: Future>(&self, name: &'static str, future: F) -> Unit<F> {
+        Unit::new(
+            self.engine.clone(),
+            std::borrow::Cow::Borrowed(name),
+            future,
+        )
     }
 
     /// Runs one sweep now, on this thread, and returns the reports whose state changed in it
@@ -238,22 +276,7 @@ impl LeakDetector {
 
     /// [`assert_no_leaks`](Self::assert_no_leaks) with an explicit settle timeout.
     pub fn assert_no_leaks_within(&self, settle: Duration) -> impl Future<Output = ()> + Send + '_ {
-        PanicAtAwait::new(async move {
-            let started = Instant::now();
-            let reports = self.engine.settle(settle, |_| true).await;
-            if reports.is_empty() {
-                return Ok(());
-            }
-            Err(format!(
-                "leakwatch: {} leak(s) outlived their requests (after {} ms of waiting for them \
-                 to end, of up to {} ms):\n{}{}",
-                reports.len(),
-                started.elapsed().as_millis(),
-                settle.as_millis(),
-                render_list(&reports),
-                self.engine.coverage()
-            ))
-        })
+        PanicAtAwait::new(self.engine.check(settle, |_| true, "requests"))
     }
 }
 

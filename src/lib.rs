@@ -194,6 +194,7 @@ pub mod stats;
 mod task;
 #[cfg(test)]
 mod test_helpers;
+pub mod unit;
 mod util;
 
 cfg_feature! {
@@ -223,3 +224,28 @@ pub use crate::config::{ConfigError, LeakDetectorBuilder};
 pub use crate::detector::LeakDetector;
 pub use crate::report::leak::{LeakKind, LeakReport, LeakState};
 pub use crate::task::{detach, outside, scoped, spawn, spawn_detached, watch, Detached, Scoped};
+pub use crate::unit::assert_no_leaks_in;
+
+cfg_feature! {
+    "macros",
+    /// Runs an `async fn` test as a unit of work, as `#[tokio::test]` runs it, and fails
+    /// naming what it left behind: see [`unit`](mod@unit) and [`assert_no_leaks_in`].
+    ///
+    /// It builds a current-thread runtime (`#[leakwatch::test(flavor = "multi_thread")]`,
+    /// with `worker_threads = n`, a multi-thread one), instrumented with the runtime's hooks
+    /// when built with `--cfg tokio_unstable`; runs the body as one unit under a detector of
+    /// its own; waits for what it started to end (up to two seconds); and panics listing every
+    /// report, as [`LeakDetector::assert_no_leaks`] does. `#[leakwatch::test(repeat = 64)]`
+    /// runs the body 64 times, one unit each, and judges memory by the window rule (see
+    /// [`unit::assert_no_leaks_repeated`]).
+    ///
+    /// ```
+    /// #[leakwatch::test]
+    /// async fn the_client_stops_its_task() {
+    ///     let task = tokio::spawn(async {});
+    ///     task.await.unwrap();
+    /// }
+    /// # fn main() {}
+    /// ```
+    pub use leakwatch_macros::test;
+}

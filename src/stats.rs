@@ -133,8 +133,13 @@ pub struct Uncounted {
 #[cfg_attr(feature = "serde", derive(serde::Serialize))]
 #[non_exhaustive]
 pub struct RouteStats {
-    /// The route template, or one of the names in [`crate::route`].
+    /// The route template, or one of the names in [`crate::route`]; for a unit of work, its
+    /// name.
     pub route: String,
+    /// Whether [`route`](Self::route) names a unit of work
+    /// ([`LeakDetector::scope`](crate::LeakDetector::scope)) rather than an HTTP route: its
+    /// "requests" are the unit's runs.
+    pub unit: bool,
     /// Requests of the route in flight (their response has not finished).
     pub requests_in_flight: u64,
     /// How long the oldest request in flight has been open (milliseconds in JSON).
@@ -161,6 +166,16 @@ pub struct RouteStats {
     /// Active reports (`Suspected` or `Confirmed`) about the route's requests: every one the
     /// detector holds, however many a snapshot lists.
     pub active_reports: u64,
+}
+
+impl RouteStats {
+    /// The name as tables show it: a unit's marked `unit `.
+    pub(crate) fn label(&self) -> String {
+        match self.unit {
+            true => format!("unit {}", self.route),
+            false => self.route.clone(),
+        }
+    }
 }
 
 /// How byte figures are counted: in [`Stats::memory`], in the snapshot and in the CI guard.

@@ -61,6 +61,7 @@ pub(crate) fn sample_report() -> LeakReport {
         state: LeakState::Confirmed,
         route: "/jobs/{id}".into(),
         method: "GET".into(),
+        unit: false,
         request_id: "req-1".into(),
         trace_id: None,
         span_id: None,

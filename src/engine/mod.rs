@@ -172,9 +172,7 @@ impl Engine {
                 return None;
             }
             let id = self.registry.next_id();
-            let memory = (self.memory_tracked && info.slot != 0)
-                .then(|| SlotGuard::acquire(info.slot))
-                .flatten();
+            let memory = self.memory_slot(info);
             let found = id::scan(request.headers());
             let head = RequestHead {
                 request_id: RequestId::from_header(found.request_id, self.id_prefix, id),
@@ -186,6 +184,43 @@ impl Engine {
             };
             self.registry.open(id, head, memory)
         })
+    }
+
+    /// Opens the scope of a unit of work named `name` ([`LeakDetector::scope`]), or returns
+    /// `None` when the name is ignored or the registry is full. It is judged as a request is;
+    /// opened inside a request (or another unit), it is in that request's trace, and what it
+    /// does while it is current is its own, not the request's.
+    ///
+    /// [`LeakDetector::scope`]: crate::LeakDetector::scope
+    pub(crate) fn open_unit_scope(&self, name: &str) -> Option<Arc<Scope>> {
+        let trace = current::current().and_then(|current| current.request()?.trace);
+        current::outside(|| {
+            let (route, info) = self.routes.intern_unit(name);
+            if info.ignored {
+                return None;
+            }
+            let id = self.registry.next_id();
+            let head = RequestHead {
+                request_id: RequestId::Generated {
+                    prefix: self.id_prefix,
+                    number: id,
+                },
+                method: http::Method::GET,
+                route,
+                // A unit however its name was first seen (a route's name used for a unit).
+                info: RouteInfo { unit: true, ..info },
+                trace,
+                upstream: None,
+            };
+            self.registry.open(id, head, self.memory_slot(info))
+        })
+    }
+
+    /// The allocator's scope slot for a request of a route, when memory is counted.
+    fn memory_slot(&self, info: RouteInfo) -> Option<SlotGuard> {
+        (self.memory_tracked && info.slot != 0)
+            .then(|| SlotGuard::acquire(info.slot))
+            .flatten()
     }
 
     /// Opens the scope of an outgoing call, or returns `None` when the registry is full.

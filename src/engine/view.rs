@@ -14,7 +14,7 @@ use super::Engine;
 use crate::alloc::{self, RawSite};
 use crate::judge::objects;
 use crate::judge::trend::TrendWindow;
-use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
+use crate::report::{render_list, LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::liveness::Liveness;
 use crate::stats::{KindCounts, MemoryAccounting, RouteStats, Stats, TaskGroup, Uncounted};
 use crate::util::sync::lock;
@@ -83,6 +83,31 @@ impl Engine {
             }
             tokio::time::sleep(SETTLE_RETRY).await;
         }
+    }
+
+    /// [`settle`](Self::settle)s, then says what is left, in the message of a failed
+    /// assertion: what `keep` keeps of the reports left by finished `what` (`"requests"`, a
+    /// unit's name).
+    pub(crate) async fn check(
+        &self,
+        timeout: Duration,
+        keep: impl Fn(&LeakReport) -> bool,
+        what: &str,
+    ) -> Result<(), String> {
+        let started = Instant::now();
+        let reports = self.settle(timeout, keep).await;
+        if reports.is_empty() {
+            return Ok(());
+        }
+        Err(format!(
+            "leakwatch: {} leak(s) outlived their {what} (after {} ms of waiting for them to \
+             end, of up to {} ms):\n{}{}",
+            reports.len(),
+            started.elapsed().as_millis(),
+            timeout.as_millis(),
+            render_list(&reports),
+            self.coverage()
+        ))
     }
 
     /// What [`settle`](Self::settle) returns, ordered by id, and how many objects of finished
@@ -292,6 +317,16 @@ impl Engine {
             .collect()
     }
 
+    /// The label a profile's sample gives the name of a route or unit: `unit` for a unit of
+    /// work's, `route` otherwise.
+    #[cfg(feature = "pprof")]
+    pub(crate) fn name_label(&self, name: &str) -> &'static str {
+        match self.routes.is_unit(name) {
+            true => "unit",
+            false => "route",
+        }
+    }
+
     /// The figures of every route the detector has seen a request of, ordered by template: the
     /// one place that counts per-route figures.
     pub(crate) fn routes(&self) -> Vec<RouteStats> {
@@ -342,7 +377,11 @@ impl Engine {
                 entry.retained_bytes = Some(bytes.saturating_sub(held));
             }
         }
-        routes.into_values().collect()
+        let mut routes: Vec<RouteStats> = routes.into_values().collect();
+        for route in &mut routes {
+            route.unit = self.routes.is_unit(&route.route);
+        }
+        routes
     }
 
     /// What went uncounted since start-up: entries the registry had no room for, requests

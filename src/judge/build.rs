@@ -33,7 +33,11 @@ pub(crate) fn request_report(
         kind,
         state,
         route: scope.route.as_str().to_owned(),
-        method: scope.method.as_str().to_owned(),
+        method: match scope.unit {
+            true => String::new(),
+            false => scope.method.as_str().to_owned(),
+        },
+        unit: scope.unit,
         request_id: scope.request_id.to_string(),
         trace_id: scope.trace.map(|t| t.trace_id_hex()),
         span_id: scope.trace.map(|t| t.span_id_hex()),

@@ -204,6 +204,7 @@ fn process_report(kind: LeakKind, detail: String, growth: u64, now: Instant) -> 
         state: LeakState::Suspected,
         route: route::PROCESS.to_owned(),
         method: String::new(),
+        unit: false,
         request_id: String::new(),
         trace_id: None,
         span_id: None,

@@ -150,10 +150,18 @@ pub struct LeakReport {
     /// The state this report announces.
     pub state: LeakState,
     /// The route template of the request (`/users/{id}`), or one of the names in
-    /// [`crate::route`] (`"<unmatched>"` when none is known). Never the raw path.
+    /// [`crate::route`] (`"<unmatched>"` when none is known). Never the raw path. For a unit
+    /// of work ([`unit`](Self::unit)), the unit's name.
     pub route: String,
-    /// The request's HTTP method.
+    /// The request's HTTP method; empty for a unit of work and a report about the process.
     pub method: String,
+    /// Whether the report is about a unit of work opened with
+    /// [`LeakDetector::scope`](crate::LeakDetector::scope) (a test, a queue message, a job)
+    /// rather than an HTTP request: [`route`](Self::route) is then the unit's name, labelled
+    /// `leakwatch.unit` instead of `http.route` in `tracing` events and OpenTelemetry, and
+    /// [`request_id`](Self::request_id) and [`request_number`](Self::request_number) are the
+    /// unit's.
+    pub unit: bool,
     /// The request id: the incoming `x-request-id` when it was well formed, else a generated one.
     pub request_id: String,
     /// The request's trace id (32 hex digits), from its `tracing` span or its `traceparent`
@@ -222,6 +230,16 @@ impl LeakReport {
     /// The most allocation [`sites`](Self::sites) a report lists.
     pub const MAX_SITES: usize = 5;
 
+    /// The attribute [`route`](Self::route) is recorded under: `leakwatch.unit` for a unit of
+    /// work, `http.route` otherwise.
+    #[cfg(feature = "otel")]
+    pub(crate) fn route_label(&self) -> &'static str {
+        match self.unit {
+            true => "leakwatch.unit",
+            false => "http.route",
+        }
+    }
+
     /// The longest [`await_trace`](Self::await_trace), in bytes; a longer one is cut at a line
     /// end and marked `…`.
     pub const MAX_AWAIT_TRACE: usize = 4096;
@@ -229,12 +247,14 @@ impl LeakReport {
 
 impl fmt::Display for LeakReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // A unit of work has no method: the word `unit` stands where it would be.
+        let method = if self.unit { "unit" } else { &self.method };
         write!(
             f,
             "{} [{}] {} {} request_id={} age={}ms",
             self.kind,
             self.state,
-            self.method,
+            method,
             self.route,
             self.request_id,
             self.age.as_millis()

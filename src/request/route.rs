@@ -82,6 +82,9 @@ pub(crate) struct RouteInfo {
     /// The route [streams](crate::LeakDetectorBuilder::streaming_route): its requests may stay
     /// open past `max_request_age`.
     pub(crate) streaming: bool,
+    /// The name is a unit of work's ([`LeakDetector::scope`](crate::LeakDetector::scope)), not
+    /// an HTTP route's: decided when the name is first seen.
+    pub(crate) unit: bool,
 }
 
 impl RouteInfo {
@@ -94,6 +97,7 @@ impl RouteInfo {
         slot: 0,
         ignored: false,
         streaming: false,
+        unit: false,
     };
 }
 
@@ -106,13 +110,14 @@ pub(crate) struct RoutePolicy {
 
 impl RoutePolicy {
     /// What is known of `template`, numbered `index`, with allocator slot `slot`.
-    fn info(&self, template: &str, index: u32, slot: u32) -> RouteInfo {
+    fn info(&self, template: &str, index: u32, slot: u32, unit: bool) -> RouteInfo {
         let listed = |list: &[Box<str>]| list.iter().any(|r| &**r == template);
         RouteInfo {
             index,
             slot,
             ignored: listed(&self.ignored),
             streaming: listed(&self.streaming),
+            unit,
         }
     }
 }
@@ -167,7 +172,7 @@ impl Interner {
     /// An interner; with `memory`, each new route also gets an allocator route slot.
     pub(crate) fn new(memory: bool, policy: RoutePolicy) -> Self {
         // `OVERFLOW` is index 0, without a memory slot.
-        let overflow = (Route::Static(OVERFLOW), policy.info(OVERFLOW, 0, 0));
+        let overflow = (Route::Static(OVERFLOW), policy.info(OVERFLOW, 0, 0, false));
         Interner {
             routes: DashMap::new(),
             by_index: Mutex::new(vec![Arc::from(OVERFLOW)]),
@@ -222,6 +227,16 @@ impl Interner {
 
     /// The shared name of a template and what is known of it.
     pub(crate) fn intern(&self, template: &str) -> (Route, RouteInfo) {
+        self.intern_as(template, false)
+    }
+
+    /// The shared name of a unit of work and what is known of it. Units and routes share one
+    /// table of names: a name first seen as a route stays one.
+    pub(crate) fn intern_unit(&self, name: &str) -> (Route, RouteInfo) {
+        self.intern_as(name, true)
+    }
+
+    fn intern_as(&self, template: &str, unit: bool) -> (Route, RouteInfo) {
         if let Some(entry) = self.routes.get(template) {
             return (Route::Interned(entry.key().clone()), *entry.value());
         }
@@ -238,7 +253,7 @@ impl Interner {
                 0
             };
             let index = self.push_name(shared);
-            self.policy.info(template, index, slot)
+            self.policy.info(template, index, slot, unit)
         });
         let (shared, info) = (entry.key().clone(), *entry.value());
         drop(entry);
@@ -254,6 +269,11 @@ impl Interner {
         let mut names = lock(&self.by_index);
         names.push(name);
         (names.len() - 1) as u32
+    }
+
+    /// Whether `name` is a unit of work's rather than a route's.
+    pub(crate) fn is_unit(&self, name: &str) -> bool {
+        self.routes.get(name).is_some_and(|entry| entry.unit)
     }
 
     /// The template numbered `index`.

@@ -71,6 +71,9 @@ pub(crate) struct Scope {
     pub(crate) route_index: u32,
     /// The route may stay open past `max_request_age`.
     pub(crate) streaming: bool,
+    /// A unit of work's scope ([`LeakDetector::scope`](crate::LeakDetector::scope)): `route`
+    /// is the unit's name and `method` means nothing.
+    pub(crate) unit: bool,
     /// Where the registry keeps the scope while the request is in flight.
     pub(crate) place: Place,
     /// The life cycle of the request's `StuckRequest` finding.
@@ -164,6 +167,7 @@ impl Scope {
             route: Route::Static(""),
             route_index: RouteInfo::NO_INDEX,
             streaming: false,
+            unit: false,
             place: Place::NONE,
             stuck: AtomicLifecycle::default(),
             opened_at: Instant::now(),
@@ -208,6 +212,7 @@ impl Scope {
         self.route = route;
         self.route_index = info.index;
         self.streaming = info.streaming;
+        self.unit = info.unit;
         self.place = place;
         self.stuck = AtomicLifecycle::default();
         self.opened_at = Instant::now();

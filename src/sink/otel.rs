@@ -29,7 +29,9 @@ pub const INSTRUMENTATION_NAME: &str = "leakwatch";
 /// `leak.request_id`, `leak.age_ms`, `leak.retained_bytes`, `leak.retained_blocks`,
 /// `leak.bytes_estimated` (`true` when the byte figures are estimates from sampling),
 /// `leak.type`, `leak.await_trace` (where an orphan task is stuck, when known), and for an
-/// outgoing call's report `leak.upstream.method` and `leak.upstream.host`.
+/// outgoing call's report `leak.upstream.method` and `leak.upstream.host`. A unit of work's
+/// report ([`LeakReport::unit`]) carries `leakwatch.unit` (its name) instead of `http.route`,
+/// and no method; a unit run inside a request is in that request's trace.
 ///
 /// ```
 /// let detector = leakwatch::LeakDetector::builder()
@@ -41,7 +43,7 @@ pub const INSTRUMENTATION_NAME: &str = "leakwatch";
 /// ```
 ///
 /// Metrics, from the same sink: `leakwatch.leaks` (counter of confirmed leaks, by `leak.kind`
-/// and `http.route`), `leakwatch.leaks.released` (counter), and
+/// and `http.route` or `leakwatch.unit`), `leakwatch.leaks.released` (counter), and
 /// `leakwatch.retained_bytes_per_request` (histogram, bytes, of confirmed `RetainedMemory`
 /// reports). Gauges of the detector's state come from
 /// [`LeakDetector::register_metrics`](crate::LeakDetector::register_metrics).
@@ -82,7 +84,7 @@ impl Instruments {
     fn record(&self, report: &LeakReport) {
         let labels = [
             KeyValue::new("leak.kind", report.kind.as_str()),
-            KeyValue::new("http.route", report.route.clone()),
+            KeyValue::new(report.route_label(), report.route.clone()),
         ];
         match report.state {
             LeakState::Confirmed => {
@@ -160,7 +162,7 @@ pub(crate) fn attributes(report: &LeakReport) -> Vec<KeyValue> {
         KeyValue::new("leak.id", report.id as i64),
         KeyValue::new("leak.request_id", report.request_id.clone()),
         KeyValue::new("leak.age_ms", report.age.as_millis() as i64),
-        KeyValue::new("http.route", report.route.clone()),
+        KeyValue::new(report.route_label(), report.route.clone()),
     ];
     if !report.method.is_empty() {
         attributes.push(KeyValue::new("http.request.method", report.method.clone()));
@@ -256,5 +258,21 @@ mod tests {
         assert_eq!(value(&report), None);
         report.await_trace = Some("╼ jobs::run\n  └╼ Receiver::recv".into());
         assert_eq!(value(&report).as_deref(), report.await_trace.as_deref());
+    }
+
+    #[test]
+    fn a_unit_is_labelled_leakwatch_unit_with_no_method() {
+        let mut report = sample_report();
+        report.route = "consumer/orders".into();
+        report.method = String::new();
+        report.unit = true;
+        let keys: Vec<(String, String)> = attributes(&report)
+            .into_iter()
+            .map(|kv| (kv.key.as_str().to_owned(), kv.value.to_string()))
+            .collect();
+        let value = |key: &str| keys.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+        assert_eq!(value("leakwatch.unit"), Some("consumer/orders"));
+        assert_eq!(value("http.route"), None);
+        assert_eq!(value("http.request.method"), None);
     }
 }

@@ -9,7 +9,9 @@ use crate::report::{LeakReport, LeakState};
 /// Fields use OpenTelemetry's semantic-convention names where they exist (`http.route`,
 /// `http.request.method`, `code.filepath`, `code.lineno`) and `leak.*` for the rest
 /// (`leak.kind`, `leak.state`, `leak.id`, `leak.request_id`, `leak.age_ms`, `leak.type`), plus
-/// `trace_id` when the request's trace is known. The
+/// `trace_id` when the request's trace is known. A unit of work's report
+/// ([`LeakReport::unit`]) names it in `leakwatch.unit` instead of `http.route`, with no method.
+/// The
 /// message is the report's one-line [`Display`](std::fmt::Display) form.
 ///
 /// This is the default sink when the `tracing` feature is on.
@@ -46,8 +48,9 @@ macro_rules! emit {
             leak.type = $r.type_name,
             leak.bytes_estimated = $r.bytes_estimated,
             trace_id = $r.trace_id.as_deref(),
-            http.route = %$r.route,
-            http.request.method = %$r.method,
+            http.route = (!$r.unit).then_some($r.route.as_str()),
+            http.request.method = (!$r.method.is_empty()).then_some($r.method.as_str()),
+            leakwatch.unit = $r.unit.then_some($r.route.as_str()),
             code.filepath = $r.location.map(|l| l.file),
             code.lineno = $r.location.map(|l| l.line),
             leak.await_trace = $r.await_trace.as_deref(),

@@ -125,7 +125,7 @@ fn routes_table(out: &mut String, snapshot: &Snapshot) {
             bytes(route.retained_bytes),
             route.tracked_tasks,
             class = if reports > 0 { " class=\"leaks\"" } else { "" },
-            name = escape(&route.route),
+            name = escape(&route.label()),
             bad = if reports > 0 { " class=\"bad\"" } else { "" },
         );
     }

@@ -67,7 +67,7 @@ impl Snapshot {
             .iter()
             .map(|r| {
                 vec![
-                    r.route.clone(),
+                    r.label(),
                     r.requests_in_flight.to_string(),
                     or_dash(r.oldest_in_flight.map(millis)),
                     r.finished_requests.to_string(),

@@ -12,35 +12,35 @@ use std::task::{ready, Context, Poll};
 use pin_project_lite::pin_project;
 
 pin_project! {
-    /// Polls `inner` to its end; panics with its message, at the awaiting line, when it ends in
-    /// `Err`.
+    /// Polls `inner` to its end and returns what it returned in `Ok`; panics with its message,
+    /// at the awaiting line, when it ends in `Err`.
     pub(crate) struct PanicAtAwait<F> {
         #[pin]
         inner: F,
     }
 }
 
-impl<F> PanicAtAwait<F>
+impl<F, T> PanicAtAwait<F>
 where
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = Result<T, String>>,
 {
     pub(crate) fn new(inner: F) -> Self {
         PanicAtAwait { inner }
     }
 }
 
-impl<F> Future for PanicAtAwait<F>
+impl<F, T> Future for PanicAtAwait<F>
 where
-    F: Future<Output = Result<(), String>>,
+    F: Future<Output = Result<T, String>>,
 {
-    type Output = ();
+    type Output = T;
 
     #[track_caller]
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if let Err(message) = ready!(self.project().inner.poll(cx)) {
-            panic!("{message}");
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match ready!(self.project().inner.poll(cx)) {
+            Ok(output) => Poll::Ready(output),
+            Err(message) => panic!("{message}"),
         }
-        Poll::Ready(())
     }
 }
 

@@ -83,7 +83,10 @@ pub(crate) fn heap(engine: &Engine, filter: &Filter) -> Result<Vec<u8>, &'static
             builder.sample(
                 stack.clone(),
                 vec![saturating(blocks), saturating(bytes)],
-                &[("route", &route), ("held_by", held_by.as_str())],
+                &[
+                    (engine.name_label(&route), &route),
+                    ("held_by", held_by.as_str()),
+                ],
             );
         }
     }

@@ -70,7 +70,10 @@ pub(crate) fn pprof(engine: &Engine, filter: &Filter) -> Vec<u8> {
             builder.sample(
                 stack.clone(),
                 vec![i64::try_from(count).unwrap_or(i64::MAX)],
-                &[("route", &group.tasks.route), ("held_by", held_by.as_str())],
+                &[
+                    (engine.name_label(&group.tasks.route), &group.tasks.route),
+                    ("held_by", held_by.as_str()),
+                ],
             );
         }
     }
