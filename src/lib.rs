@@ -59,6 +59,42 @@
 //! # drop(service);
 //! ```
 //!
+//! # Beyond HTTP: tests, consumers, jobs
+//!
+//! [`LeakDetector::scope`] runs any future as one unit of work, judged as a request is and
+//! reported under its name ([`LeakReport::unit`]; see [`unit`](mod@unit)). A queue consumer,
+//! one unit per message:
+//!
+//! ```
+//! # async fn handle(_: Vec<u8>) {}
+//! # async fn consume(detector: leakwatch::LeakDetector, mut queue: tokio::sync::mpsc::Receiver<Vec<u8>>) {
+//! while let Some(message) = queue.recv().await {
+//!     detector.scope("consumer/orders", handle(message)).await;
+//! }
+//! # }
+//! ```
+//!
+//! A test, in one line: `#[leakwatch::test]` (feature `macros`) where `#[tokio::test]` would
+//! be, or [`assert_no_leaks_in`] on a runtime of your own. Each test gets a detector of its
+//! own, so tests running in parallel see only their own leftovers; the failure names them.
+//!
+//! ```
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! leakwatch::assert_no_leaks_in(async {
+//!     // A task still running once the body has ended would fail the test, named by its
+//!     // spawn line (seen with the `TrackingAllocator`, the hooks, or `leakwatch::spawn`).
+//!     let worker = tokio::spawn(async { /* … */ });
+//!     worker.await.unwrap();
+//! })
+//! .await;
+//! # }
+//! ```
+//!
+//! Memory needs repetition, to tell a leak from a cache or a lazy static:
+//! [`unit::assert_no_leaks_repeated`] (or `#[leakwatch::test(repeat = 64)]`) runs the body as
+//! many units and judges them by the window rule below.
+//!
 //! # Retained memory
 //!
 //! With the [`TrackingAllocator`] installed, every request knows the bytes it allocated and

@@ -4,11 +4,12 @@
 
 use std::borrow::Cow;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::LeakDetectorBuilder;
 use crate::engine::Engine;
 use crate::util::panic_at_await::PanicAtAwait;
-use crate::LeakDetector;
 
 /// The fewest calls [`assert_no_leaks_repeated`] judges memory with: a call's memory is a leak
 /// when three calls still hold it a quarter of the calls later, so a quarter must be more than
@@ -49,7 +50,7 @@ pub fn assert_no_leaks_in<F: Future>(future: F) -> impl Future<Output = F::Outpu
     let name = test_name();
     PanicAtAwait::new(async move {
         let detector = test_detector(None)?;
-        let output = detector.engine_unit(name.clone(), future).await;
+        let output = detector.unit(name.clone(), future).await;
         detector.check(&name).await.map(|()| output)
     })
 }
@@ -104,7 +105,7 @@ where
     }
     let detector = test_detector(Some(calls as u64 / 4))?;
     for _ in 0..calls {
-        detector.engine_unit(name.clone(), body()).await;
+        detector.unit(name.clone(), body()).await;
     }
     detector.check(&name).await
 }
@@ -122,8 +123,8 @@ fn test_name() -> Cow<'static, str> {
 /// check), nothing confirmed over sweeps, memory windows of `window` units judged by units
 /// alone, no process-wide trend (other tests share the process), no sink (the failure message
 /// says it all).
-fn test_detector(window: Option<u64>) -> Result<LeakDetector, String> {
-    let mut builder = LeakDetector::builder()
+fn test_detector(window: Option<u64>) -> Result<TestDetector, String> {
+    let mut builder = LeakDetectorBuilder::default()
         .grace(Duration::ZERO)
         .confirm_sweeps(0)
         .dependency_growth_span(Duration::ZERO)
@@ -135,13 +136,18 @@ fn test_detector(window: Option<u64>) -> Result<LeakDetector, String> {
     let (config, _) = builder
         .into_parts()
         .map_err(|error| format!("leakwatch: the test detector's settings: {error}"))?;
-    Ok(LeakDetector {
+    Ok(TestDetector {
         engine: Engine::start(config, Vec::new()),
     })
 }
 
-impl LeakDetector {
-    fn engine_unit<F: Future>(&self, name: Cow<'static, str>, future: F) -> super::Unit<F> {
+/// The detector of one test.
+struct TestDetector {
+    engine: Arc<Engine>,
+}
+
+impl TestDetector {
+    fn unit<F: Future>(&self, name: Cow<'static, str>, future: F) -> super::Unit<F> {
         super::Unit::new(self.engine.clone(), name, future)
     }
 
@@ -202,7 +208,7 @@ pub fn run_test<Fut: Future>(run: TestRun, body: Fut) -> Fut::Output {
     let name = Cow::Borrowed(run.name);
     run.block_on(async move {
         let detector = test_detector(None)?;
-        let output = detector.engine_unit(name.clone(), body).await;
+        let output = detector.unit(name.clone(), body).await;
         detector.check(&name).await.map(|()| output)
     })
 }
