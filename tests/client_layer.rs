@@ -240,7 +240,29 @@ async fn calls_outside_any_request_are_reported_under_the_client_route() {
     assert!(detector.sweep_now().is_empty());
 }
 
+async fn an_upstream_body_kept_past_its_unit_is_the_units() {
+    let (detector, _sink) = support::detector();
+    let (_addr, app) = start(&detector).await;
+    let held = detector.scope("consumer/sync", app.call()).await;
+    let reports = detector.sweep_now();
+    assert_eq!(reports.len(), 1, "{reports:#?}");
+    let report = &reports[0];
+    assert_eq!(
+        (
+            report.kind,
+            report.route.as_str(),
+            report.unit,
+            report.method.as_str()
+        ),
+        (LeakKind::RetainedBody, "consumer/sync", true, "")
+    );
+    assert_names_only_the_upstream_host(report, app.upstream_addr);
+    held.into_body().collect().await.unwrap();
+}
+
 on_both_runtimes! {
+    an_upstream_body_kept_past_its_unit_is_the_units
+        => super::an_upstream_body_kept_past_its_unit_is_the_units;
     l9_an_upstream_body_kept_after_its_request_is_retained
         => super::l9_an_upstream_body_kept_after_its_request_is_retained;
     an_upstream_body_dropped_unread_is_unconsumed

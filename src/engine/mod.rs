@@ -261,9 +261,11 @@ impl Engine {
                 request_id,
                 method,
                 route,
-                // A call is as long as its request, which is judged on its own.
+                // A call is as long as its request, which is judged on its own; a unit's call
+                // is reported as the unit's.
                 info: RouteInfo {
                     streaming: true,
+                    unit: parent.as_ref().is_some_and(|p| p.unit),
                     ..RouteInfo::NONE
                 },
                 trace,

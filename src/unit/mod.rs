@@ -12,18 +12,26 @@
 //! `"consumer/orders"` or `"job/reindex"`, never an id: it labels metrics. Units and routes
 //! share the detector's table of [`MAX_ROUTES`](crate::route::MAX_ROUTES) names (past it, a new
 //! name is counted as [`OVERFLOW`](crate::route::OVERFLOW)); a unit named like one of the
-//! service's routes is counted with it, so name units without a leading `/`. Reports about a
+//! service's routes is counted with it, so name units without a leading `/`. The settings
+//! that take route templates take unit names too: [`ignore_route`] (not tracked at all),
+//! [`streaming_route`] (may run past `max_request_age`, as a consumer's whole loop would).
+//! Reports about a
 //! unit have [`LeakReport::unit`](crate::LeakReport::unit) set, its name in
 //! [`route`](crate::LeakReport::route) and no method; `tracing` events and OpenTelemetry
 //! spans and metrics label the name `leakwatch.unit` where a request's is `http.route`;
 //! [`RouteStats::unit`](crate::stats::RouteStats::unit) marks units in the stats, the snapshot
 //! and its page, and the profiles label them `unit` where a request's samples say `route`.
 //!
+//! [`ignore_route`]: crate::LeakDetectorBuilder::ignore_route
+//! [`streaming_route`]: crate::LeakDetectorBuilder::streaming_route
+//!
 //! **Nesting.** A unit run inside a request (a request that processes a batch, one unit per
 //! item) or inside another unit is the innermost scope while it runs: what it spawns and
 //! allocates is its own, and the enclosing request sees none of it (neither its leftovers nor
 //! its memory). Its reports are in the request's trace: an OpenTelemetry leak span of the unit
-//! is a child of the request's span.
+//! is a child of the request's span. An outgoing call made in a unit (through
+//! [`client_layer`](crate::LeakDetector::client_layer)) is the unit's, as a request's is the
+//! request's.
 //!
 //! **Tests.** [`assert_no_leaks_in`] runs a test's body as a unit
 //! under a detector of its own and fails naming what it left;
