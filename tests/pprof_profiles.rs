@@ -287,3 +287,32 @@ async fn the_task_profile_groups_orphans_by_route_and_spawn_line() {
     );
     assert!(!text.contains("hunter2"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_units_tasks_are_labelled_unit_where_a_requests_say_route() {
+    let detector = support::builder(&leakwatch::sink::CollectingSink::new())
+        .build()
+        .unwrap();
+    let addr = start(&detector).await;
+    let spawn_line = line!() + 4;
+    for _ in 0..3 {
+        detector
+            .scope("job/orphans", async {
+                leakwatch::spawn(std::future::pending::<()>())
+            })
+            .await;
+    }
+    detector.sweep_now();
+
+    let profile = decoded(addr, "/debug/leaks/tasks").await;
+    let units: Vec<&Value> = profile["samples"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["labels"]["unit"] == "job/orphans")
+        .collect();
+    assert_eq!(units.len(), 1, "{profile:#}");
+    assert!(units[0]["labels"].get("route").is_none(), "{profile:#}");
+    assert_eq!(units[0]["values"][0], 3);
+    assert_eq!(units[0]["stack"][0]["line"], spawn_line);
+}

@@ -69,3 +69,67 @@ impl ReportSink for TracingSink {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing::field::{Field, Visit};
+    use tracing_subscriber::layer::{Context, SubscriberExt};
+    use tracing_subscriber::Layer;
+
+    use super::*;
+    use crate::test_helpers::sample_report;
+
+    /// Records the fields of every event, by name.
+    #[derive(Clone, Default)]
+    struct Fields(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl Visit for Fields {
+        fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+            let value = format!("{value:?}").trim_matches('"').to_owned();
+            self.0.lock().unwrap().push((field.name().to_owned(), value));
+        }
+    }
+
+    impl<S: tracing::Subscriber> Layer<S> for Fields {
+        fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+            event.record(&mut self.clone());
+        }
+    }
+
+    fn fields_of(report: &LeakReport) -> Vec<(String, String)> {
+        let fields = Fields::default();
+        let subscriber = tracing_subscriber::registry().with(fields.clone());
+        tracing::subscriber::with_default(subscriber, || TracingSink::new().report(report));
+        let recorded = fields.0.lock().unwrap().clone();
+        recorded
+    }
+
+    fn value<'a>(fields: &'a [(String, String)], name: &str) -> Option<&'a str> {
+        let found = fields.iter().find(|(n, _)| n == name);
+        found.map(|(_, v)| v.as_str())
+    }
+
+    #[test]
+    fn a_request_is_named_by_its_route_and_a_unit_by_its_unit() {
+        let report = sample_report();
+        let fields = fields_of(&report);
+        assert_eq!(value(&fields, "http.route"), Some("/jobs/{id}"));
+        assert_eq!(value(&fields, "http.request.method"), Some("GET"));
+        assert_eq!(value(&fields, "leakwatch.unit"), None);
+
+        let unit = LeakReport {
+            route: "consumer/orders".into(),
+            method: String::new(),
+            unit: true,
+            ..sample_report()
+        };
+        let fields = fields_of(&unit);
+        assert_eq!(value(&fields, "leakwatch.unit"), Some("consumer/orders"));
+        assert_eq!(value(&fields, "http.route"), None);
+        assert_eq!(value(&fields, "http.request.method"), None);
+        let message = value(&fields, "message").unwrap();
+        assert!(message.contains("unit consumer/orders"), "{message}");
+    }
+}
