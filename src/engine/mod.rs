@@ -216,6 +216,22 @@ impl Engine {
         })
     }
 
+    /// Why the memory of the units named `name` is not counted, if it is not: the allocator is
+    /// not installed, or every route slot of the allocator was taken before the name was seen.
+    pub(crate) fn unit_memory_uncounted(&self, name: &str) -> Option<&'static str> {
+        if !self.memory_tracked {
+            return Some(
+                "memory is not tracked: install leakwatch::TrackingAllocator as the test \
+                 binary's global allocator",
+            );
+        }
+        let (_, info) = current::outside(|| self.routes.intern_unit(name));
+        (info.slot == 0).then_some(
+            "memory is not counted for this unit: every one of the allocator's route slots (one \
+             per route or unit name, for the process's life) was taken before it",
+        )
+    }
+
     /// The allocator's scope slot for a request of a route, when memory is counted.
     fn memory_slot(&self, info: RouteInfo) -> Option<SlotGuard> {
         (self.memory_tracked && info.slot != 0)

@@ -63,8 +63,9 @@ pub fn assert_no_leaks_in<F: Future>(future: F) -> impl Future<Output = F::Outpu
 /// entries and a `OnceLock` initialised on the first call pass. Memory needs the
 /// [`TrackingAllocator`](crate::TrackingAllocator) as the global allocator.
 ///
-/// Panics at the caller's `.await` naming what was left behind, or when `calls` is under
-/// [`MIN_REPEAT`].
+/// Panics at the caller's `.await` naming what was left behind, or when it cannot judge
+/// memory: `calls` under [`MIN_REPEAT`], no `TrackingAllocator`, or none of the allocator's
+/// route slots left for the test (one per route or unit name, 4 096 for the process's life).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
@@ -104,6 +105,12 @@ where
         ));
     }
     let detector = test_detector(Some(calls as u64 / 4))?;
+    // Repeating is for memory: a pass that could not judge it would say nothing false.
+    if let Some(why) = detector.engine.unit_memory_uncounted(&name) {
+        return Err(format!(
+            "leakwatch: assert_no_leaks_repeated cannot judge memory: {why}"
+        ));
+    }
     for _ in 0..calls {
         detector.unit(name.clone(), body()).await;
     }
