@@ -143,3 +143,123 @@ fn expand(
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::expand;
+    use quote::quote;
+
+    fn error(args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
+        expand(args, item).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_test_runs_its_body_once_on_a_current_thread_runtime() {
+        let out = expand(
+            quote!(),
+            quote!(
+                async fn t() {
+                    f().await;
+                }
+            ),
+        )
+        .unwrap()
+        .to_string();
+        assert!(out.contains(":: leakwatch :: unit :: run_test"), "{out}");
+        assert!(
+            out.contains("workers : :: core :: option :: Option :: None"),
+            "{out}"
+        );
+        assert!(
+            out.contains("# [:: core :: prelude :: v1 :: test]"),
+            "{out}"
+        );
+        assert!(out.contains("fn t ()"), "{out}");
+    }
+
+    #[test]
+    fn its_arguments_choose_the_runtime_and_the_repetitions() {
+        let args = quote!(flavor = "multi_thread", worker_threads = 3, repeat = 64);
+        let item = quote!(
+            #[should_panic]
+            async fn t() {}
+        );
+        let out = expand(args, item).unwrap().to_string();
+        assert!(out.contains("run_test_repeated"), "{out}");
+        assert!(out.contains("Some (3usize)"), "{out}");
+        assert!(out.contains(", 64usize ,"), "{out}");
+        assert!(
+            out.contains("# [should_panic]"),
+            "other attributes stay: {out}"
+        );
+        let out = expand(
+            quote!(flavor = "multi_thread"),
+            quote!(
+                async fn t() {}
+            ),
+        )
+        .unwrap();
+        assert!(out.to_string().contains("Some (0)"), "{out}");
+    }
+
+    #[test]
+    fn what_it_cannot_run_is_a_compile_error_that_says_why() {
+        let plain = error(
+            quote!(),
+            quote!(
+                fn t() {}
+            ),
+        );
+        assert!(plain.contains("needs an `async fn`"), "{plain}");
+        let with_args = error(
+            quote!(),
+            quote!(
+                async fn t(x: u8) {}
+            ),
+        );
+        assert!(with_args.contains("without arguments"), "{with_args}");
+        let flavor = error(
+            quote!(flavor = "single"),
+            quote!(
+                async fn t() {}
+            ),
+        );
+        assert!(flavor.contains("unknown flavor `single`"), "{flavor}");
+        let workers = error(
+            quote!(worker_threads = 2),
+            quote!(
+                async fn t() {}
+            ),
+        );
+        assert!(
+            workers.contains("needs `flavor = \"multi_thread\"`"),
+            "{workers}"
+        );
+        let unknown = error(
+            quote!(threads = 2),
+            quote!(
+                async fn t() {}
+            ),
+        );
+        assert!(unknown.contains("unknown argument"), "{unknown}");
+        let not_a_number = error(
+            quote!(repeat = "many"),
+            quote!(
+                async fn t() {}
+            ),
+        );
+        assert!(
+            not_a_number.contains("expected an integer"),
+            "{not_a_number}"
+        );
+        let returns = error(
+            quote!(repeat = 16),
+            quote!(
+                async fn t() -> u8 {
+                    1
+                }
+            ),
+        );
+        assert!(returns.contains("returns `()`"), "{returns}");
+    }
+}
