@@ -115,6 +115,11 @@ async fn memory_each_unit_keeps_is_found_by_the_window_rule() {
     assert_eq!(memory.len(), 1, "{leaks:#?}");
     assert_eq!(memory[0].route, "consumer/payloads");
     assert!(memory[0].unit);
+    let detail = &memory[0].detail;
+    assert!(
+        detail.contains("runs judged more than 16 runs ago") && detail.contains("the unit's runs"),
+        "a unit's runs, not a route's requests: {detail}"
+    );
     let per_unit = memory[0].bytes_per_request.unwrap();
     assert!(
         (1843..=2253).contains(&per_unit),

@@ -59,7 +59,7 @@ use crate::judge::build::request_report;
 use crate::judge::objects::Reported;
 use crate::report::lifecycle::StandingAlert;
 use crate::report::{LeakKind, LeakReport, LeakState};
-use crate::request::scope::Scope;
+use crate::request::scope::{Scope, Words};
 use crate::util::clock;
 use crate::util::Ids;
 
@@ -362,13 +362,13 @@ fn growth_report(
     let per_request = steady.bytes.max(0) as u64 / steady.requests.max(1);
     let (live_bytes, live_blocks) = alloc::route_live(slot);
     let (live_bytes, live_blocks) = (live_bytes.max(0) as u64, live_blocks.max(0) as u64);
-    let detail =
-        format!(
-        "the memory the route's finished requests hold grows with their number: by {} bytes over \
-         the last {} requests ({} bytes per request), in every window of at least {} requests; \
-         the route's requests hold {} bytes in {} blocks ({} requests judged)",
-        steady.bytes, steady.requests, per_request, config.memory_window, live_bytes, live_blocks,
-        judged
+    let Words { one, many, group } = latest.words();
+    let detail = format!(
+        "the memory the {group}'s finished {many} hold grows with their number: by {} bytes over \
+         the last {} {many} ({per_request} bytes per {one}), in every window of at least {} \
+         {many}; the {group}'s {many} hold {live_bytes} bytes in {live_blocks} blocks ({judged} \
+         {many} judged)",
+        steady.bytes, steady.requests, config.memory_window,
     );
     LeakReport {
         bytes: Some(live_bytes),
@@ -411,17 +411,15 @@ fn route_report(
     let per_request = median_held(old);
     let (live_bytes, live_blocks) = alloc::route_live(slot);
     let (live_bytes, live_blocks) = (live_bytes.max(0) as u64, live_blocks.max(0) as u64);
+    let oldest = &old[0].scope;
+    let Words { many, group, .. } = oldest.words();
     let detail = format!(
-        "{} requests judged more than {} requests ago still hold memory, a median {} bytes each; \
-         the route's requests hold {} bytes in {} blocks ({} requests judged)",
+        "{} {many} judged more than {} {many} ago still hold memory, a median {per_request} bytes \
+         each; the {group}'s {many} hold {live_bytes} bytes in {live_blocks} blocks ({judged} \
+         {many} judged)",
         old.len(),
         config.memory_window,
-        per_request,
-        live_bytes,
-        live_blocks,
-        judged
     );
-    let oldest = &old[0].scope;
     LeakReport {
         bytes: Some(live_bytes),
         allocations: Some(live_blocks),

@@ -20,7 +20,7 @@ use crate::registry::TrackedObject;
 use crate::report::lifecycle::Lifecycle;
 use crate::report::{LeakKind, LeakReport, LeakState, SourceLocation};
 use crate::request::liveness::Liveness;
-use crate::request::scope::Scope;
+use crate::request::scope::{Scope, Words};
 
 /// The active reports (`Suspected` or `Confirmed`) of tracked objects and stuck requests, by
 /// report id, exactly as they were made and delivered. At most one per tracked object or scope:
@@ -152,10 +152,14 @@ fn orphan_line(
 }
 
 /// What a report of an orphan its spawn line left alone adds: why it is not confirmed yet.
-const STARTED_ONCE: &str = "; the only orphan from this line on its route so far: a worker \
-    started once (a refresher a OnceCell initialiser starts) stays suspected until a second \
-    request leaves one too; leakwatch::detach (or spawn_detached) marks a worker started on \
-    purpose";
+fn started_once(words: Words) -> String {
+    let Words { one, group, .. } = words;
+    format!(
+        "; the only orphan from this line on its {group} so far: a worker started once (a \
+         refresher a OnceCell initialiser starts) stays suspected until a second {one} leaves one \
+         too; leakwatch::detach (or spawn_detached) marks a worker started on purpose"
+    )
+}
 
 /// Judges one tracked object; pushes what changed onto `reports`. Returns whether to keep it.
 ///
@@ -219,7 +223,7 @@ pub(crate) fn judge_object(
     if let Some(state) = object.lifecycle.alive(confirm_sweeps) {
         let mut report = object_report(id, object, state, now);
         if alone {
-            report.detail.push_str(STARTED_ONCE);
+            report.detail.push_str(&started_once(object.scope.words()));
         }
         reports.push(report);
     }
@@ -306,10 +310,11 @@ pub(crate) fn stuck_report(
     now: Instant,
     config: &Config,
 ) -> LeakReport {
+    let one = scope.words().one;
     let detail = match scope.closed_after() {
-        Some(after) => format!("request ended after {} ms", after.as_millis()),
+        Some(after) => format!("{one} ended after {} ms", after.as_millis()),
         None => format!(
-            "request open for {} ms (max_request_age {} ms)",
+            "{one} open for {} ms (max_request_age {} ms)",
             now.saturating_duration_since(scope.opened_at).as_millis(),
             config.max_request_age.as_millis()
         ),

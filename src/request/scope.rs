@@ -136,6 +136,17 @@ impl Place {
     };
 }
 
+/// How a report's detail names what its scope is one of: a route's requests, or a unit's runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Words {
+    /// `"request"` or `"run"`.
+    pub(crate) one: &'static str,
+    /// `"requests"` or `"runs"`.
+    pub(crate) many: &'static str,
+    /// `"route"` or `"unit"`.
+    pub(crate) group: &'static str,
+}
+
 /// What a scope records of its request when it opens.
 pub(crate) struct RequestHead {
     pub(crate) request_id: RequestId,
@@ -301,6 +312,22 @@ impl Scope {
     /// the upgraded connection and are judged by growth, and its memory is not a witness.
     pub(crate) fn mark_upgraded(&self) {
         self.upgraded.store(true, Ordering::Relaxed);
+    }
+
+    /// How details name this scope and its kind: a route's requests, or a unit's runs.
+    pub(crate) fn words(&self) -> Words {
+        match self.unit {
+            false => Words {
+                one: "request",
+                many: "requests",
+                group: "route",
+            },
+            true => Words {
+                one: "run",
+                many: "runs",
+                group: "unit",
+            },
+        }
     }
 
     /// Whether the request was answered `101 Switching Protocols`.
