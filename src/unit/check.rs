@@ -68,10 +68,14 @@ pub fn assert_no_leaks_in<F: Future>(future: F) -> impl Future<Output = F::Outpu
 /// route slots left for the test (one per route or unit name, 4 096 for the process's life).
 ///
 /// ```
-/// # #[tokio::main(flavor = "current_thread")]
-/// # async fn main() {
 /// use std::sync::Mutex;
 ///
+/// // In the test binary (`tests/*.rs`): memory is counted by the allocator.
+/// #[global_allocator]
+/// static ALLOC: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::system();
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// static CACHE: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 /// // In a `#[tokio::test]`: a cache that keeps its newest 4 entries is not a leak.
 /// leakwatch::unit::assert_no_leaks_repeated(64, || async {
