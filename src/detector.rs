@@ -276,7 +276,7 @@ impl LeakDetector {
 
     /// [`assert_no_leaks`](Self::assert_no_leaks) with an explicit settle timeout.
     pub fn assert_no_leaks_within(&self, settle: Duration) -> impl Future<Output = ()> + Send + '_ {
-        PanicAtAwait::new(self.engine.check(settle, |_| true, "requests"))
+        PanicAtAwait::new(self.engine.check(settle, |_| true, "requests", None))
     }
 }
 

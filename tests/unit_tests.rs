@@ -133,7 +133,8 @@ fn the_failure_names_the_test_and_the_spawn_line() {
     );
     assert_eq!(message.matches("OrphanTask").count(), 1, "{message}");
     assert!(
-        message.contains("checked: tasks spawned"),
+        message.contains("checked: tasks spawned in unit `unit_tests::")
+            && message.contains("memory not judged in one run"),
         "what was checked: {message}"
     );
 }

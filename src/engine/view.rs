@@ -87,12 +87,14 @@ impl Engine {
 
     /// [`settle`](Self::settle)s, then says what is left, in the message of a failed
     /// assertion: what `keep` keeps of the reports left by finished `what` (`"requests"`, a
-    /// unit's name).
+    /// unit's name). `memory` says how memory was judged, when the routes' rule does not
+    /// (a test's units).
     pub(crate) async fn check(
         &self,
         timeout: Duration,
         keep: impl Fn(&LeakReport) -> bool,
         what: &str,
+        memory: Option<String>,
     ) -> Result<(), String> {
         let started = Instant::now();
         let reports = self.settle(timeout, keep).await;
@@ -106,7 +108,7 @@ impl Engine {
             started.elapsed().as_millis(),
             timeout.as_millis(),
             render_list(&reports),
-            self.coverage()
+            self.coverage(what, memory)
         ))
     }
 
@@ -138,9 +140,10 @@ impl Engine {
         (reports, objects)
     }
 
-    /// What a test assertion could see with this set-up, for its failure message: which tasks
-    /// are tracked, and whether and for which routes memory was judged.
-    pub(crate) fn coverage(&self) -> String {
+    /// What a test assertion of `what` could see with this set-up, for its failure message:
+    /// which tasks are tracked, and whether and for which routes memory was judged (or
+    /// `memory`, said by the caller).
+    pub(crate) fn coverage(&self, what: &str, memory: Option<String>) -> String {
         let plain = match (self.memory_tracked, cfg!(tokio_unstable)) {
             (true, _) => {
                 "plain tokio::spawn seen through its task cell; one spawned inside another task \
@@ -156,16 +159,17 @@ impl Engine {
             }
         };
         let mut text = format!(
-            "checked: tasks spawned in requests with leakwatch::spawn or scoped ({plain}); \
+            "checked: tasks spawned in {what} with leakwatch::spawn or scoped ({plain}); \
              request and upstream bodies; watched objects; stuck requests; "
         );
         let window = self.config.memory_window;
-        match self.memory_accounting() {
-            MemoryAccounting::Untracked => text.push_str(
+        match (self.memory_accounting(), memory) {
+            (MemoryAccounting::Untracked, _) => text.push_str(
                 "memory not tracked (install leakwatch::TrackingAllocator as the global \
                  allocator)",
             ),
-            accounting => {
+            (_, Some(said)) => text.push_str(&said),
+            (accounting, None) => {
                 let short: Vec<String> = self
                     .routes()
                     .into_iter()

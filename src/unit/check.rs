@@ -51,7 +51,7 @@ pub fn assert_no_leaks_in<F: Future>(future: F) -> impl Future<Output = F::Outpu
     PanicAtAwait::new(async move {
         let detector = test_detector(None)?;
         let output = detector.unit(name.clone(), future).await;
-        detector.check(&name).await.map(|()| output)
+        detector.check(&name, 1).await.map(|()| output)
     })
 }
 
@@ -118,7 +118,7 @@ where
     for _ in 0..calls {
         detector.unit(name.clone(), body()).await;
     }
-    detector.check(&name).await
+    detector.check(&name, calls).await
 }
 
 /// The name of the test running on this thread (the test harness names its threads after
@@ -162,11 +162,23 @@ impl TestDetector {
         super::Unit::new(self.engine.clone(), name, future)
     }
 
-    /// What the test's units left, as the failure message of an assertion.
-    async fn check(&self, name: &str) -> Result<(), String> {
-        let settle = self.engine.config.settle_timeout;
+    /// What the test's units left, as the failure message of an assertion; `runs` of them
+    /// were judged (memory needs more than one).
+    async fn check(&self, name: &str, runs: usize) -> Result<(), String> {
+        let engine = &self.engine;
+        let memory = match runs {
+            1 => "memory not judged in one run (leakwatch::unit::assert_no_leaks_repeated or \
+                  #[leakwatch::test(repeat = n)] judges it)"
+                .to_owned(),
+            _ => format!(
+                "memory ({}) judged over {runs} runs: what a run keeps {} runs later",
+                engine.memory_accounting().as_str(),
+                engine.config.memory_window
+            ),
+        };
         let what = format!("unit `{name}`");
-        self.engine.check(settle, |_| true, &what).await
+        let settle = engine.config.settle_timeout;
+        engine.check(settle, |_| true, &what, Some(memory)).await
     }
 }
 
@@ -220,7 +232,7 @@ pub fn run_test<Fut: Future>(run: TestRun, body: Fut) -> Fut::Output {
     run.block_on(async move {
         let detector = test_detector(None)?;
         let output = detector.unit(name.clone(), body).await;
-        detector.check(&name).await.map(|()| output)
+        detector.check(&name, 1).await.map(|()| output)
     })
 }
 
