@@ -4,20 +4,13 @@
 use std::collections::VecDeque;
 use std::sync::{Mutex, OnceLock};
 
+mod support;
+
 use leakwatch::unit::{assert_no_leaks_repeated, MIN_REPEAT};
+use support::panic_message;
 
 #[global_allocator]
 static ALLOCATOR: leakwatch::TrackingAllocator = leakwatch::TrackingAllocator::system();
-
-/// The message of the panic `f` ends in.
-fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
-    let payload = std::panic::catch_unwind(f).err()?;
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
-    Some(message.unwrap_or_default())
-}
 
 fn block_on(future: impl std::future::Future<Output = ()>) {
     tokio::runtime::Builder::new_current_thread()
@@ -68,6 +61,19 @@ fn a_bounded_cache_of_10_passes() {
             cache.pop_front();
         }
         cache.push_back(vec![2; 2048]);
+    }));
+}
+
+#[test]
+fn a_moka_cache_of_10_passes_with_a_window_above_its_pending_writes() {
+    // moka applies its writes 64 at a time: it may hold 10 + 64 entries; 512 calls make a
+    // window of 128.
+    let cache: moka::sync::Cache<u64, Vec<u8>> = moka::sync::Cache::new(10);
+    let mut key = 0;
+    block_on(assert_no_leaks_repeated(512, || {
+        key += 1;
+        let (cache, key) = (cache.clone(), key);
+        async move { cache.insert(key, vec![6; 2048]) }
     }));
 }
 

@@ -56,7 +56,10 @@ mod client {
     }
 }
 
+mod support;
+
 use client::{Client, LeakyClient, LEAKY_SPAWN_LINE};
+use support::panic_message;
 
 #[leakwatch::test]
 #[should_panic(expected = "OrphanTask")]
@@ -110,16 +113,6 @@ async fn leaks_a_watched_object_on_purpose() {
 #[should_panic(expected = "OrphanTask")]
 async fn leaks_a_tracked_task_on_purpose() {
     leakwatch::spawn(std::future::pending::<()>());
-}
-
-/// The message of the panic `f` ends in.
-fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
-    let payload = std::panic::catch_unwind(f).err()?;
-    let message = payload
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
-    Some(message.unwrap_or_default())
 }
 
 #[test]

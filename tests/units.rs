@@ -175,3 +175,57 @@ async fn a_unit_inside_a_request_is_the_innermost_scope() {
         "in the request's trace"
     );
 }
+
+/// A consumer as services write them: a shared pooled HTTP client (its connection tasks are
+/// the pool's) and a bounded `moka` cache, over 1 000 units with a sweep every 10. Nothing is
+/// reported. (The window is the default 256: moka applies its writes 64 at a time, so it holds
+/// up to its capacity plus 64 entries, and a window must be above that — with a window of 64,
+/// a burst of 90 units is taken for a leak until moka's eviction catches up.)
+async fn a_consumer_with_a_pooled_client_and_a_bounded_cache_is_clean() {
+    let sink = leakwatch::sink::CollectingSink::new();
+    let detector = support::builder(&sink)
+        .memory_window(256)
+        .dependency_growth_span(Duration::ZERO)
+        .build()
+        .unwrap();
+    let upstream = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async {
+        let body = http_body_util::Full::new(bytes::Bytes::from(vec![b'x'; 2048]));
+        Ok::<_, std::convert::Infallible>(http::Response::new(body))
+    });
+    let (addr, server) = support::serve(upstream).await;
+    let client = reqwest::Client::new();
+    let cache: moka::sync::Cache<u64, Arc<Vec<u8>>> = moka::sync::Cache::new(16);
+    for id in 0..1000u64 {
+        let (client, cache) = (client.clone(), cache.clone());
+        detector
+            .scope("consumer/enrich", async move {
+                let url = format!("http://{addr}/items/{id}");
+                let body = client.get(url).send().await.unwrap().bytes().await.unwrap();
+                cache.insert(id, Arc::new(body.to_vec()));
+            })
+            .await;
+        if id % 10 == 9 {
+            detector.sweep_now();
+        }
+    }
+    detector.assert_no_leaks().await;
+    assert!(sink.reports().is_empty(), "{:#?}", sink.reports());
+    let stats = detector.stats();
+    let unit = stats
+        .routes
+        .iter()
+        .find(|r| r.route == "consumer/enrich")
+        .unwrap();
+    assert_eq!((unit.unit, unit.finished_requests), (true, 1000));
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_consumer_with_a_pooled_client_and_a_bounded_cache_is_clean_current_thread() {
+    a_consumer_with_a_pooled_client_and_a_bounded_cache_is_clean().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_with_a_pooled_client_and_a_bounded_cache_is_clean_multi_thread() {
+    a_consumer_with_a_pooled_client_and_a_bounded_cache_is_clean().await;
+}

@@ -47,12 +47,15 @@ pub const MIN_REPEAT: usize = 16;
 /// # }
 /// ```
 pub fn assert_no_leaks_in<F: Future>(future: F) -> impl Future<Output = F::Output> {
-    let name = test_name();
-    PanicAtAwait::new(async move {
-        let detector = test_detector(None)?;
-        let output = detector.unit(name.clone(), future).await;
-        detector.check(&name, 1).await.map(|()| output)
-    })
+    PanicAtAwait::new(once(test_name(), future))
+}
+
+/// Runs `future` as one unit named `name` under a detector of its own; returns its output, or
+/// the failure message naming what it left.
+async fn once<F: Future>(name: Cow<'static, str>, future: F) -> Result<F::Output, String> {
+    let detector = test_detector(None)?;
+    let output = detector.unit(name.clone(), future).await;
+    detector.check(&name, 1).await.map(|()| output)
 }
 
 /// Runs `body` `calls` times, one unit of work per call, under a detector of its own, then
@@ -60,7 +63,9 @@ pub fn assert_no_leaks_in<F: Future>(future: F) -> impl Future<Output = F::Outpu
 /// of routes: memory a call keeps is a leak when at least three calls still hold it `calls / 4`
 /// calls later, and what the calls keep grows with their number. So "each call keeps 2 KiB"
 /// fails, while a cache filled by the first call, a bounded cache of fewer than `calls / 4`
-/// entries and a `OnceLock` initialised on the first call pass. Memory needs the
+/// entries and a `OnceLock` initialised on the first call pass. A cache that evicts lazily
+/// holds more than its capacity: `moka` applies its writes 64 at a time, so a moka cache of
+/// capacity `c` needs `calls / 4` above `c + 64`. Memory needs the
 /// [`TrackingAllocator`](crate::TrackingAllocator) as the global allocator.
 ///
 /// Panics at the caller's `.await` naming what was left behind, or when it cannot judge
@@ -228,12 +233,7 @@ impl TestRun {
 #[cfg(feature = "macros")]
 #[doc(hidden)]
 pub fn run_test<Fut: Future>(run: TestRun, body: Fut) -> Fut::Output {
-    let name = Cow::Borrowed(run.name);
-    run.block_on(async move {
-        let detector = test_detector(None)?;
-        let output = detector.unit(name.clone(), body).await;
-        detector.check(&name, 1).await.map(|()| output)
-    })
+    run.block_on(once(Cow::Borrowed(run.name), body))
 }
 
 /// `#[leakwatch::test(repeat = n)]`: runs the body `n` times as [`assert_no_leaks_repeated`]

@@ -40,6 +40,16 @@ pub fn detector() -> (LeakDetector, CollectingSink) {
     (builder(&sink).build().unwrap(), sink)
 }
 
+/// The message of the panic `f` ends in, or `None` when it returns.
+pub fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Option<String> {
+    let payload = std::panic::catch_unwind(f).err()?;
+    let message = payload
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| payload.downcast_ref::<&str>().map(|s| s.to_string()));
+    Some(message.unwrap_or_default())
+}
+
 /// The reports of one kind.
 pub fn of_kind(reports: &[LeakReport], kind: LeakKind) -> Vec<LeakReport> {
     reports.iter().filter(|r| r.kind == kind).cloned().collect()
